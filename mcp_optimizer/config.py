@@ -1,0 +1,102 @@
+"""Settings, read from environment variables (``MCP_OPTIMIZER_*``) and overridden by CLI flags.
+
+One frozen object holds every knob so that each part receives its configuration explicitly
+instead of reading the environment on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ENV_PREFIX = "MCP_OPTIMIZER_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from exc
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in _env(name, "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator, the MCP endpoint and the CLI can be configured with."""
+
+    #: The SQLite index file. ``:memory:`` is not supported: the index is shared between connections.
+    db_path: Path = Path("mcp-optimizer.db")
+    #: A local directory holding the ONNX export of the embedding model (no download at run time).
+    embedding_model_path: Path | None = None
+    embedding_model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    #: Texts embedded per ONNX run; texts are sorted by length first so batches pad little.
+    embedding_batch_size: int = 64
+    #: Seconds allowed for one MCP ``tools/list`` against a workload.
+    mcp_timeout: float = 10.0
+    #: Seconds between periodic re-reads of every running workload's tools.
+    resync_interval: float = 300.0
+    #: Namespaces the operator watches; empty means all namespaces.
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Vector hits below this cosine similarity count only if full-text search also found them.
+    min_similarity: float = 0.3
+
+    # --- The MCP endpoint (mcp_optimizer.mcp.server) ---
+    #: Address the MCP endpoint listens on.
+    host: str = "0.0.0.0"
+    port: int = 8080
+    #: Streamable HTTP path; SSE (older clients) is served at ``sse_path`` + ``messages_path``.
+    mcp_path: str = "/mcp"
+    sse_path: str = "/sse"
+    messages_path: str = "/messages/"
+    #: Seconds allowed for one forwarded ``tools/call`` (tools can be slow, unlike ``tools/list``).
+    call_timeout: float = 60.0
+    #: ``find_tool``'s limit when the caller gives none.
+    find_tool_default_limit: int = 10
+    #: A YAML/JSON file (e.g. a mounted Secret) of bearer tokens and their scopes; unset means no auth.
+    auth_tokens_file: Path | None = None
+    #: The same document inline (env ``MCP_OPTIMIZER_AUTH_TOKENS``); kept out of repr as it holds secrets.
+    auth_tokens: str | None = field(default=None, repr=False)
+    #: Tools advertised beside the meta-tools, as ``<workload name>/<tool>`` (split at the last ``/``).
+    pinned_tools: tuple[str, ...] = field(default_factory=tuple)
+    #: Replacement descriptions for ``find_tool`` / ``call_tool``; ``None`` keeps the built-in text.
+    find_tool_description: str | None = None
+    call_tool_description: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        model = _env("EMBEDDING_MODEL_PATH", "")
+        return cls(
+            db_path=Path(_env("DB", "mcp-optimizer.db")),
+            embedding_model_path=Path(model) if model else None,
+            embedding_model_name=_env("EMBEDDING_MODEL_NAME", cls.embedding_model_name),
+            embedding_batch_size=int(_env_float("EMBEDDING_BATCH_SIZE", cls.embedding_batch_size)),
+            mcp_timeout=_env_float("MCP_TIMEOUT", cls.mcp_timeout),
+            resync_interval=_env_float("RESYNC_INTERVAL", cls.resync_interval),
+            namespaces=_env_list("NAMESPACES"),
+            min_similarity=_env_float("MIN_SIMILARITY", cls.min_similarity),
+            host=_env("HOST", cls.host),
+            port=int(_env_float("PORT", cls.port)),
+            mcp_path=_env("MCP_PATH", cls.mcp_path),
+            sse_path=_env("SSE_PATH", cls.sse_path),
+            messages_path=_env("MESSAGES_PATH", cls.messages_path),
+            call_timeout=_env_float("CALL_TIMEOUT", cls.call_timeout),
+            find_tool_default_limit=int(_env_float("FIND_TOOL_DEFAULT_LIMIT", cls.find_tool_default_limit)),
+            auth_tokens_file=Path(tokens_file) if (tokens_file := _env("AUTH_TOKENS_FILE", "")) else None,
+            auth_tokens=_env("AUTH_TOKENS", "") or None,
+            pinned_tools=_env_list("PINNED_TOOLS"),
+            find_tool_description=_env("FIND_TOOL_DESCRIPTION", "") or None,
+            call_tool_description=_env("CALL_TOOL_DESCRIPTION", "") or None,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored (unset CLI flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
