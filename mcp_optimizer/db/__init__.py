@@ -1,0 +1,1 @@
+"""The index database: schema, migrations, the four ops classes and search."""

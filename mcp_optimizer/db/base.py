@@ -1,0 +1,165 @@
+"""What the ops classes share: transactions and the tool tables, which have one shape on both sides."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, Table, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcp_optimizer.db.engine import WRITE_OPTION
+from mcp_optimizer.db.models import utcnow
+from mcp_optimizer.embeddings.texts import tool_fts_fields
+
+
+class Ops:
+    """Base of the ops classes: every method takes an optional connection to join a transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        """The caller's connection, or a new write transaction committed on exit."""
+        if conn is not None:
+            yield conn
+            return
+        async with self.engine.execution_options(**{WRITE_OPTION: True}).begin() as own:
+            yield own
+
+    @asynccontextmanager
+    async def _read(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        if conn is not None:
+            yield conn
+            return
+        async with self.engine.connect() as own:
+            yield own
+
+
+@dataclass(frozen=True)
+class ToolRow:
+    """A tool to store: its MCP object, its embedding (or None) and the hash of the embedded text."""
+
+    name: str
+    details: dict[str, Any]
+    embedding: bytes | None
+    embedding_hash: str | None
+
+
+@dataclass(frozen=True)
+class ToolSyncResult:
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+
+
+class ToolOps(Ops):
+    """Tools of one side (registry or workload) with their vector and FTS5 rows.
+
+    The vector and FTS rows share the tool's integer id as rowid. ``_vector_metadata`` gives
+    the extra vec0 metadata columns (the workload side filters on status, group, namespace).
+    """
+
+    table: Table
+    vector_table: str
+    fts_table: str
+
+    async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
+        return {}
+
+    async def list_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+        async with self._read(conn) as c:
+            result = await c.execute(select(self.table).where(self.table.c.server_id == server_id)
+                                     .order_by(self.table.c.name))
+            return result.all()
+
+    async def count_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
+        async with self._read(conn) as c:
+            result = await c.execute(text(f"SELECT count(*) FROM {self.table.name} WHERE server_id = :s"),
+                                     {"s": server_id})
+            return int(result.scalar_one())
+
+    async def bulk_upsert(
+        self, server_id: str, tools: Sequence[ToolRow], conn: AsyncConnection | None = None
+    ) -> ToolSyncResult:
+        """Make the server's tools exactly ``tools``: insert new, update changed, delete missing.
+
+        A tool whose details and embedding hash are unchanged is not written at all, so an
+        unchanged resync costs one SELECT.
+        """
+        async with self._tx(conn) as c:
+            existing = {
+                row.name: row
+                for row in (await c.execute(
+                    select(self.table.c.id, self.table.c.name, self.table.c.details, self.table.c.embedding_hash)
+                    .where(self.table.c.server_id == server_id)
+                )).all()
+            }
+            wanted = {tool.name: tool for tool in tools}
+            metadata = await self._vector_metadata(c, server_id)
+            removed = [row.id for name, row in existing.items() if name not in wanted]
+            await self._delete_ids(c, removed)
+            added = updated = unchanged = 0
+            now = utcnow()
+            for tool in wanted.values():
+                old = existing.get(tool.name)
+                if old is not None and old.details == tool.details and old.embedding_hash == tool.embedding_hash:
+                    unchanged += 1
+                    continue
+                if old is None:
+                    result = await c.execute(self.table.insert().values(
+                        server_id=server_id, name=tool.name, details=tool.details,
+                        details_embedding=tool.embedding, embedding_hash=tool.embedding_hash,
+                        created_at=now, last_updated=now,
+                    ))
+                    tool_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+                    added += 1
+                else:
+                    tool_id = old.id
+                    await c.execute(update(self.table).where(self.table.c.id == tool_id).values(
+                        details=tool.details, details_embedding=tool.embedding,
+                        embedding_hash=tool.embedding_hash, last_updated=now,
+                    ))
+                    await self._delete_virtual(c, [tool_id])
+                    updated += 1
+                await self._insert_virtual(c, tool_id, server_id, tool, metadata)
+            return ToolSyncResult(added, updated, len(removed), unchanged)
+
+    async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
+        async with self._tx(conn) as c:
+            ids = (await c.execute(select(self.table.c.id).where(self.table.c.server_id == server_id))).scalars()
+            return await self._delete_ids(c, list(ids))
+
+    async def _delete_ids(self, c: AsyncConnection, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        await self._delete_virtual(c, ids)
+        await c.execute(delete(self.table).where(self.table.c.id.in_(ids)))
+        return len(ids)
+
+    async def _delete_virtual(self, c: AsyncConnection, ids: list[int]) -> None:
+        params = [{"id": i} for i in ids]
+        # vec0 and FTS5 delete efficiently by rowid one at a time; an IN list scans.
+        await c.execute(text(f"DELETE FROM {self.vector_table} WHERE rowid = :id"), params)
+        await c.execute(text(f"DELETE FROM {self.fts_table} WHERE rowid = :id"), params)
+
+    async def _insert_virtual(
+        self, c: AsyncConnection, tool_id: int, server_id: str, tool: ToolRow, metadata: dict[str, Any]
+    ) -> None:
+        name, description, args = tool_fts_fields(tool.details)
+        await c.execute(
+            text(f"INSERT INTO {self.fts_table}(rowid, name, description, args) VALUES (:id, :n, :d, :a)"),
+            {"id": tool_id, "n": name, "d": description, "a": args},
+        )
+        if tool.embedding is not None:
+            columns = ["rowid", "embedding", "server_id", *metadata]
+            values = {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}
+            await c.execute(
+                text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
+                     f"VALUES ({', '.join(':' + col for col in columns)})"),
+                values,
+            )

@@ -1,0 +1,124 @@
+"""Opening the index: an async SQLAlchemy engine over SQLite with sqlite-vec loaded.
+
+The standard library's ``sqlite3`` is often built without extension loading (pyenv's, macOS
+system Pythons); then the ``pysqlite3`` module (from ``pysqlite3-binary``) provides one that
+can. SQLAlchemy's ``async_creator`` hands aiosqlite a connection made by whichever module
+works, and :class:`_AiosqliteDbapi` makes SQLAlchemy recognise that module's exceptions so
+integrity errors still arrive as :class:`sqlalchemy.exc.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiosqlite
+import sqlite_vec
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+BUSY_TIMEOUT_MS = 10_000
+#: Execution option marking a transaction that will write: see ``_begin`` in :func:`create_engine`.
+WRITE_OPTION = "mcp_optimizer_write"
+
+
+class IndexOpenError(RuntimeError):
+    """The index file cannot be opened or sqlite-vec cannot be loaded."""
+
+
+@functools.cache
+def sqlite_module() -> ModuleType:
+    """The DB-API module whose connections can load extensions."""
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        import pysqlite3.dbapi2 as pysqlite3_dbapi
+    except ImportError as exc:  # pragma: no cover - depends on the platform
+        raise IndexOpenError(
+            "this Python's sqlite3 cannot load extensions and pysqlite3 is not installed: "
+            "pip install pysqlite3-binary"
+        ) from exc
+    return pysqlite3_dbapi
+
+
+def connect_sync(path: Path | str) -> Any:
+    """A plain DB-API connection with sqlite-vec loaded and the index's pragmas applied."""
+    module = sqlite_module()
+    conn = module.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    try:
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+    except Exception as exc:
+        conn.close()
+        raise IndexOpenError(f"cannot load sqlite-vec into SQLite: {exc}") from exc
+    # WAL lets searches read while the operator writes; foreign keys are off by default.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class _AiosqliteDbapi(AsyncAdapt_aiosqlite_dbapi):
+    """aiosqlite's adapter, with exception classes taken from the module that made the connection."""
+
+    def _init_dbapi_attributes(self) -> None:
+        super()._init_dbapi_attributes()
+        for name in (
+            "DatabaseError",
+            "Error",
+            "IntegrityError",
+            "NotSupportedError",
+            "OperationalError",
+            "ProgrammingError",
+            "sqlite_version",
+            "sqlite_version_info",
+        ):
+            setattr(self, name, getattr(self.sqlite, name))
+
+
+def create_engine(path: Path | str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine on the index file (not yet migrated: see :func:`mcp_optimizer.db.open_index`)."""
+    path = Path(path)
+    if str(path) == ":memory:":
+        raise IndexOpenError("the index must be a file: in-memory databases are per-connection")
+    if path.parent and not path.parent.exists():
+        raise IndexOpenError(f"directory {path.parent} does not exist")
+
+    async def creator() -> aiosqlite.Connection:
+        connection = aiosqlite.Connection(lambda: connect_sync(path), iter_chunk_size=64)
+        connection._thread.daemon = True  # never keep the interpreter alive at exit
+        return await connection
+
+    engine = create_async_engine(
+        "sqlite+aiosqlite://",
+        async_creator=creator,
+        module=_AiosqliteDbapi(aiosqlite, sqlite_module()),
+        echo=echo,
+        # The URL names no file (the creator opens it), so say explicitly that this is a real,
+        # shareable file database and not the per-connection in-memory one.
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=4,
+        max_overflow=4,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN itself instead of pysqlite's implicit one.
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Writers take the write lock up front (BEGIN IMMEDIATE) so a concurrent writer in
+        # another process waits on busy_timeout instead of failing at once on a lock upgrade;
+        # readers use a plain deferred BEGIN and never block anyone under WAL.
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,120 @@
+"""The initial index: registry and workload servers, their tools, vector and FTS5 tables.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-25
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from mcp_optimizer.db.virtual import VIRTUAL_TABLES, virtual_table_ddl
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('mcpservers_registry',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('catalog', sa.String(length=253), nullable=False),
+    sa.Column('name', sa.String(length=253), nullable=False),
+    sa.Column('remote', sa.Boolean(), nullable=False),
+    sa.Column('url', sa.Text(), nullable=True),
+    sa.Column('url_key', sa.Text(), nullable=True),
+    sa.Column('package', sa.Text(), nullable=True),
+    sa.Column('package_key', sa.Text(), nullable=True),
+    sa.Column('transport', sa.String(length=32), nullable=True),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('tags', sa.JSON(), nullable=False),
+    sa.Column('server_embedding', sa.LargeBinary(), nullable=True),
+    sa.Column('group', sa.String(length=253), nullable=True),
+    sa.Column('content_hash', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_updated', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint('(remote AND url_key IS NOT NULL) OR (NOT remote AND package_key IS NOT NULL)', name=op.f('ck_mcpservers_registry_identifier_present')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_mcpservers_registry')),
+    sa.UniqueConstraint('catalog', 'name', name=op.f('uq_mcpservers_registry_catalog_name'))
+    )
+    op.create_index(op.f('ix_mcpservers_registry_remote_package_key'), 'mcpservers_registry', ['remote', 'package_key'], unique=False)
+    op.create_index(op.f('ix_mcpservers_registry_remote_url_key'), 'mcpservers_registry', ['remote', 'url_key'], unique=False)
+    op.create_table('mcpservers_workload',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('workload_name', sa.String(length=512), nullable=False),
+    sa.Column('name', sa.String(length=253), nullable=False),
+    sa.Column('remote', sa.Boolean(), nullable=False),
+    sa.Column('url', sa.Text(), nullable=True),
+    sa.Column('url_key', sa.Text(), nullable=True),
+    sa.Column('package', sa.Text(), nullable=True),
+    sa.Column('package_key', sa.Text(), nullable=True),
+    sa.Column('transport', sa.String(length=32), nullable=False),
+    sa.Column('endpoint', sa.Text(), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('runtime_status', sa.String(length=16), nullable=False),
+    sa.Column('status_reason', sa.Text(), nullable=True),
+    sa.Column('index_error', sa.Text(), nullable=True),
+    sa.Column('registry_server_id', sa.String(length=36), nullable=True),
+    sa.Column('registry_server_name', sa.String(length=253), nullable=True),
+    sa.Column('registry_catalog', sa.String(length=253), nullable=True),
+    sa.Column('registry_ref_catalog', sa.String(length=253), nullable=True),
+    sa.Column('registry_ref_name', sa.String(length=253), nullable=True),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('server_embedding', sa.LargeBinary(), nullable=True),
+    sa.Column('embedding_context', sa.String(length=253), nullable=True),
+    sa.Column('group', sa.String(length=253), nullable=False),
+    sa.Column('namespace', sa.String(length=253), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_updated', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("runtime_status IN ('RUNNING', 'STOPPED', 'ERROR')", name=op.f('ck_mcpservers_workload_runtime_status_valid')),
+    sa.CheckConstraint("status IN ('RUNNING', 'STOPPED', 'ERROR')", name=op.f('ck_mcpservers_workload_status_valid')),
+    sa.CheckConstraint('(remote AND url_key IS NOT NULL) OR (NOT remote AND package_key IS NOT NULL)', name=op.f('ck_mcpservers_workload_identifier_present')),
+    sa.ForeignKeyConstraint(['registry_server_id'], ['mcpservers_registry.id'], name=op.f('fk_mcpservers_workload_registry_server_id_mcpservers_registry'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_mcpservers_workload')),
+    sa.UniqueConstraint('workload_name', name=op.f('uq_mcpservers_workload_workload_name'))
+    )
+    op.create_index(op.f('ix_mcpservers_workload_registry_server_id'), 'mcpservers_workload', ['registry_server_id'], unique=False)
+    op.create_index(op.f('ix_mcpservers_workload_remote_package_key'), 'mcpservers_workload', ['remote', 'package_key'], unique=False)
+    op.create_index(op.f('ix_mcpservers_workload_remote_url_key'), 'mcpservers_workload', ['remote', 'url_key'], unique=False)
+    op.create_table('tools_registry',
+    sa.Column('server_id', sa.String(length=36), nullable=False),
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('name', sa.String(length=256), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=False),
+    sa.Column('details_embedding', sa.LargeBinary(), nullable=True),
+    sa.Column('embedding_hash', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_updated', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['server_id'], ['mcpservers_registry.id'], name=op.f('fk_tools_registry_server_id_mcpservers_registry'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_tools_registry')),
+    sa.UniqueConstraint('server_id', 'name', name=op.f('uq_tools_registry_server_id_name'))
+    )
+    op.create_table('tools_workload',
+    sa.Column('server_id', sa.String(length=36), nullable=False),
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('name', sa.String(length=256), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=False),
+    sa.Column('details_embedding', sa.LargeBinary(), nullable=True),
+    sa.Column('embedding_hash', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_updated', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['server_id'], ['mcpservers_workload.id'], name=op.f('fk_tools_workload_server_id_mcpservers_workload'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_tools_workload')),
+    sa.UniqueConstraint('server_id', 'name', name=op.f('uq_tools_workload_server_id_name'))
+    )
+    # The vector dimension is the model's at the time of this revision: a model of another
+    # dimension needs a migration that rebuilds these tables and re-embeds.
+    for statement in virtual_table_ddl(384):
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    for table in VIRTUAL_TABLES:
+        op.execute(f"DROP TABLE IF EXISTS {table}")
+    op.drop_table("tools_workload")
+    op.drop_table("tools_registry")
+    op.drop_table("mcpservers_workload")
+    op.drop_table("mcpservers_registry")

@@ -1,0 +1,172 @@
+"""The index schema: registry servers, workload servers and their tools, in four tables.
+
+Registry data (from catalogs) and workload data (servers that actually run) have separate
+lifecycles, so each side has its own server and tool tables and its own vector and
+full-text tables (see :mod:`mcp_optimizer.db.virtual`). The only link between the sides is
+``mcpservers_workload.registry_server_id``, which SQLite nulls when a registry server goes.
+
+Identifiers are stored twice: as written (``url``, ``package``) and normalised
+(``url_key``, ``package_key``, see :mod:`mcp_optimizer.catalog.identity`), which is what
+matching compares and what is indexed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class WorkloadStatus(StrEnum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RegistryServer(Base):
+    """A server listed in a registry catalog, keyed by (catalog, name)."""
+
+    __tablename__ = "mcpservers_registry"
+    __table_args__ = (
+        UniqueConstraint("catalog", "name"),
+        CheckConstraint("(remote AND url_key IS NOT NULL) OR (NOT remote AND package_key IS NOT NULL)",
+                        name="identifier_present"),
+        # Not unique: real catalogs list aliases (two names, one image) and one server may be in
+        # two catalogs. Only a workload matching several entries is a conflict.
+        Index(None, "remote", "url_key"),
+        Index(None, "remote", "package_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    catalog: Mapped[str] = mapped_column(String(253))
+    name: Mapped[str] = mapped_column(String(253))
+    remote: Mapped[bool] = mapped_column(Boolean)
+    url: Mapped[str | None] = mapped_column(Text)
+    url_key: Mapped[str | None] = mapped_column(Text)
+    package: Mapped[str | None] = mapped_column(Text)
+    package_key: Mapped[str | None] = mapped_column(Text)
+    transport: Mapped[str | None] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    server_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    group: Mapped[str | None] = mapped_column(String(253))
+    #: Hash of everything in the catalog entry that affects the index: an unchanged entry is skipped.
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class WorkloadServer(Base):
+    """An MCP server that runs, keyed by its workload name (``namespace/name`` in Kubernetes)."""
+
+    __tablename__ = "mcpservers_workload"
+    __table_args__ = (
+        CheckConstraint("(remote AND url_key IS NOT NULL) OR (NOT remote AND package_key IS NOT NULL)",
+                        name="identifier_present"),
+        CheckConstraint("status IN ('RUNNING', 'STOPPED', 'ERROR')", name="status_valid"),
+        CheckConstraint("runtime_status IN ('RUNNING', 'STOPPED', 'ERROR')", name="runtime_status_valid"),
+        Index(None, "remote", "url_key"),
+        Index(None, "remote", "package_key"),
+        Index(None, "registry_server_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workload_name: Mapped[str] = mapped_column(String(512), unique=True)
+    name: Mapped[str] = mapped_column(String(253))
+    remote: Mapped[bool] = mapped_column(Boolean)
+    url: Mapped[str | None] = mapped_column(Text)
+    url_key: Mapped[str | None] = mapped_column(Text)
+    package: Mapped[str | None] = mapped_column(Text)
+    package_key: Mapped[str | None] = mapped_column(Text)
+    transport: Mapped[str] = mapped_column(String(32), default="streamable-http")
+    #: Where the MCP endpoint is reached; a remote server's URL.
+    endpoint: Mapped[str | None] = mapped_column(Text)
+    #: What search filters on: ``runtime_status`` unless the index itself has a problem with the
+    #: workload (duplicate registry matches, embedding failure), then ERROR.
+    status: Mapped[str] = mapped_column(String(16), default=WorkloadStatus.STOPPED.value)
+    #: What the cluster says (pod phase, reachability), kept so an index error can clear itself.
+    runtime_status: Mapped[str] = mapped_column(String(16), default=WorkloadStatus.STOPPED.value)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    #: A problem the index has with this workload (duplicate registry matches, embedding
+    #: failure); while set, ``status`` is ERROR whatever the cluster says.
+    index_error: Mapped[str | None] = mapped_column(Text)
+    registry_server_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("mcpservers_registry.id", ondelete="SET NULL")
+    )
+    registry_server_name: Mapped[str | None] = mapped_column(String(253))
+    registry_catalog: Mapped[str | None] = mapped_column(String(253))
+    #: A pinned registry entry (catalog + name) that replaces automatic matching.
+    registry_ref_catalog: Mapped[str | None] = mapped_column(String(253))
+    registry_ref_name: Mapped[str | None] = mapped_column(String(253))
+    #: The effective description: the registry's while linked, the workload's own otherwise.
+    description: Mapped[str] = mapped_column(Text)
+    server_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: The name the tools were embedded with (registry server name when linked, else own name).
+    embedding_context: Mapped[str | None] = mapped_column(String(253))
+    group: Mapped[str] = mapped_column(String(253), default="default")
+    namespace: Mapped[str | None] = mapped_column(String(253))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class _ToolColumns:
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256))
+    #: The MCP tool object: name, description, inputSchema (and annotations when given).
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: Hash of the text that was embedded (context + tool text): unchanged tools are not re-embedded.
+    embedding_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class RegistryTool(_ToolColumns, Base):
+    __tablename__ = "tools_registry"
+    __table_args__ = (UniqueConstraint("server_id", "name"),)
+
+    server_id: Mapped[str] = mapped_column(String(36), ForeignKey("mcpservers_registry.id", ondelete="CASCADE"))
+
+
+class WorkloadTool(_ToolColumns, Base):
+    __tablename__ = "tools_workload"
+    __table_args__ = (UniqueConstraint("server_id", "name"),)
+
+    server_id: Mapped[str] = mapped_column(String(36), ForeignKey("mcpservers_workload.id", ondelete="CASCADE"))

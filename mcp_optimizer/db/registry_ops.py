@@ -1,0 +1,158 @@
+"""Registry servers and registry tools (the catalog side of the index)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcp_optimizer.catalog import normalize_image, normalize_url
+from mcp_optimizer.db.base import Ops, ToolOps
+from mcp_optimizer.db.models import RegistryServer, RegistryTool, new_id, utcnow
+from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
+from mcp_optimizer.db.workload_ops import WorkloadServerOps
+
+servers = RegistryServer.__table__
+tools = RegistryTool.__table__
+
+
+def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
+    """The normalised (url_key, package_key) a server is matched by; only its own type's key is set."""
+    if remote:
+        if not url:
+            raise ValueError("a remote server needs a URL")
+        return normalize_url(url), None
+    if not package:
+        raise ValueError("a container server needs a package (image)")
+    return None, normalize_image(package)
+
+
+class RegistryServerOps(Ops):
+    """``mcpservers_registry`` and its vector table ``registry_server_vector``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.tools = RegistryToolOps(engine)
+        self.workloads = WorkloadServerOps(engine)
+
+    async def create(
+        self,
+        *,
+        catalog: str,
+        name: str,
+        remote: bool,
+        url: str | None = None,
+        package: str | None = None,
+        transport: str | None = None,
+        description: str = "",
+        tags: Sequence[str] = (),
+        server_embedding: bytes | None = None,
+        group: str | None = None,
+        content_hash: str = "",
+        conn: AsyncConnection | None = None,
+    ) -> str:
+        """Insert a registry server and its vector row; returns its id."""
+        url_key, package_key = identifier_keys(remote, url, package)
+        server_id = new_id()
+        now = utcnow()
+        async with self._tx(conn) as c:
+            await c.execute(servers.insert().values(
+                id=server_id, catalog=catalog, name=name, remote=remote, url=url if remote else None,
+                url_key=url_key, package=None if remote else package, package_key=package_key,
+                transport=transport, description=description, tags=list(tags),
+                server_embedding=server_embedding, group=group, content_hash=content_hash,
+                created_at=now, last_updated=now,
+            ))
+            await self._sync_vector(c, server_id, server_embedding)
+        return server_id
+
+    async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
+        """Update columns; identifiers are re-normalised and the vector row follows the embedding."""
+        async with self._tx(conn) as c:
+            if {"url", "package", "remote"} & fields.keys():
+                row = await self.get_by_id(server_id, c)
+                if row is None:
+                    raise KeyError(server_id)
+                remote = fields.get("remote", row.remote)
+                url = fields.get("url", row.url)
+                package = fields.get("package", row.package)
+                fields["url_key"], fields["package_key"] = identifier_keys(remote, url, package)
+            fields["last_updated"] = utcnow()
+            await c.execute(update(servers).where(servers.c.id == server_id).values(**fields))
+            if "server_embedding" in fields:
+                await self._sync_vector(c, server_id, fields["server_embedding"])
+
+    async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> list[str]:
+        """Delete a registry server and its tools; its linked workloads are unlinked and fall back
+        to their own description and mean-pooled embedding. Returns the unlinked workload ids."""
+        async with self._tx(conn) as c:
+            linked = [row.id for row in await self.workloads.list_servers_by_registry(server_id, c)]
+            for workload_id in linked:
+                await self.workloads.remove_registry_relationship(workload_id, c)
+            await self.tools.delete_by_server(server_id, c)
+            await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
+            await c.execute(delete(servers).where(servers.c.id == server_id))
+        return linked
+
+    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
+        async with self._read(conn) as c:
+            return (await c.execute(select(servers).where(servers.c.id == server_id))).first()
+
+    async def get_by_name(self, catalog: str, name: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
+        async with self._read(conn) as c:
+            query = select(servers).where(servers.c.catalog == catalog, servers.c.name == name)
+            return (await c.execute(query)).first()
+
+    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+        return await self.find_matching_servers(url=url, package=None, remote=True, conn=conn)
+
+    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+        return await self.find_matching_servers(url=None, package=package, remote=False, conn=conn)
+
+    async def list(
+        self, *, catalog: str | None = None, remote: bool | None = None, conn: AsyncConnection | None = None
+    ) -> Sequence[Row[Any]]:
+        query = select(servers).order_by(servers.c.catalog, servers.c.name)
+        if catalog is not None:
+            query = query.where(servers.c.catalog == catalog)
+        if remote is not None:
+            query = query.where(servers.c.remote == remote)
+        async with self._read(conn) as c:
+            return (await c.execute(query)).all()
+
+    async def catalogs(self, conn: AsyncConnection | None = None) -> set[str]:
+        async with self._read(conn) as c:
+            return set((await c.execute(select(servers.c.catalog).distinct())).scalars())
+
+    async def find_matching_servers(
+        self, *, url: str | None, package: str | None, remote: bool, conn: AsyncConnection | None = None
+    ) -> Sequence[Row[Any]]:
+        """Registry servers of the same type whose normalised identifier equals the given one.
+
+        Matching never crosses types: a remote workload only ever matches remote entries by URL,
+        a container workload only container entries by image repository (tag and digest ignored).
+        """
+        url_key, package_key = identifier_keys(remote, url, package)
+        query = select(servers).where(servers.c.remote == remote).order_by(servers.c.catalog, servers.c.name)
+        query = query.where(servers.c.url_key == url_key) if remote else query.where(
+            servers.c.package_key == package_key)
+        async with self._read(conn) as c:
+            return (await c.execute(query)).all()
+
+    async def _sync_vector(self, c: AsyncConnection, server_id: str, embedding: bytes | None) -> None:
+        await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
+        if embedding is not None:
+            await c.execute(
+                text(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:id, :e)"),
+                {"id": server_id, "e": embedding},
+            )
+
+
+class RegistryToolOps(ToolOps):
+    """``tools_registry`` with ``registry_tool_vectors`` and ``registry_tool_fts``."""
+
+    table = tools
+    vector_table = REGISTRY_TOOL_VECTORS
+    fts_table = REGISTRY_TOOL_FTS

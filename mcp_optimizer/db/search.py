@@ -1,0 +1,337 @@
+"""Hybrid tool search: sqlite-vec KNN and FTS5 BM25, fused by reciprocal rank.
+
+Why fusion by rank: on 533 real tools BM25 over name + description + arguments beat MiniLM
+alone (Recall@5 0.72 vs 0.59), rank fusion of the two reached Recall@10 0.79, while
+concatenating the two result lists (what earlier optimizers do) scored 0.65. Scores of the
+two retrievers live on unrelated scales, ranks do not.
+
+Only tools of RUNNING workloads are ever returned: the vector query filters on the vec0
+``status`` metadata column inside sqlite-vec, the full-text query joins the server table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcp_optimizer.db.virtual import (
+    REGISTRY_SERVER_VECTOR,
+    REGISTRY_TOOL_FTS,
+    REGISTRY_TOOL_VECTORS,
+    WORKLOAD_TOOL_FTS,
+    WORKLOAD_TOOL_VECTORS,
+)
+from mcp_optimizer.embeddings import Embedder, to_bytes
+
+SearchMode = Literal["hybrid", "vector", "bm25"]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Words that carry no meaning for tool retrieval; without this "how do I ..." matches every
+# description containing "do". Kept short on purpose: FTS5 has no stopword list of its own.
+STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "by", "can", "could", "do", "does", "for", "from", "get", "got", "have", "how", "i", "in", "into", "is", "it", "its", "me", "my", "need", "of", "on", "or", "our", "please", "should", "so", "some", "that", "the", "their", "them", "then", "there", "these", "this", "to", "use", "using", "want", "was", "we", "what", "when", "where", "which", "who", "will", "with", "would", "you", "your"]
+)
+
+
+def fts_query(*texts: str | None) -> str:
+    """An FTS5 MATCH expression that is always valid, whatever the user typed.
+
+    Every word becomes a quoted string joined by OR, so FTS5 operators in user text (``NEAR``,
+    ``AND``, ``*``, ``-``, ``:``, quotes, parentheses) are plain words, never syntax.
+    Returns "" when nothing searchable remains.
+    """
+    words: list[str] = []
+    for chunk in texts:
+        for word in _WORD.findall((chunk or "").lower()):
+            if word not in STOPWORDS and word not in words and (len(word) > 1 or not word.isascii()):
+                words.append(word)
+    return " OR ".join(f'"{w}"' for w in words[:64])
+
+
+@dataclass(frozen=True)
+class ToolHit:
+    server: str
+    server_name: str
+    tool: str
+    description: str
+    input_schema: dict[str, Any]
+    score: float
+    group: str
+    namespace: str | None
+    #: Diagnostics: 1-based rank in each retriever (None when it did not find the tool).
+    vector_rank: int | None = None
+    bm25_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class RegistryServerHit:
+    catalog: str
+    name: str
+    description: str
+    remote: bool
+    url: str | None
+    package: str | None
+    transport: str | None
+    score: float
+    tools: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    workload_name: str
+    name: str
+    status: str
+    status_reason: str | None
+    endpoint: str | None
+    transport: str
+    group: str
+    namespace: str | None
+    registry_server_name: str | None
+    tool_names: list[str]
+
+
+def _in_clause(column: str, prefix: str, values: Sequence[str], params: dict[str, Any]) -> str:
+    names = []
+    for i, value in enumerate(values):
+        params[f"{prefix}{i}"] = value
+        names.append(f":{prefix}{i}")
+    return f"{column} IN ({', '.join(names)})"
+
+
+class ToolSearch:
+    """Read side of the index: find tools, find registry servers worth installing, list tools."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        embedder: Embedder,
+        *,
+        min_similarity: float = 0.3,
+        rrf_k: float = 60.0,
+        vector_weight: float = 1.0,
+        bm25_weight: float = 1.0,
+        candidates: int = 50,
+    ) -> None:
+        self.engine = engine
+        self.embedder = embedder
+        self.min_similarity = min_similarity
+        self.rrf_k = rrf_k
+        self.vector_weight = vector_weight
+        self.bm25_weight = bm25_weight
+        self.candidates = candidates
+
+    async def find_tools(
+        self,
+        query: str,
+        *,
+        keywords: Sequence[str] | None = None,
+        limit: int = 10,
+        groups: Sequence[str] | None = None,
+        namespaces: Sequence[str] | None = None,
+        server: str | None = None,
+        mode: SearchMode = "hybrid",
+    ) -> list[ToolHit]:
+        """The ``limit`` tools of RUNNING workloads that best answer ``query``, best first.
+
+        ``groups``/``namespaces`` restrict to those (an empty list means nothing is visible),
+        ``server`` to one workload. Vector hits below ``min_similarity`` count only when the
+        full-text search found them too, so a query no tool answers returns nothing.
+        """
+        if limit <= 0 or (groups is not None and not groups) or (namespaces is not None and not namespaces):
+            return []
+        pool = max(self.candidates, limit * 3)
+        vector_hits: dict[int, tuple[int, float]] = {}
+        bm25_hits: dict[int, int] = {}
+        match = fts_query(query, *(keywords or ()))
+        embedding = None
+        if mode != "bm25" and query.strip():
+            embedding = await self.embedder.aembed_one(query)
+        async with self.engine.connect() as conn:
+            server_id = None
+            if server is not None:
+                server_id = (await conn.execute(
+                    text("SELECT id FROM mcpservers_workload WHERE workload_name = :w"), {"w": server})).scalar()
+                if server_id is None:
+                    return []
+            if embedding is not None:
+                params: dict[str, Any] = {"q": to_bytes(embedding), "k": pool}
+                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'"]
+                if groups is not None:
+                    where.append(_in_clause("grp", "g", groups, params))
+                if namespaces is not None:
+                    where.append(_in_clause("namespace", "n", namespaces, params))
+                if server_id is not None:
+                    where.append("server_id = :sid")
+                    params["sid"] = server_id
+                rows = await conn.execute(
+                    text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
+                         "ORDER BY distance"), params)
+                for rank, (rowid, distance) in enumerate(rows, start=1):
+                    vector_hits[rowid] = (rank, 1.0 - float(distance))
+            if mode != "vector" and match:
+                params = {"m": match, "k": pool}
+                where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'"]
+                if groups is not None:
+                    where.append(_in_clause('s."group"', "g", groups, params))
+                if namespaces is not None:
+                    where.append(_in_clause("coalesce(s.namespace, '')", "n", namespaces, params))
+                if server_id is not None:
+                    where.append("s.id = :sid")
+                    params["sid"] = server_id
+                rows = await conn.execute(text(
+                    f"SELECT f.rowid FROM {WORKLOAD_TOOL_FTS} f JOIN tools_workload t ON t.id = f.rowid "
+                    f"JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
+                    f"ORDER BY bm25({WORKLOAD_TOOL_FTS}, 2.0, 1.0, 0.5) LIMIT :k"), params)
+                for rank, (rowid,) in enumerate(rows, start=1):
+                    bm25_hits[rowid] = rank
+            scores: dict[int, float] = {}
+            for rowid, (rank, similarity) in vector_hits.items():
+                if similarity >= self.min_similarity or rowid in bm25_hits:
+                    scores[rowid] = self.vector_weight / (self.rrf_k + rank)
+            for rowid, rank in bm25_hits.items():
+                scores[rowid] = scores.get(rowid, 0.0) + self.bm25_weight / (self.rrf_k + rank)
+            best = sorted(scores, key=lambda r: -scores[r])[:limit]
+            details = await self._tool_details(conn, best)
+        return [
+            ToolHit(**details[rowid], score=round(scores[rowid], 6),
+                    vector_rank=vector_hits[rowid][0] if rowid in vector_hits else None,
+                    bm25_rank=bm25_hits.get(rowid))
+            for rowid in best if rowid in details
+        ]
+
+    async def _tool_details(self, conn: AsyncConnection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        if not ids:
+            return {}
+        params: dict[str, Any] = {}
+        rows = await conn.execute(text(
+            "SELECT t.id, t.details, s.workload_name, s.name, s.\"group\", s.namespace FROM tools_workload t "
+            f"JOIN mcpservers_workload s ON s.id = t.server_id WHERE {_in_clause('t.id', 't', ids, params)}"),
+            params)
+        return {row.id: self._hit_fields(row) for row in rows}
+
+    @staticmethod
+    def _hit_fields(row: Any) -> dict[str, Any]:
+        import json
+
+        details = json.loads(row.details) if isinstance(row.details, str) else row.details
+        return {
+            "server": row.workload_name, "server_name": row.name, "tool": details.get("name", ""),
+            "description": details.get("description") or "",
+            "input_schema": details.get("inputSchema") or {"type": "object", "properties": {}},
+            "group": row.group, "namespace": row.namespace,
+        }
+
+    async def running_tools(
+        self,
+        *,
+        server: str | None = None,
+        groups: Sequence[str] | None = None,
+        namespaces: Sequence[str] | None = None,
+    ) -> list[ToolHit]:
+        """Every tool of RUNNING workloads (optionally one workload), ordered by server and name."""
+        params: dict[str, Any] = {}
+        where = ["s.status = 'RUNNING'"]
+        if server is not None:
+            where.append("s.workload_name = :w")
+            params["w"] = server
+        if groups is not None:
+            if not groups:
+                return []
+            where.append(_in_clause('s."group"', "g", groups, params))
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            where.append(_in_clause("coalesce(s.namespace, '')", "n", namespaces, params))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(
+                "SELECT t.id, t.details, s.workload_name, s.name, s.\"group\", s.namespace FROM tools_workload t "
+                f"JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
+                "ORDER BY s.workload_name, t.name"), params)
+            return [ToolHit(**self._hit_fields(row), score=0.0) for row in rows]
+
+    async def get_workload(self, workload_name: str) -> WorkloadInfo | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(text(
+                "SELECT id, workload_name, name, status, status_reason, endpoint, transport, \"group\", namespace, "
+                "registry_server_name FROM mcpservers_workload WHERE workload_name = :w"), {"w": workload_name})).first()
+            if row is None:
+                return None
+            names = (await conn.execute(text("SELECT name FROM tools_workload WHERE server_id = :s ORDER BY name"),
+                                        {"s": row.id})).scalars().all()
+        return WorkloadInfo(
+            workload_name=row.workload_name, name=row.name, status=row.status, status_reason=row.status_reason,
+            endpoint=row.endpoint, transport=row.transport, group=row.group, namespace=row.namespace,
+            registry_server_name=row.registry_server_name, tool_names=list(names),
+        )
+
+    async def find_registry_servers(
+        self, query: str, *, limit: int = 10, exclude_running: bool = True
+    ) -> list[RegistryServerHit]:
+        """Registry servers worth installing for ``query``: fused ranks of server vectors, tool
+        vectors and tool full-text hits, each server ranked by its best tool. Servers that
+        already have a RUNNING linked workload are left out unless ``exclude_running`` is False."""
+        if limit <= 0 or not query.strip():
+            return []
+        pool = max(self.candidates, limit * 5)
+        embedding = to_bytes(await self.embedder.aembed_one(query))
+        match = fts_query(query)
+        server_ranks: list[dict[str, int]] = []
+        tool_names: dict[str, list[str]] = {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(
+                f"SELECT server_id, distance FROM {REGISTRY_SERVER_VECTOR} WHERE embedding MATCH :q AND k = :k "
+                "ORDER BY distance"), {"q": embedding, "k": pool})
+            server_ranks.append({row.server_id: rank for rank, row in enumerate(
+                (r for r in rows if 1.0 - r.distance >= self.min_similarity), start=1)})
+            rows = await conn.execute(text(
+                f"SELECT v.server_id, v.distance, t.name FROM {REGISTRY_TOOL_VECTORS} v "
+                f"JOIN tools_registry t ON t.id = v.rowid WHERE v.embedding MATCH :q AND v.k = :k "
+                "ORDER BY v.distance"), {"q": embedding, "k": pool})
+            server_ranks.append(self._first_ranks(
+                [(r.server_id, r.name) for r in rows if 1.0 - r.distance >= self.min_similarity], tool_names))
+            if match:
+                rows = await conn.execute(text(
+                    f"SELECT t.server_id, t.name FROM {REGISTRY_TOOL_FTS} f JOIN tools_registry t ON t.id = f.rowid "
+                    f"WHERE {REGISTRY_TOOL_FTS} MATCH :m ORDER BY bm25({REGISTRY_TOOL_FTS}, 2.0, 1.0, 0.5) LIMIT :k"),
+                    {"m": match, "k": pool})
+                server_ranks.append(self._first_ranks([(r.server_id, r.name) for r in rows], tool_names))
+            scores: dict[str, float] = {}
+            for ranks in server_ranks:
+                for server_id, rank in ranks.items():
+                    scores[server_id] = scores.get(server_id, 0.0) + 1.0 / (self.rrf_k + rank)
+            if exclude_running and scores:
+                running = set((await conn.execute(text(
+                    "SELECT DISTINCT registry_server_id FROM mcpservers_workload "
+                    "WHERE status = 'RUNNING' AND registry_server_id IS NOT NULL"))).scalars())
+                scores = {k: v for k, v in scores.items() if k not in running}
+            best = sorted(scores, key=lambda s: -scores[s])[:limit]
+            if not best:
+                return []
+            params: dict[str, Any] = {}
+            rows = await conn.execute(text(
+                "SELECT id, catalog, name, description, remote, url, package, transport FROM mcpservers_registry "
+                f"WHERE {_in_clause('id', 's', best, params)}"), params)
+            by_id = {row.id: row for row in rows}
+        return [
+            RegistryServerHit(
+                catalog=by_id[s].catalog, name=by_id[s].name, description=by_id[s].description,
+                remote=bool(by_id[s].remote), url=by_id[s].url, package=by_id[s].package,
+                transport=by_id[s].transport, score=round(scores[s], 6), tools=tool_names.get(s, [])[:10],
+            )
+            for s in best if s in by_id
+        ]
+
+    @staticmethod
+    def _first_ranks(hits: list[tuple[str, str]], tool_names: dict[str, list[str]]) -> dict[str, int]:
+        ranks: dict[str, int] = {}
+        for server_id, tool in hits:
+            ranks.setdefault(server_id, len(ranks) + 1)
+            names = tool_names.setdefault(server_id, [])
+            if tool not in names:
+                names.append(tool)
+        return ranks

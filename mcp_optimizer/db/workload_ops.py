@@ -1,0 +1,185 @@
+"""Workload servers and workload tools (the side of the index that follows what runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcp_optimizer.catalog import normalize_image, normalize_url
+from mcp_optimizer.db.base import Ops, ToolOps
+from mcp_optimizer.db.models import WorkloadServer, WorkloadTool, new_id, utcnow
+from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
+from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool, to_bytes
+from mcp_optimizer.embeddings.texts import own_description
+
+servers = WorkloadServer.__table__
+tools = WorkloadTool.__table__
+
+#: Columns mirrored into the vec0 metadata of a workload's vector rows (search filters on them).
+_FILTER_COLUMNS = ("status", "group", "namespace")
+
+
+def _keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
+    if remote:
+        if not url:
+            raise ValueError("a remote workload needs a URL")
+        return normalize_url(url), None
+    if not package:
+        raise ValueError("a container workload needs a package (image)")
+    return None, normalize_image(package)
+
+
+def _metadata(status: str, group: str | None, namespace: str | None) -> dict[str, str]:
+    # vec0 metadata columns hold no NULLs; "" stands for "no namespace".
+    return {"status": status, "grp": group or "", "namespace": namespace or ""}
+
+
+class WorkloadServerOps(Ops):
+    """``mcpservers_workload`` and its vector table ``workload_server_vector``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.tools = WorkloadToolOps(engine)
+
+    async def create(self, *, conn: AsyncConnection | None = None, **fields: Any) -> str:
+        """Insert a workload server (``workload_name``, ``name``, ``remote``, ``url``/``package``,
+        ``description`` and any other column); returns its id."""
+        fields.setdefault("id", new_id())
+        fields["url_key"], fields["package_key"] = _keys(fields["remote"], fields.get("url"), fields.get("package"))
+        fields.setdefault("runtime_status", fields.get("status", "STOPPED"))
+        fields.setdefault("status", fields["runtime_status"])
+        fields["created_at"] = fields["last_updated"] = utcnow()
+        async with self._tx(conn) as c:
+            await c.execute(servers.insert().values(**fields))
+            await self._sync_vectors(c, fields["id"])
+        return str(fields["id"])
+
+    async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
+        """Update columns; keys, the server vector and the tools' filter metadata follow."""
+        async with self._tx(conn) as c:
+            if {"url", "package", "remote"} & fields.keys():
+                row = await self.get_by_id(server_id, c)
+                if row is None:
+                    raise KeyError(server_id)
+                fields["url_key"], fields["package_key"] = _keys(
+                    fields.get("remote", row.remote), fields.get("url", row.url), fields.get("package", row.package))
+            fields["last_updated"] = utcnow()
+            await c.execute(update(servers).where(servers.c.id == server_id).values(**fields))
+            if {"server_embedding", *_FILTER_COLUMNS} & fields.keys():
+                await self._sync_vectors(c, server_id, tools_too=bool(set(_FILTER_COLUMNS) & fields.keys()))
+
+    async def set_status(
+        self, server_id: str, *, status: str, runtime_status: str, reason: str | None,
+        conn: AsyncConnection | None = None,
+    ) -> None:
+        """The fast path for pod phase changes: the row and the vec0 metadata of its tools, nothing else."""
+        await self.update(server_id, conn, status=status, runtime_status=runtime_status, status_reason=reason)
+
+    async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> None:
+        """Delete a workload server with its tools; registry servers are untouched."""
+        async with self._tx(conn) as c:
+            await self.tools.delete_by_server(server_id, c)
+            await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
+            await c.execute(delete(servers).where(servers.c.id == server_id))
+
+    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
+        async with self._read(conn) as c:
+            return (await c.execute(select(servers).where(servers.c.id == server_id))).first()
+
+    async def get_by_workload_name(self, workload_name: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
+        async with self._read(conn) as c:
+            return (await c.execute(select(servers).where(servers.c.workload_name == workload_name))).first()
+
+    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+        async with self._read(conn) as c:
+            query = select(servers).where(servers.c.remote.is_(True), servers.c.url_key == normalize_url(url))
+            return (await c.execute(query)).all()
+
+    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+        async with self._read(conn) as c:
+            query = select(servers).where(
+                servers.c.remote.is_(False), servers.c.package_key == normalize_image(package))
+            return (await c.execute(query)).all()
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        group: str | None = None,
+        registry_server_id: str | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> Sequence[Row[Any]]:
+        query = select(servers).order_by(servers.c.workload_name)
+        if status is not None:
+            query = query.where(servers.c.status == status)
+        if group is not None:
+            query = query.where(servers.c.group == group)
+        if registry_server_id is not None:
+            query = query.where(servers.c.registry_server_id == registry_server_id)
+        async with self._read(conn) as c:
+            return (await c.execute(query)).all()
+
+    async def list_servers_by_registry(
+        self, registry_server_id: str, conn: AsyncConnection | None = None
+    ) -> Sequence[Row[Any]]:
+        return await self.list(registry_server_id=registry_server_id, conn=conn)
+
+    async def remove_registry_relationship(self, server_id: str, conn: AsyncConnection | None = None) -> None:
+        """Unlink a workload from its registry server and fall back to its own description and
+        embedding, the mean of its tool embeddings (no model call: this must stay fast)."""
+        async with self._tx(conn) as c:
+            row = await self.get_by_id(server_id, c)
+            if row is None:
+                return
+            tool_rows = await self.tools.list_by_server(server_id, c)
+            details = [t.details for t in tool_rows]
+            vectors = [from_bytes(t.details_embedding) for t in tool_rows if t.details_embedding is not None]
+            try:
+                embedding: bytes | None = to_bytes(mean_pool(vectors))
+            except EmbeddingError:
+                embedding = None  # no embedded tools: the server has no vector until it has some
+            await self.update(
+                server_id, c, registry_server_id=None, registry_server_name=None, registry_catalog=None,
+                description=own_description(row.name, details), server_embedding=embedding,
+            )
+
+    async def _sync_vectors(self, c: AsyncConnection, server_id: str, *, tools_too: bool = False) -> None:
+        row = (await c.execute(select(servers.c.server_embedding, *(servers.c[n] for n in _FILTER_COLUMNS))
+                               .where(servers.c.id == server_id))).first()
+        if row is None:
+            return
+        metadata = _metadata(row.status, row.group, row.namespace)
+        await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
+        if row.server_embedding is not None:
+            await c.execute(
+                text(f"INSERT INTO {WORKLOAD_SERVER_VECTOR}(server_id, embedding, status, grp, namespace) "
+                     "VALUES (:id, :e, :status, :grp, :namespace)"),
+                {"id": server_id, "e": row.server_embedding, **metadata},
+            )
+        if tools_too:
+            ids = (await c.execute(select(tools.c.id).where(tools.c.server_id == server_id))).scalars().all()
+            if ids:
+                await c.execute(
+                    text(f"UPDATE {WORKLOAD_TOOL_VECTORS} SET status = :status, grp = :grp, "
+                         "namespace = :namespace WHERE rowid = :id"),
+                    [{"id": i, **metadata} for i in ids],
+                )
+
+
+class WorkloadToolOps(ToolOps):
+    """``tools_workload`` with ``workload_tool_vectors`` (status/group/namespace metadata) and
+    ``workload_tool_fts``."""
+
+    table = tools
+    vector_table = WORKLOAD_TOOL_VECTORS
+    fts_table = WORKLOAD_TOOL_FTS
+
+    async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
+        row = (await conn.execute(select(servers.c.status, servers.c.group, servers.c.namespace)
+                                  .where(servers.c.id == server_id))).first()
+        if row is None:
+            raise KeyError(f"workload server {server_id} does not exist")
+        return _metadata(row.status, row.group, row.namespace)

@@ -1,0 +1,539 @@
+"""The Indexer: the one entry point that writes the index.
+
+Every write follows the same two phases so that slow embedding never holds the write lock:
+
+1. *plan* without the lock: work out what the index should hold (matches, tool texts) and
+   run the texts that are not stored yet through the model, which fills its cache;
+2. *apply* under the lock, in one transaction: plan again from the committed state (a catalog
+   may have changed meanwhile), embed whatever is still missing (normally nothing: cache
+   hits), and write rows, vectors and FTS rows together.
+
+So the final state never depends on the order in which concurrent changes arrived, and a pod
+phase change (:meth:`Indexer.set_workload_status`) waits for at most one short transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db import migrate
+from mcp_optimizer.db.base import ToolRow
+from mcp_optimizer.db.engine import WRITE_OPTION, create_engine
+from mcp_optimizer.db.models import RegistryTool, WorkloadServer, WorkloadStatus
+from mcp_optimizer.db.registry_ops import RegistryServerOps, identifier_keys
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, mean_pool, to_bytes
+from mcp_optimizer.embeddings.texts import (
+    own_description,
+    server_embedding_text,
+    text_hash,
+    tool_embedding_text,
+)
+from mcp_optimizer.ingest.errors import (
+    DuplicateRegistryServersError,
+    IndexError_,
+    RegistryRefError,
+    WorkloadSpecError,
+)
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("streamable-http", "sse", "stdio")
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """A pinned registry entry: skips automatic matching (how users resolve aliases)."""
+
+    catalog: str
+    name: str
+
+
+@dataclass
+class WorkloadSpec:
+    """What the cluster (or a workloads file) says about one MCP server that runs."""
+
+    workload_name: str
+    name: str
+    url: str | None = None
+    package: str | None = None
+    endpoint: str | None = None
+    transport: str = "streamable-http"
+    #: What the cluster says: pod phase for containers, reachability for remote servers.
+    status: WorkloadStatus = WorkloadStatus.STOPPED
+    status_reason: str | None = None
+    group: str = "default"
+    namespace: str | None = None
+    registry_ref: RegistryRef | None = None
+    #: MCP tool objects (name, description, inputSchema). ``None`` keeps the stored tools.
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    def validate(self) -> None:
+        """Raise :class:`WorkloadSpecError` for a spec no amount of retrying can store."""
+        where = f"workload {self.workload_name!r}"
+        if not self.workload_name or not self.name:
+            raise WorkloadSpecError("a workload needs a workload_name and a name")
+        if (self.url is None) == (self.package is None):
+            raise WorkloadSpecError(f"{where}: exactly one of url (remote) or package (container) is required")
+        try:
+            if self.url is not None:
+                normalize_url(self.url)
+            else:
+                normalize_image(self.package or "")
+        except ValueError as exc:
+            raise WorkloadSpecError(f"{where}: {exc}") from exc
+        if self.transport not in TRANSPORTS:
+            raise WorkloadSpecError(f"{where}: transport must be one of {', '.join(TRANSPORTS)}")
+        if self.tools is not None:
+            names = [str(t.get("name") or "") for t in self.tools]
+            if not all(names):
+                raise WorkloadSpecError(f"{where}: every tool needs a name")
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise WorkloadSpecError(f"{where}: duplicate tool names {', '.join(duplicates)}")
+
+
+@dataclass
+class WorkloadResult:
+    workload_name: str
+    status: WorkloadStatus
+    status_reason: str | None
+    registry_server_name: str | None
+    registry_catalog: str | None
+    tool_count: int
+    #: Tool texts that went through the model (0 when nothing changed).
+    tools_embedded: int = 0
+    #: The index-level problem that made status ERROR, if any.
+    error: IndexError_ | EmbeddingError | None = None
+    #: Why a pinned registry reference is not linked (it names no entry yet), if so.
+    registry_note: str | None = None
+
+
+@dataclass
+class CatalogLoadResult:
+    catalog: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    texts_embedded: int = 0
+    #: Workloads whose link was re-evaluated because of this change.
+    rematched: list[WorkloadResult] = field(default_factory=list)
+
+
+@dataclass
+class _WorkloadPlan:
+    """What one workload should look like in the index, before the tool embeddings are known."""
+
+    spec: WorkloadSpec
+    tools: list[dict[str, Any]]
+    registry: Row[Any] | None
+    error: IndexError_ | None
+    registry_note: str | None
+    context: str
+    texts: list[str]
+    #: Embeddings already stored for unchanged tool texts, by text hash.
+    stored: dict[str, bytes]
+
+    def missing_texts(self) -> list[str]:
+        return [t for t in self.texts if text_hash(t) not in self.stored]
+
+
+def _key_of(remote: bool, url: str | None, package: str | None) -> tuple[bool, str]:
+    url_key, package_key = identifier_keys(remote, url, package)
+    return remote, (url_key if remote else package_key) or ""
+
+
+class Indexer:
+    """Writes the index: catalogs, workloads, status. Searches go through :class:`ToolSearch`."""
+
+    def __init__(self, engine: AsyncEngine, embedder: Embedder) -> None:
+        self.engine = engine
+        self.embedder = embedder
+        self.registry = RegistryServerOps(engine)
+        self.registry_tools = self.registry.tools
+        self.workloads = self.registry.workloads
+        self.workload_tools = self.workloads.tools
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, settings: Settings, embedder: Embedder | None = None) -> Indexer:
+        """Open (and create or upgrade) the index file named by ``settings``."""
+        engine = create_engine(settings.db_path)
+        await migrate.upgrade(engine)
+        if embedder is None:
+            embedder = FastEmbedder(
+                settings.embedding_model_path, settings.embedding_model_name,
+                batch_size=settings.embedding_batch_size,
+            )
+        return cls(engine, embedder)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self.engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+            yield conn
+
+    # ----------------------------------------------------------------------------- catalogs
+
+    async def load_catalog(
+        self, catalog: str, entries: Sequence[CatalogEntry], warnings: Iterable[str] = ()
+    ) -> CatalogLoadResult:
+        """Make the catalog's registry servers exactly ``entries`` and re-match affected workloads.
+
+        Unchanged entries (same content hash) are not touched and not embedded. An entry that
+        disappears while a new one with the same identifier appears is a rename: the row keeps
+        its id and links, and the linked workloads re-embed their tools with the new name.
+        """
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"catalog {catalog!r} lists a server name twice")
+        async with self.engine.connect() as conn:
+            plan = await self._plan_catalog(conn, catalog, entries)
+        await self._warm(plan.missing_texts())
+        async with self._write() as conn:
+            plan = await self._plan_catalog(conn, catalog, entries)
+            vectors = await self._embed_map(plan.missing_texts())
+            result = CatalogLoadResult(catalog, warnings=list(warnings), texts_embedded=len(vectors))
+            affected = await self._apply_catalog(conn, plan, vectors, result)
+        result.rematched = await self.rematch_workloads(affected)
+        return result
+
+    async def delete_catalog(self, catalog: str) -> CatalogLoadResult:
+        """Remove every registry server of a catalog; linked workloads fall back, then re-match."""
+        return await self.load_catalog(catalog, [])
+
+    async def catalog_names(self) -> set[str]:
+        return await self.registry.catalogs()
+
+    async def _plan_catalog(
+        self, conn: AsyncConnection, catalog: str, entries: Sequence[CatalogEntry]
+    ) -> _CatalogPlan:
+        existing = {row.name: row for row in await self.registry.list(catalog=catalog, conn=conn)}
+        new_names = {e.name for e in entries}
+        gone = {name: row for name, row in existing.items() if name not in new_names}
+        plan = _CatalogPlan(catalog=catalog)
+        gone_by_key: dict[tuple[bool, str], list[Row[Any]]] = {}
+        for row in gone.values():
+            gone_by_key.setdefault(_key_of(row.remote, row.url, row.package), []).append(row)
+        for entry in entries:
+            old = existing.get(entry.name)
+            if old is None:
+                candidates = gone_by_key.get(_key_of(entry.remote, entry.url, entry.package))
+                if candidates:
+                    old = candidates.pop(0)
+                    plan.renamed.append((old, entry))
+                else:
+                    plan.added.append(entry)
+            elif old.content_hash == entry.content_hash():
+                plan.unchanged.append(entry.name)
+                continue
+            else:
+                plan.updated.append((old, entry))
+        renamed_ids = {old.id for old, _ in plan.renamed}
+        plan.removed = [row for row in gone.values() if row.id not in renamed_ids]
+        changed_ids = [old.id for old, _ in plan.updated + plan.renamed]
+        if changed_ids:
+            rows = await conn.execute(
+                select(RegistryTool.__table__.c.embedding_hash, RegistryTool.__table__.c.details_embedding)
+                .where(RegistryTool.__table__.c.server_id.in_(changed_ids),
+                       RegistryTool.__table__.c.details_embedding.is_not(None))
+            )
+            plan.stored = {row.embedding_hash: row.details_embedding for row in rows}
+        return plan
+
+    async def _apply_catalog(
+        self, conn: AsyncConnection, plan: _CatalogPlan, vectors: dict[str, bytes], result: CatalogLoadResult
+    ) -> list[str]:
+        """Write the planned catalog change; returns the workload names to re-match."""
+        touched_keys: set[tuple[bool, str]] = set()
+        touched_ids: list[str] = []
+        for row in plan.removed:
+            touched_keys.add(_key_of(row.remote, row.url, row.package))
+            touched_ids.append(row.id)
+        # Collect linked workloads before deleting: deletion unlinks them.
+        affected = {w.workload_name for sid in touched_ids
+                    for w in await self.workloads.list_servers_by_registry(sid, conn)}
+        for row in plan.removed:
+            await self.registry.delete(row.id, conn)
+            result.removed.append(row.name)
+        for old, entry in [*plan.updated, *plan.renamed]:
+            touched_keys.add(_key_of(old.remote, old.url, old.package))
+            touched_keys.add(_key_of(entry.remote, entry.url, entry.package))
+            affected.update(w.workload_name for w in await self.workloads.list_servers_by_registry(old.id, conn))
+            await self.registry.update(old.id, conn, **self._entry_columns(entry, vectors, plan.stored))
+            await self.registry_tools.bulk_upsert(old.id, self._entry_tools(entry, vectors, plan.stored), conn)
+            if old.name != entry.name:
+                result.renamed.append((old.name, entry.name))
+            else:
+                result.updated.append(entry.name)
+        for entry in plan.added:
+            touched_keys.add(_key_of(entry.remote, entry.url, entry.package))
+            columns = self._entry_columns(entry, vectors, plan.stored)
+            server_id = await self.registry.create(catalog=plan.catalog, conn=conn, **columns)
+            await self.registry_tools.bulk_upsert(server_id, self._entry_tools(entry, vectors, plan.stored), conn)
+            result.added.append(entry.name)
+        result.unchanged = plan.unchanged
+        # Unlinked or conflicting workloads with a touched identifier, and pins into this catalog.
+        table = WorkloadServer.__table__
+        for remote, key in touched_keys:
+            column = table.c.url_key if remote else table.c.package_key
+            rows = await conn.execute(select(table.c.workload_name).where(table.c.remote == remote, column == key))
+            affected.update(rows.scalars())
+        pinned = await conn.execute(select(table.c.workload_name).where(table.c.registry_ref_catalog == plan.catalog))
+        affected.update(pinned.scalars())
+        return sorted(affected)
+
+    @staticmethod
+    def _entry_columns(entry: CatalogEntry, vectors: dict[str, bytes], stored: dict[str, bytes]) -> dict[str, Any]:
+        text = server_embedding_text(entry.name, entry.description, entry.tags)
+        return {
+            "name": entry.name, "remote": entry.remote, "url": entry.url, "package": entry.package,
+            "transport": entry.transport, "description": entry.description, "tags": list(entry.tags),
+            "server_embedding": vectors.get(text) or stored.get(text_hash(text)),
+            "content_hash": entry.content_hash(),
+        }
+
+    @staticmethod
+    def _entry_tools(entry: CatalogEntry, vectors: dict[str, bytes], stored: dict[str, bytes]) -> list[ToolRow]:
+        rows = []
+        for tool in entry.tools:
+            details = tool.to_mcp()
+            text = tool_embedding_text(entry.name, details)
+            digest = text_hash(text)
+            rows.append(ToolRow(tool.name, details, vectors.get(text) or stored.get(digest), digest))
+        return rows
+
+    # ---------------------------------------------------------------------------- workloads
+
+    async def apply_workload(self, spec: WorkloadSpec) -> WorkloadResult:
+        """Create or update a workload (in place, keyed by ``workload_name``) and (re-)match it.
+
+        Raises :class:`WorkloadSpecError` before storing anything for an invalid spec, and
+        :class:`DuplicateRegistryServersError` / :class:`RegistryRefError` *after* storing the
+        workload with status ERROR and the reason. An embedding failure does not raise: the
+        workload is stored with status ERROR (see ``WorkloadResult.error``).
+        """
+        spec.validate()
+        result = await self._sync_workload(spec.workload_name, spec)
+        if isinstance(result.error, DuplicateRegistryServersError | RegistryRefError):
+            raise result.error
+        return result
+
+    async def rematch_workloads(self, workload_names: Sequence[str] | None = None) -> list[WorkloadResult]:
+        """Re-evaluate the registry link of stored workloads (all when ``None``) with their stored
+        tools; errors are reported in each result, never raised."""
+        if workload_names is None:
+            workload_names = sorted(await self.workload_names())
+        results = []
+        for name in workload_names:
+            try:
+                result = await self._sync_workload(name, None)
+            except KeyError:
+                continue  # deleted meanwhile
+            results.append(result)
+        return results
+
+    async def set_workload_status(
+        self, workload_name: str, status: WorkloadStatus, reason: str | None = None
+    ) -> bool:
+        """Record what the cluster says about a workload (no tools/list, no embedding).
+
+        Returns False when the workload is not indexed. An index-level error keeps the
+        effective status ERROR until it is resolved.
+        """
+        async with self._write() as conn:
+            row = await self.workloads.get_by_workload_name(workload_name, conn)
+            if row is None:
+                return False
+            effective = WorkloadStatus.ERROR if row.index_error else status
+            await self.workloads.set_status(
+                row.id, status=effective.value, runtime_status=status.value,
+                reason=row.index_error or reason, conn=conn,
+            )
+            return True
+
+    async def delete_workload(self, workload_name: str) -> bool:
+        async with self._write() as conn:
+            row = await self.workloads.get_by_workload_name(workload_name, conn)
+            if row is None:
+                return False
+            await self.workloads.delete(row.id, conn)
+            return True
+
+    async def workload_names(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(WorkloadServer.__table__.c.workload_name))
+            return set(rows.scalars())
+
+    async def _sync_workload(self, workload_name: str, spec: WorkloadSpec | None) -> WorkloadResult:
+        async with self.engine.connect() as conn:
+            plan = await self._plan_workload(conn, workload_name, spec)
+        await self._warm(plan.missing_texts())
+        async with self._write() as conn:
+            plan = await self._plan_workload(conn, workload_name, spec)
+            return await self._apply_workload(conn, plan)
+
+    async def _plan_workload(
+        self, conn: AsyncConnection, workload_name: str, spec: WorkloadSpec | None
+    ) -> _WorkloadPlan:
+        row = await self.workloads.get_by_workload_name(workload_name, conn)
+        stored_tools = await self.workload_tools.list_by_server(row.id, conn) if row is not None else []
+        if spec is None:
+            if row is None:
+                raise KeyError(workload_name)
+            spec = self._spec_from_row(row)
+        tools = spec.tools if spec.tools is not None else [t.details for t in stored_tools]
+        registry, error, note = await self._match(conn, spec)
+        context = registry.name if registry is not None else spec.name
+        texts = [tool_embedding_text(context, tool) for tool in tools]
+        stored = {t.embedding_hash: t.details_embedding for t in stored_tools
+                  if t.embedding_hash and t.details_embedding is not None}
+        return _WorkloadPlan(spec, tools, registry, error, note, context, texts, stored)
+
+    async def _match(
+        self, conn: AsyncConnection, spec: WorkloadSpec
+    ) -> tuple[Row[Any] | None, IndexError_ | None, str | None]:
+        """(registry row, error, note): the registry entry this workload links to, if exactly one."""
+        if spec.registry_ref is not None:
+            ref = spec.registry_ref
+            entry = await self.registry.get_by_name(ref.catalog, ref.name, conn)
+            if entry is None:
+                return None, None, f"pinned registry entry {ref.catalog}/{ref.name} not found"
+            if entry.remote != spec.remote:
+                kinds = ("remote", "container")
+                return None, RegistryRefError(
+                    f"workload {spec.workload_name!r} is a {kinds[not spec.remote]} server but its pinned "
+                    f"registry entry {ref.catalog}/{ref.name} is a {kinds[not entry.remote]} server"
+                ), None
+            return entry, None, None
+        matches = await self.registry.find_matching_servers(
+            url=spec.url, package=spec.package, remote=spec.remote, conn=conn)
+        if len(matches) > 1:
+            identifier = f"URL {spec.url}" if spec.remote else f"image {spec.package}"
+            return None, DuplicateRegistryServersError(
+                spec.workload_name, identifier, [(m.catalog, m.name) for m in matches]), None
+        return (matches[0] if matches else None), None, None
+
+    async def _apply_workload(self, conn: AsyncConnection, plan: _WorkloadPlan) -> WorkloadResult:
+        spec = plan.spec
+        error: IndexError_ | EmbeddingError | None = plan.error
+        missing = plan.missing_texts()
+        try:
+            vectors = await self._embed_map(missing)
+        except EmbeddingError as exc:
+            vectors, error = {}, exc
+        tool_rows = []
+        tool_vectors = []
+        for tool, text in zip(plan.tools, plan.texts, strict=True):
+            digest = text_hash(text)
+            embedding = vectors.get(text) or plan.stored.get(digest)
+            tool_rows.append(ToolRow(str(tool["name"]), tool, embedding, digest if embedding else None))
+            if embedding is not None:
+                tool_vectors.append(np.frombuffer(embedding, dtype="<f4"))
+        description = own_description(spec.name, plan.tools)
+        server_embedding: bytes | None = None
+        if plan.registry is not None:
+            description = plan.registry.description or description
+            server_embedding = plan.registry.server_embedding
+        elif tool_vectors:
+            server_embedding = to_bytes(mean_pool(tool_vectors))
+        elif not plan.tools and error is None:
+            try:
+                server_embedding = to_bytes(await self.embedder.aembed_one(description))
+            except EmbeddingError as exc:
+                error = exc
+        index_error = str(error) if error is not None else None
+        status = WorkloadStatus.ERROR if index_error else spec.status
+        columns: dict[str, Any] = {
+            "name": spec.name, "remote": spec.remote, "url": spec.url, "package": spec.package,
+            "endpoint": spec.endpoint or spec.url, "transport": spec.transport,
+            "status": status.value, "runtime_status": spec.status.value,
+            "status_reason": index_error or spec.status_reason, "index_error": index_error,
+            "registry_server_id": plan.registry.id if plan.registry is not None else None,
+            "registry_server_name": plan.registry.name if plan.registry is not None else None,
+            "registry_catalog": plan.registry.catalog if plan.registry is not None else None,
+            "registry_ref_catalog": spec.registry_ref.catalog if spec.registry_ref else None,
+            "registry_ref_name": spec.registry_ref.name if spec.registry_ref else None,
+            "description": description, "server_embedding": server_embedding,
+            "embedding_context": plan.context, "group": spec.group, "namespace": spec.namespace,
+        }
+        row = await self.workloads.get_by_workload_name(spec.workload_name, conn)
+        if row is None:
+            server_id = await self.workloads.create(conn=conn, workload_name=spec.workload_name, **columns)
+        else:
+            server_id = row.id
+            await self.workloads.update(server_id, conn, **columns)
+        await self.workload_tools.bulk_upsert(server_id, tool_rows, conn)
+        if error is not None:
+            log.warning("%s", error)
+        return WorkloadResult(
+            workload_name=spec.workload_name, status=status, status_reason=columns["status_reason"],
+            registry_server_name=columns["registry_server_name"], registry_catalog=columns["registry_catalog"],
+            tool_count=len(tool_rows), tools_embedded=len(vectors), error=error, registry_note=plan.registry_note,
+        )
+
+    @staticmethod
+    def _spec_from_row(row: Row[Any]) -> WorkloadSpec:
+        ref = (RegistryRef(row.registry_ref_catalog, row.registry_ref_name)
+               if row.registry_ref_catalog and row.registry_ref_name else None)
+        reason = None if row.index_error else row.status_reason
+        return WorkloadSpec(
+            workload_name=row.workload_name, name=row.name, url=row.url, package=row.package,
+            endpoint=row.endpoint, transport=row.transport, status=WorkloadStatus(row.runtime_status),
+            status_reason=reason, group=row.group, namespace=row.namespace, registry_ref=ref, tools=None,
+        )
+
+    # ---------------------------------------------------------------------------- embedding
+
+    async def _warm(self, texts: list[str]) -> None:
+        """Embed outside the write lock so the locked phase finds the vectors in the cache."""
+        if texts:
+            try:
+                await self.embedder.aembed(texts)
+            except EmbeddingError:
+                pass  # the locked phase meets the same error and records it
+
+    async def _embed_map(self, texts: list[str]) -> dict[str, bytes]:
+        if not texts:
+            return {}
+        unique = list(dict.fromkeys(texts))
+        matrix = await self.embedder.aembed(unique)
+        return {text: to_bytes(vector) for text, vector in zip(unique, matrix, strict=True)}
+
+
+@dataclass
+class _CatalogPlan:
+    catalog: str
+    added: list[CatalogEntry] = field(default_factory=list)
+    updated: list[tuple[Row[Any], CatalogEntry]] = field(default_factory=list)
+    renamed: list[tuple[Row[Any], CatalogEntry]] = field(default_factory=list)
+    removed: list[Row[Any]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    #: Embeddings already stored for the tools of changed entries, by text hash.
+    stored: dict[str, bytes] = field(default_factory=dict)
+
+    def missing_texts(self) -> list[str]:
+        texts: list[str] = []
+        for entry in [*self.added, *(e for _, e in self.updated), *(e for _, e in self.renamed)]:
+            texts.append(server_embedding_text(entry.name, entry.description, entry.tags))
+            texts.extend(tool_embedding_text(entry.name, tool.to_mcp()) for tool in entry.tools)
+        return [t for t in texts if text_hash(t) not in self.stored]
