@@ -15,6 +15,7 @@ phase change (:meth:`Indexer.set_workload_status`) waits for at most one short t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -258,6 +259,10 @@ class Indexer:
                        RegistryTool.__table__.c.details_embedding.is_not(None))
             )
             plan.stored = {row.embedding_hash: row.details_embedding for row in rows}
+        for old, _ in plan.updated + plan.renamed:
+            if old.server_embedding is not None:
+                text = server_embedding_text(old.name, old.description, old.tags)
+                plan.stored[text_hash(text)] = old.server_embedding
         return plan
 
     async def _apply_catalog(
@@ -484,7 +489,7 @@ class Indexer:
             await self.workloads.update(server_id, conn, **columns)
         await self.workload_tools.bulk_upsert(server_id, tool_rows, conn)
         if error is not None:
-            log.warning("%s", error)
+            log.info("%s", error)
         return WorkloadResult(
             workload_name=spec.workload_name, status=status, status_reason=columns["status_reason"],
             registry_server_name=columns["registry_server_name"], registry_catalog=columns["registry_catalog"],
@@ -507,10 +512,9 @@ class Indexer:
     async def _warm(self, texts: list[str]) -> None:
         """Embed outside the write lock so the locked phase finds the vectors in the cache."""
         if texts:
-            try:
+            # The locked phase meets the same error and records it.
+            with contextlib.suppress(EmbeddingError):
                 await self.embedder.aembed(texts)
-            except EmbeddingError:
-                pass  # the locked phase meets the same error and records it
 
     async def _embed_map(self, texts: list[str]) -> dict[str, bytes]:
         if not texts:

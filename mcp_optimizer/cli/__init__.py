@@ -1,0 +1,1 @@
+"""The ``mcp-optimizer`` command line."""

@@ -1,0 +1,339 @@
+"""``mcp-optimizer``: manage and query the index from a shell, and run the operator.
+
+Every error is one line on stderr and a non-zero exit status, never a traceback: the CLI is
+also the contract that scripts, benchmarks and checks use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.engine import IndexOpenError
+from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import EmbeddingError
+from mcp_optimizer.ingest import (
+    DuplicateRegistryServersError,
+    Indexer,
+    IndexError_,
+    RegistryRef,
+    RegistryRefError,
+    WorkloadSpec,
+)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+def _print_json(items: Any) -> None:
+    print(json.dumps(items, indent=2, default=str))
+
+
+async def _with_indexer(settings: Settings, action: Callable[[Indexer], Awaitable[int]]) -> int:
+    indexer = await Indexer.open(settings)
+    try:
+        return await action(indexer)
+    finally:
+        await indexer.close()
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(indexer: Indexer) -> int:
+        print(f"index {settings.db_path} is at the latest schema")
+        return 0
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        parsed = load_catalog_file(args.file)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    name = args.name or Path(args.file).stem
+
+    async def action(indexer: Indexer) -> int:
+        result = await indexer.load_catalog(name, parsed.entries, parsed.warnings)
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(
+            f"catalog {name}: {len(result.added)} added, {len(result.updated)} updated, "
+            f"{len(result.renamed)} renamed, {len(result.removed)} removed, {len(result.unchanged)} unchanged; "
+            f"{result.texts_embedded} texts embedded"
+        )
+        return _report_rematched(result.rematched)
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_catalog_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(indexer: Indexer) -> int:
+        if args.name not in await indexer.catalog_names():
+            raise CliError(f"no catalog named {args.name!r}")
+        result = await indexer.delete_catalog(args.name)
+        print(f"catalog {args.name}: {len(result.removed)} servers removed")
+        return _report_rematched(result.rematched)
+
+    return await _with_indexer(settings, action)
+
+
+def _report_rematched(results: Sequence[Any]) -> int:
+    failed = 0
+    for result in results:
+        if result.error is not None:
+            print(f"error: {result.error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _read_workloads(path: str) -> list[WorkloadSpec]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path}: not valid YAML or JSON: {str(exc).splitlines()[0]}") from exc
+    if isinstance(data, dict) and "workloads" in data:
+        data = data["workloads"]
+    if not isinstance(data, list):
+        raise CliError(f"{path}: expected a list of workloads")
+    specs = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise CliError(f"{path}: workload #{i + 1} is not an object")
+        specs.append(_workload_spec(item, f"{path}: workload #{i + 1}"))
+    return specs
+
+
+def _workload_spec(item: dict[str, Any], where: str) -> WorkloadSpec:
+    known = {"workload_name", "name", "url", "package", "endpoint", "transport", "status", "group",
+             "namespace", "registry_ref", "tools"}
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise CliError(f"{where}: unknown fields {', '.join(unknown)}")
+    name = item.get("name") or item.get("workload_name")
+    if not isinstance(name, str) or not name:
+        raise CliError(f"{where}: a workload needs a name")
+    try:
+        status = WorkloadStatus(str(item.get("status", "RUNNING")).upper())
+    except ValueError as exc:
+        raise CliError(f"{where}: status must be RUNNING, STOPPED or ERROR") from exc
+    ref = item.get("registry_ref")
+    if ref is not None and not (isinstance(ref, dict) and ref.get("catalog") and ref.get("name")):
+        raise CliError(f"{where}: registry_ref needs catalog and name")
+    tools = item.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise CliError(f"{where}: tools must be a list of MCP tool objects")
+    return WorkloadSpec(
+        workload_name=str(item.get("workload_name") or name), name=name, url=item.get("url"),
+        package=item.get("package"), endpoint=item.get("endpoint"),
+        transport=str(item.get("transport", "streamable-http")), status=status,
+        group=str(item.get("group", "default")), namespace=item.get("namespace"),
+        registry_ref=RegistryRef(str(ref["catalog"]), str(ref["name"])) if ref else None, tools=tools,
+    )
+
+
+async def cmd_workload_apply(args: argparse.Namespace, settings: Settings) -> int:
+    specs = _read_workloads(args.file)
+    for spec in specs:
+        try:
+            spec.validate()
+        except IndexError_ as exc:
+            raise CliError(str(exc)) from exc
+
+    async def action(indexer: Indexer) -> int:
+        failed = 0
+        for spec in specs:
+            try:
+                result = await indexer.apply_workload(spec)
+            except (DuplicateRegistryServersError, RegistryRefError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            if result.error is not None:
+                print(f"error: workload {spec.workload_name!r}: {result.error}", file=sys.stderr)
+                failed += 1
+            link = f"linked to {result.registry_catalog}/{result.registry_server_name}" \
+                if result.registry_server_name else "unlinked"
+            print(f"workload {result.workload_name}: {result.status.value}, {result.tool_count} tools, {link}")
+        return 1 if failed else 0
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_workload_delete(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(indexer: Indexer) -> int:
+        if not await indexer.delete_workload(args.workload_name):
+            raise CliError(f"no workload named {args.workload_name!r}")
+        print(f"workload {args.workload_name} deleted")
+        return 0
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(indexer: Indexer) -> int:
+        items: list[dict[str, Any]] = []
+        for row in await indexer.registry.list():
+            items.append({
+                "kind": "registry", "name": row.name, "workload_name": None, "catalog": row.catalog,
+                "remote": bool(row.remote), "url": row.url, "package": row.package, "status": None,
+                "registry_server_name": None, "tool_count": await indexer.registry_tools.count_by_server(row.id),
+            })
+        for row in await indexer.workloads.list():
+            items.append({
+                "kind": "workload", "name": row.name, "workload_name": row.workload_name, "catalog": None,
+                "remote": bool(row.remote), "url": row.url, "package": row.package, "status": row.status,
+                "status_reason": row.status_reason, "registry_server_name": row.registry_server_name,
+                "registry_catalog": row.registry_catalog, "group": row.group,
+                "tool_count": await indexer.workload_tools.count_by_server(row.id),
+            })
+        if args.json:
+            _print_json(items)
+        else:
+            for item in items:
+                ident = item["url"] or item["package"]
+                label = item["workload_name"] or f"{item['catalog']}/{item['name']}"
+                extra = item["status"] or ""
+                if item.get("registry_server_name"):
+                    extra += f" -> {item['registry_server_name']}"
+                print(f"{item['kind']:8} {label:40} {item['tool_count']:4} tools  {ident}  {extra}".rstrip())
+        return 0
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.limit <= 100:
+        raise CliError("--limit must be between 1 and 100")
+
+    async def action(indexer: Indexer) -> int:
+        search = ToolSearch(indexer.engine, indexer.embedder, min_similarity=settings.min_similarity)
+        items: list[dict[str, Any]]
+        if args.registry:
+            items = [
+                {"server": h.name, "catalog": h.catalog, "tool": ", ".join(h.tools), "description": h.description,
+                 "remote": h.remote, "url": h.url, "package": h.package, "score": h.score}
+                for h in await search.find_registry_servers(args.query, limit=args.limit)
+            ]
+        else:
+            items = [
+                {"server": h.server, "server_name": h.server_name, "tool": h.tool, "description": h.description,
+                 "input_schema": h.input_schema, "score": h.score}
+                for h in await search.find_tools(args.query, limit=args.limit, mode=args.mode)
+            ]
+        if args.json:
+            _print_json(items)
+        else:
+            for item in items:
+                description = " ".join(str(item["description"]).split())[:100]
+                print(f"{item['score']:.4f}  {item['server']}  {item['tool']}  {description}")
+        return 0
+
+    return await _with_indexer(settings, action)
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from mcp_optimizer.operator.runner import main as run_operator
+
+    await run_operator(settings, kubeconfig=args.kubeconfig)
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from mcp_optimizer.mcp.server import run_endpoint
+
+    await run_endpoint(settings.with_overrides(mcp_host=args.host, mcp_port=args.port))
+    return 0
+
+
+# --------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-optimizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, help="index file (default: $MCP_OPTIMIZER_DB or ./mcp-optimizer.db)")
+    parser.add_argument("--model-path", type=Path,
+                        help="embedding model directory (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_PATH)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="manage the index file").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create the index or migrate it to the latest schema").set_defaults(
+        handler=cmd_db_upgrade)
+
+    catalog = commands.add_parser("catalog", help="registry catalogs").add_subparsers(
+        dest="catalog_command", required=True)
+    load = catalog.add_parser("load", help="load or reload a registry.json catalog")
+    load.add_argument("file")
+    load.add_argument("--name", help="catalog name (default: the file name without extension)")
+    load.set_defaults(handler=cmd_catalog_load)
+    delete = catalog.add_parser("delete", help="remove a catalog's registry servers")
+    delete.add_argument("name")
+    delete.set_defaults(handler=cmd_catalog_delete)
+
+    workload = commands.add_parser("workload", help="workload servers").add_subparsers(
+        dest="workload_command", required=True)
+    apply = workload.add_parser("apply", help="create or update workloads from a YAML or JSON list")
+    apply.add_argument("file")
+    apply.set_defaults(handler=cmd_workload_apply)
+    wdelete = workload.add_parser("delete", help="remove a workload")
+    wdelete.add_argument("workload_name")
+    wdelete.set_defaults(handler=cmd_workload_delete)
+
+    servers = commands.add_parser("servers", help="list registry and workload servers")
+    servers.add_argument("--json", action="store_true")
+    servers.set_defaults(handler=cmd_servers)
+
+    search = commands.add_parser("search", help="find tools of running workloads (or registry servers)")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--registry", action="store_true", help="search registry servers worth installing")
+    search.add_argument("--mode", choices=("hybrid", "vector", "bm25"), default="hybrid")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
+
+    run = commands.add_parser("run", help="run the operator (and the MCP endpoint) in one process")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="serve the MCP endpoint over an existing index file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
+        return asyncio.run(args.handler(args, settings))
+    except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
