@@ -105,6 +105,7 @@ class WorkloadServer(Base):
         Index(None, "remote", "url_key"),
         Index(None, "remote", "package_key"),
         Index(None, "registry_server_id"),
+        Index(None, "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

@@ -195,7 +195,9 @@ class ToolSearch:
                     scores[rowid] = self.vector_weight / (self.rrf_k + rank)
             for rowid, rank in bm25_hits.items():
                 scores[rowid] = scores.get(rowid, 0.0) + self.bm25_weight / (self.rrf_k + rank)
-            best = sorted(scores, key=lambda r: -scores[r])[:limit]
+            # Equal fused scores (one retriever's rank 1 + the other's rank 2, and vice versa) are
+            # common; the vector similarity breaks the tie.
+            best = sorted(scores, key=lambda r: (-scores[r], -vector_hits.get(r, (0, 0.0))[1]))[:limit]
             details = await self._tool_details(conn, best)
         return [
             ToolHit(**details[rowid], score=round(scores[rowid], 6),
