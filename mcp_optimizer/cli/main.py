@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
-        return asyncio.run(args.handler(args, settings))
+        return int(asyncio.run(args.handler(args, settings)))
     except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

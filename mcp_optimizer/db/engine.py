@@ -43,7 +43,8 @@ def sqlite_module() -> ModuleType:
             "this Python's sqlite3 cannot load extensions and pysqlite3 is not installed: "
             "pip install pysqlite3-binary"
         ) from exc
-    return pysqlite3_dbapi
+    module: ModuleType = pysqlite3_dbapi
+    return module
 
 
 def connect_sync(path: Path | str) -> Any:

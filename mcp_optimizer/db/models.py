@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +28,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -171,3 +172,10 @@ class WorkloadTool(_ToolColumns, Base):
     __table_args__ = (UniqueConstraint("server_id", "name"),)
 
     server_id: Mapped[str] = mapped_column(String(36), ForeignKey("mcpservers_workload.id", ondelete="CASCADE"))
+
+
+# Core Table objects for the ops classes, which use SQL expressions rather than ORM sessions.
+REGISTRY_SERVERS = cast(Table, RegistryServer.__table__)
+WORKLOAD_SERVERS = cast(Table, WorkloadServer.__table__)
+REGISTRY_TOOLS = cast(Table, RegistryTool.__table__)
+WORKLOAD_TOOLS = cast(Table, WorkloadTool.__table__)

@@ -10,12 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.base import Ops, ToolOps
-from mcp_optimizer.db.models import RegistryServer, RegistryTool, new_id, utcnow
+from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 from mcp_optimizer.db.workload_ops import WorkloadServerOps
 
-servers = RegistryServer.__table__
-tools = RegistryTool.__table__
+servers = REGISTRY_SERVERS
+tools = REGISTRY_TOOLS
 
 
 def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:

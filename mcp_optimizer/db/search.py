@@ -95,7 +95,7 @@ class WorkloadInfo:
     tool_names: list[str]
 
 
-def _in_clause(column: str, prefix: str, values: Sequence[str], params: dict[str, Any]) -> str:
+def _in_clause(column: str, prefix: str, values: Sequence[object], params: dict[str, Any]) -> str:
     names = []
     for i, value in enumerate(values):
         params[f"{prefix}{i}"] = value

@@ -10,13 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.base import Ops, ToolOps
-from mcp_optimizer.db.models import WorkloadServer, WorkloadTool, new_id, utcnow
+from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import own_description
 
-servers = WorkloadServer.__table__
-tools = WorkloadTool.__table__
+servers = WORKLOAD_SERVERS
+tools = WORKLOAD_TOOLS
 
 #: Columns mirrored into the vec0 metadata of a workload's vector rows (search filters on them).
 _FILTER_COLUMNS = ("status", "group", "namespace")

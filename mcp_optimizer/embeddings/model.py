@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +38,7 @@ def to_bytes(vector: Vector) -> bytes:
 
 
 def from_bytes(blob: bytes) -> Vector:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    return cast(Vector, np.frombuffer(blob, dtype="<f4").astype(np.float32))
 
 
 def mean_pool(vectors: Sequence[Vector] | npt.NDArray[np.float32]) -> Vector:
@@ -47,7 +48,7 @@ def mean_pool(vectors: Sequence[Vector] | npt.NDArray[np.float32]) -> Vector:
         raise EmbeddingError("cannot mean-pool an empty set of vectors")
     mean = matrix.mean(axis=0)
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
+    return cast(Vector, (mean / norm if norm > 0 else mean).astype(np.float32))
 
 
 class Embedder:
@@ -106,7 +107,7 @@ class Embedder:
         return result
 
     def embed_one(self, text: str) -> Vector:
-        return self.embed([text])[0]
+        return cast(Vector, self.embed([text])[0])
 
     async def aembed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
@@ -114,7 +115,7 @@ class Embedder:
         return await asyncio.to_thread(self.embed, list(texts))
 
     async def aembed_one(self, text: str) -> Vector:
-        return (await self.aembed([text]))[0]
+        return cast(Vector, (await self.aembed([text]))[0])
 
 
 class FastEmbedder(Embedder):
@@ -163,5 +164,5 @@ class FastEmbedder(Embedder):
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         self.load()
         model = self._model
-        vectors = list(model.embed(texts, batch_size=len(texts)))  # type: ignore[attr-defined]
+        vectors = list(model.embed(texts, batch_size=len(texts)))  # type: ignore[union-attr]
         return np.asarray(vectors, dtype=np.float32)

@@ -31,7 +31,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.engine import WRITE_OPTION, create_engine
-from mcp_optimizer.db.models import RegistryTool, WorkloadServer, WorkloadStatus
+from mcp_optimizer.db.models import REGISTRY_TOOLS, WORKLOAD_SERVERS, WorkloadStatus
 from mcp_optimizer.db.registry_ops import RegistryServerOps, identifier_keys
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import (
@@ -254,9 +254,9 @@ class Indexer:
         changed_ids = [old.id for old, _ in plan.updated + plan.renamed]
         if changed_ids:
             rows = await conn.execute(
-                select(RegistryTool.__table__.c.embedding_hash, RegistryTool.__table__.c.details_embedding)
-                .where(RegistryTool.__table__.c.server_id.in_(changed_ids),
-                       RegistryTool.__table__.c.details_embedding.is_not(None))
+                select(REGISTRY_TOOLS.c.embedding_hash, REGISTRY_TOOLS.c.details_embedding)
+                .where(REGISTRY_TOOLS.c.server_id.in_(changed_ids),
+                       REGISTRY_TOOLS.c.details_embedding.is_not(None))
             )
             plan.stored = {row.embedding_hash: row.details_embedding for row in rows}
         for old, _ in plan.updated + plan.renamed:
@@ -298,7 +298,7 @@ class Indexer:
             result.added.append(entry.name)
         result.unchanged = plan.unchanged
         # Unlinked or conflicting workloads with a touched identifier, and pins into this catalog.
-        table = WorkloadServer.__table__
+        table = WORKLOAD_SERVERS
         for remote, key in touched_keys:
             column = table.c.url_key if remote else table.c.package_key
             rows = await conn.execute(select(table.c.workload_name).where(table.c.remote == remote, column == key))
@@ -386,7 +386,7 @@ class Indexer:
 
     async def workload_names(self) -> set[str]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(WorkloadServer.__table__.c.workload_name))
+            rows = await conn.execute(select(WORKLOAD_SERVERS.c.workload_name))
             return set(rows.scalars())
 
     async def _sync_workload(self, workload_name: str, spec: WorkloadSpec | None) -> WorkloadResult:
