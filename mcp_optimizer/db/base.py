@@ -10,9 +10,22 @@ from typing import Any
 from sqlalchemy import Row, Table, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
 from mcp_optimizer.embeddings.texts import tool_fts_fields
+
+
+def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
+    """The normalised (url_key, package_key) a server (registry or workload) is matched by;
+    only its own type's key is set."""
+    if remote:
+        if not url:
+            raise ValueError("a remote server needs a URL")
+        return normalize_url(url), None
+    if not package:
+        raise ValueError("a container server needs a package (image)")
+    return None, normalize_image(package)
 
 
 class Ops:

@@ -8,25 +8,13 @@ from typing import Any
 from sqlalchemy import Row, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcp_optimizer.catalog import normalize_image, normalize_url
-from mcp_optimizer.db.base import Ops, ToolOps
+from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 from mcp_optimizer.db.workload_ops import WorkloadServerOps
 
 servers = REGISTRY_SERVERS
 tools = REGISTRY_TOOLS
-
-
-def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
-    """The normalised (url_key, package_key) a server is matched by; only its own type's key is set."""
-    if remote:
-        if not url:
-            raise ValueError("a remote server needs a URL")
-        return normalize_url(url), None
-    if not package:
-        raise ValueError("a container server needs a package (image)")
-    return None, normalize_image(package)
 
 
 class RegistryServerOps(Ops):

@@ -9,7 +9,7 @@ from sqlalchemy import Row, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
-from mcp_optimizer.db.base import Ops, ToolOps
+from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool, to_bytes
@@ -20,16 +20,6 @@ tools = WORKLOAD_TOOLS
 
 #: Columns mirrored into the vec0 metadata of a workload's vector rows (search filters on them).
 _FILTER_COLUMNS = ("status", "group", "namespace")
-
-
-def _keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
-    if remote:
-        if not url:
-            raise ValueError("a remote workload needs a URL")
-        return normalize_url(url), None
-    if not package:
-        raise ValueError("a container workload needs a package (image)")
-    return None, normalize_image(package)
 
 
 def _metadata(status: str, group: str | None, namespace: str | None) -> dict[str, str]:
@@ -48,7 +38,8 @@ class WorkloadServerOps(Ops):
         """Insert a workload server (``workload_name``, ``name``, ``remote``, ``url``/``package``,
         ``description`` and any other column); returns its id."""
         fields.setdefault("id", new_id())
-        fields["url_key"], fields["package_key"] = _keys(fields["remote"], fields.get("url"), fields.get("package"))
+        fields["url_key"], fields["package_key"] = identifier_keys(
+            fields["remote"], fields.get("url"), fields.get("package"))
         fields.setdefault("runtime_status", fields.get("status", "STOPPED"))
         fields.setdefault("status", fields["runtime_status"])
         fields["created_at"] = fields["last_updated"] = utcnow()
@@ -64,7 +55,7 @@ class WorkloadServerOps(Ops):
                 row = await self.get_by_id(server_id, c)
                 if row is None:
                     raise KeyError(server_id)
-                fields["url_key"], fields["package_key"] = _keys(
+                fields["url_key"], fields["package_key"] = identifier_keys(
                     fields.get("remote", row.remote), fields.get("url", row.url), fields.get("package", row.package))
             fields["last_updated"] = utcnow()
             await c.execute(update(servers).where(servers.c.id == server_id).values(**fields))

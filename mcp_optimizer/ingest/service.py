@@ -29,10 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
-from mcp_optimizer.db.base import ToolRow
+from mcp_optimizer.db.base import ToolRow, identifier_keys
 from mcp_optimizer.db.engine import WRITE_OPTION, create_engine
 from mcp_optimizer.db.models import REGISTRY_TOOLS, WORKLOAD_SERVERS, WorkloadStatus
-from mcp_optimizer.db.registry_ops import RegistryServerOps, identifier_keys
+from mcp_optimizer.db.registry_ops import RegistryServerOps
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import (
     own_description,
