@@ -46,13 +46,20 @@ class Settings:
     resync_interval: float = 300.0
     #: Namespaces the operator watches; empty means all namespaces.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: kopf's liveness probe URL, e.g. ``http://0.0.0.0:8081/healthz``; unset disables it.
+    liveness_endpoint: str | None = None
+    #: kopf peering object for running several replicas (one active, the others paused); unset
+    #: runs standalone, which needs no kopf peering CRDs in the cluster.
+    peering_name: str | None = None
+    #: This replica's peering priority; the highest runs. Unset picks a random one per process.
+    peering_priority: int | None = None
     #: Vector hits below this cosine similarity count only if full-text search also found them.
     min_similarity: float = 0.3
 
     # --- The MCP endpoint (mcp_optimizer.mcp.server) ---
     #: Address the MCP endpoint listens on.
-    host: str = "0.0.0.0"
-    port: int = 8080
+    mcp_host: str = "0.0.0.0"
+    mcp_port: int = 8080
     #: Streamable HTTP path; SSE (older clients) is served at ``sse_path`` + ``messages_path``.
     mcp_path: str = "/mcp"
     sse_path: str = "/sse"
@@ -82,9 +89,12 @@ class Settings:
             mcp_timeout=_env_float("MCP_TIMEOUT", cls.mcp_timeout),
             resync_interval=_env_float("RESYNC_INTERVAL", cls.resync_interval),
             namespaces=_env_list("NAMESPACES"),
+            liveness_endpoint=_env("LIVENESS_ENDPOINT", "") or None,
+            peering_name=_env("PEERING_NAME", "") or None,
+            peering_priority=int(_env_float("PEERING_PRIORITY", 0)) if _env("PEERING_PRIORITY", "") else None,
             min_similarity=_env_float("MIN_SIMILARITY", cls.min_similarity),
-            host=_env("HOST", cls.host),
-            port=int(_env_float("PORT", cls.port)),
+            mcp_host=_env("MCP_HOST", cls.mcp_host),
+            mcp_port=int(_env_float("MCP_PORT", cls.mcp_port)),
             mcp_path=_env("MCP_PATH", cls.mcp_path),
             sse_path=_env("SSE_PATH", cls.sse_path),
             messages_path=_env("MESSAGES_PATH", cls.messages_path),

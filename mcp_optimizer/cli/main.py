@@ -258,9 +258,15 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from mcp_optimizer.mcp.server import run_endpoint
+    # Imported here: the MCP SDK and the web stack cost a second at start-up that no other
+    # command should pay.
+    from mcp_optimizer.mcp.server import EndpointError, run_endpoint
 
-    await run_endpoint(settings.with_overrides(mcp_host=args.host, mcp_port=args.port))
+    try:
+        await run_endpoint(settings.with_overrides(mcp_host=args.host, mcp_port=args.port),
+                           ready=lambda endpoint: print(f"serving MCP at {endpoint.url}", flush=True))
+    except EndpointError as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 

@@ -1,0 +1,174 @@
+"""The meta-tools' arguments: pydantic models that are both the advertised JSON schema and the validator.
+
+Deriving the ``inputSchema`` from the same model that validates a call keeps the two from
+drifting apart. Validation is strict (``"5"`` is not an integer, ``true`` is not a limit)
+because the schema we advertise says so, and a clear refusal teaches a model more than a
+silent coercion. Errors are rewritten into one sentence a model can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+
+MAX_LIMIT = 50
+MAX_QUERY_CHARS = 2000
+MAX_KEYWORDS = 20
+MAX_KEYWORD_CHARS = 100
+#: Workload names are ``namespace/name`` in Kubernetes: 253 + 1 + 253 characters at most.
+MAX_SERVER_NAME_CHARS = 512
+#: SEP-986's limit on MCP tool names.
+MAX_TOOL_NAME_CHARS = 128
+MAX_GROUP_CHARS = 253
+
+
+def _keywords(value: Any) -> Any:
+    """Accept ``"a b, c"`` as well as ``["a", "b", "c"]``: models produce both."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [word for word in value.replace(",", " ").split() if word]
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise ValueError("must be a string or a list of strings")
+        return [item.strip() for item in value if item.strip()]
+    raise ValueError("must be a string or a list of strings")
+
+
+Keywords = Annotated[
+    list[Annotated[str, Field(max_length=MAX_KEYWORD_CHARS)]] | None,
+    BeforeValidator(_keywords),
+    Field(max_length=MAX_KEYWORDS),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "string"}, "maxItems": MAX_KEYWORDS},
+                {"type": "string"},
+                {"type": "null"},
+            ],
+            "description": "Optional extra words that must matter for the match: product names, verbs, "
+            "nouns (e.g. ['github', 'issue']). A list, or one space-separated string.",
+        }
+    ),
+]
+
+
+class _Arguments(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+
+class FindToolArgs(_Arguments):
+    tool_description: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="What you want to do, in plain words, e.g. 'create an issue in a GitHub repository'.",
+    )
+    tool_keywords: Keywords = None
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT, description=f"How many tools to return (1-{MAX_LIMIT})."
+    )
+    group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GROUP_CHARS,
+        description="Only search the servers of this group. Omit to search every server you can use.",
+    )
+
+
+class SearchRegistryArgs(_Arguments):
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="The capability you need, in plain words, e.g. 'query a PostgreSQL database'.",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT, description=f"How many servers to return (1-{MAX_LIMIT}); default 5."
+    )
+
+
+class ListToolsArgs(_Arguments):
+    server_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SERVER_NAME_CHARS,
+        description="A server as find_tool or list_tools name it (the 'server' field). Omit to list every "
+        "running server's tools.",
+    )
+
+
+class CallToolArgs(_Arguments):
+    server_name: str = Field(
+        min_length=1,
+        max_length=MAX_SERVER_NAME_CHARS,
+        description="The 'server' value find_tool or list_tools returned, exactly.",
+    )
+    tool_name: str = Field(
+        min_length=1,
+        max_length=MAX_TOOL_NAME_CHARS,
+        description="The 'tool' value find_tool returned (the tool's name on that server), exactly.",
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="The tool's arguments: an object matching the tool's input_schema. Omit for a tool "
+        "that takes none.",
+    )
+
+
+def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema advertised for ``model``, without pydantic's ``title`` noise."""
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema
+
+
+def describe_validation_error(tool: str, model: type[BaseModel], exc: ValidationError) -> str:
+    """One sentence naming every problem with a call's arguments, without echoing their values."""
+    accepted = ", ".join(model.model_fields)
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        field = loc[0] if loc else "arguments"
+        where = f"'{field}'" + "".join(f"[{part}]" for part in loc[1:] if part.isdigit())
+        kind = error["type"]
+        ctx = error.get("ctx") or {}
+        if kind == "missing":
+            problems.append(f"{where} is required")
+        elif kind == "extra_forbidden":
+            problems.append(f"{where} is not a parameter of {tool} (parameters: {accepted})")
+        elif kind == "string_too_short":
+            problems.append(f"{where} must not be empty")
+        elif kind == "string_too_long":
+            problems.append(f"{where} is too long (at most {ctx.get('max_length')} characters)")
+        elif kind in ("greater_than_equal", "less_than_equal"):
+            low, high = _bounds(model, field)
+            if low is not None and high is not None:
+                problems.append(f"{where} must be between {low} and {high}")
+            elif kind == "greater_than_equal":
+                problems.append(f"{where} must be at least {ctx.get('ge')}")
+            else:
+                problems.append(f"{where} must be at most {ctx.get('le')}")
+        elif kind == "too_long":
+            problems.append(f"{where} has too many items (at most {ctx.get('max_length')})")
+        elif kind in ("int_type", "int_from_float"):
+            problems.append(f"{where} must be an integer")
+        elif kind == "string_type":
+            problems.append(f"{where} must be a string")
+        elif kind in ("dict_type", "model_type"):
+            problems.append(f"{where} must be an object" if loc else "the arguments must be an object")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where} {message[0].lower()}{message[1:]}" if message else f"{where} is invalid")
+    return f"Invalid arguments for {tool}: {'; '.join(problems)}."
+
+
+def _bounds(model: type[BaseModel], field: str) -> tuple[Any, Any]:
+    """The (ge, le) bounds declared on ``field``, for "must be between" messages."""
+    info = model.model_fields.get(field)
+    low = high = None
+    for constraint in info.metadata if info is not None else ():
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    return low, high

