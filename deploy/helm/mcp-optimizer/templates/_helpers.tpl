@@ -1,0 +1,91 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "mcp-optimizer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, prefixed to the chart name unless it already contains it. */}}
+{{- define "mcp-optimizer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mcp-optimizer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mcp-optimizer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mcp-optimizer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mcp-optimizer.labels" -}}
+helm.sh/chart: {{ include "mcp-optimizer.chart" . }}
+{{ include "mcp-optimizer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "mcp-optimizer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mcp-optimizer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mcp-optimizer.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "mcp-optimizer.authSecretName" -}}
+{{- default (printf "%s-auth" (include "mcp-optimizer.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "mcp-optimizer.claimName" -}}
+{{- default (printf "%s-index" (include "mcp-optimizer.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{- define "mcp-optimizer.peeringName" -}}
+{{- default (include "mcp-optimizer.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{/*
+The operator's RBAC rules on namespaced resources: exactly what it does, nothing more.
+Each rule is one capability; tests/deploy/test_rbac.py removes them one at a time and shows
+which part of the operator's job then fails.
+*/}}
+{{- define "mcp-optimizer.rules" -}}
+# Watch MCPServers (kopf's list+watch streams, the garbage collector's listing).
+- apiGroups: ["mcp-optimizer.dev"]
+  resources: ["mcpservers"]
+  verbs: ["list", "watch"]
+# Add and remove the finalizer; kopf's progress and last-handled annotations.
+- apiGroups: ["mcp-optimizer.dev"]
+  resources: ["mcpservers"]
+  verbs: ["patch"]
+# Write .status (phase, tool count, registry link, conditions).
+- apiGroups: ["mcp-optimizer.dev"]
+  resources: ["mcpservers/status"]
+  verbs: ["patch"]
+# Pod phases of container servers (read-only).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Registry catalog ConfigMaps (read-only; RBAC cannot select by label, the operator filters on
+# mcp-optimizer.dev/registry-catalog=true and never writes ConfigMaps).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch"]
+# Events on MCPServers and catalogs (InvalidSpec, ToolsListFailed, CatalogLoaded, ...).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
