@@ -1,0 +1,260 @@
+"""An MCPServer's ``.status``: what it says (pure), how it is written, and the Events beside it.
+
+The operator keeps one :class:`ServerFacts` per MCPServer, the facts it last established (pod
+status, tools read, registry link, errors). :func:`render_status` turns facts into the status
+document, with ``Ready``, ``ToolsIndexed`` and ``RegistryMatched`` conditions; :func:`warnings`
+lists the problems a user must act on, which also become Warning Events.
+
+Status is written with a merge patch of the ``status`` subresource, never through kopf's
+``patch`` kwarg: pod events and catalog changes update MCPServers from outside their handlers.
+A status-only change does not touch the spec, so it triggers no MCPServer handler (they are
+filtered on ``spec``) and cannot start a reconcile loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+
+PHASES = {
+    WorkloadStatus.RUNNING: "Running",
+    WorkloadStatus.STOPPED: "Stopped",
+    WorkloadStatus.ERROR: "Error",
+}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class IndexProblem:
+    """A problem the index has with a workload (not the cluster): duplicates, a bad pin, embedding."""
+
+    code: str  # DuplicateRegistryEntries, RegistryRefInvalid, EmbeddingFailed, IndexError
+    message: str
+
+
+@dataclass
+class ServerFacts:
+    """Everything an MCPServer's status reports, as the operator last established it."""
+
+    generation: int = 0
+    #: What the cluster says (pods, or tools/list for a remote server); None before the first sync.
+    runtime: RuntimeStatus | None = None
+    spec_error: str | None = None
+    index_problem: IndexProblem | None = None
+    tool_count: int = 0
+    #: The generation whose tools were last read successfully; None when never read.
+    tools_generation: int | None = None
+    #: The last tools/list failure, cleared by the next success.
+    tools_error: str | None = None
+    #: (catalog, name) of the linked registry entry.
+    registry: tuple[str, str] | None = None
+    #: Why a pinned registry entry is not linked (it does not exist, yet).
+    registry_note: str | None = None
+    last_sync_time: str | None = None
+    #: "image ghcr.io/x" / "url https://..", for messages.
+    identifier: str = ""
+
+    @property
+    def status(self) -> WorkloadStatus:
+        """The status the index filters on (an index problem makes it ERROR whatever the pods say)."""
+        if self.spec_error is not None or self.index_problem is not None:
+            return WorkloadStatus.ERROR
+        if self.runtime is None:
+            return WorkloadStatus.STOPPED
+        return self.runtime.status
+
+    @property
+    def phase(self) -> str:
+        return PHASES[self.status]
+
+
+def conditions(facts: ServerFacts) -> list[Condition]:
+    """The three conditions, most important first."""
+    return [_ready(facts), _tools_indexed(facts), _registry_matched(facts)]
+
+
+def _ready(facts: ServerFacts) -> Condition:
+    if facts.spec_error is not None:
+        return Condition("Ready", "False", "InvalidSpec", facts.spec_error)
+    if facts.index_problem is not None:
+        return Condition("Ready", "False", facts.index_problem.code, facts.index_problem.message)
+    if facts.runtime is None:
+        return Condition("Ready", "Unknown", "Pending", "not reconciled yet")
+    ok = facts.runtime.status is WorkloadStatus.RUNNING
+    return Condition("Ready", "True" if ok else "False", facts.runtime.code, facts.runtime.message)
+
+
+def _tools_indexed(facts: ServerFacts) -> Condition:
+    if facts.spec_error is not None:
+        return Condition("ToolsIndexed", "False", "InvalidSpec", "the spec must be fixed first")
+    if facts.tools_error is not None:
+        return Condition("ToolsIndexed", "False", "ToolsListFailed", facts.tools_error)
+    if facts.tools_generation is not None and facts.tools_generation == facts.generation:
+        return Condition("ToolsIndexed", "True", "ToolsListed", f"{facts.tool_count} tools indexed")
+    if facts.tools_generation is not None:
+        return Condition(
+            "ToolsIndexed",
+            "False",
+            "SpecChanged",
+            f"{facts.tool_count} tools of an earlier spec are indexed; tools are read again when the server runs",
+        )
+    return Condition("ToolsIndexed", "False", "NotRunning", "tools are read once the server is Running")
+
+
+def _registry_matched(facts: ServerFacts) -> Condition:
+    problem = facts.index_problem
+    if facts.spec_error is not None:
+        return Condition("RegistryMatched", "False", "InvalidSpec", "the spec must be fixed first")
+    if problem is not None and problem.code in ("DuplicateRegistryEntries", "RegistryRefInvalid"):
+        return Condition("RegistryMatched", "False", problem.code, problem.message)
+    if facts.registry is not None:
+        catalog, name = facts.registry
+        return Condition("RegistryMatched", "True", "Linked", f"linked to {name} in catalog {catalog}")
+    if facts.registry_note is not None:
+        return Condition("RegistryMatched", "False", "RegistryRefNotFound", facts.registry_note)
+    return Condition(
+        "RegistryMatched",
+        "False",
+        "NotInRegistry",
+        f"no registry entry matches {facts.identifier}; the server's own description and tools are used",
+    )
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]],
+    current: Sequence[Condition],
+    *,
+    now: str,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Condition dicts, keeping each one's lastTransitionTime while its status stays the same."""
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for cond in current:
+        old = before.get(cond.type)
+        changed = old is None or old.get("status") != cond.status or not old.get("lastTransitionTime")
+        merged.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "lastTransitionTime": now if changed or old is None else old["lastTransitionTime"],
+                "observedGeneration": generation,
+            }
+        )
+    return merged
+
+
+def render_status(
+    facts: ServerFacts,
+    previous_conditions: Sequence[Mapping[str, Any]] = (),
+    *,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The ``status`` document. ``registryServer`` is null when unlinked (a merge patch removes it)."""
+    now = now or now_rfc3339()
+    return {
+        "phase": facts.phase,
+        "toolCount": facts.tool_count,
+        "registryServer": (
+            {"name": facts.registry[1], "catalog": facts.registry[0]} if facts.registry is not None else None
+        ),
+        "observedGeneration": facts.generation,
+        "lastSyncTime": facts.last_sync_time,
+        "conditions": merge_conditions(previous_conditions, conditions(facts), now=now, generation=facts.generation),
+    }
+
+
+def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Equal apart from condition timestamps (so unchanged facts cause no write)."""
+    if a is None or b is None:
+        return a is b
+
+    def strip(doc: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(doc)
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in doc.get("conditions") or ()
+        ]
+        return out
+
+    return strip(a) == strip(b)
+
+
+def warnings(facts: ServerFacts) -> list[tuple[str, str]]:
+    """(reason, message) of every problem a user must act on; each becomes a Warning Event."""
+    found: list[tuple[str, str]] = []
+    if facts.spec_error is not None:
+        found.append(("InvalidSpec", facts.spec_error))
+    if facts.index_problem is not None:
+        found.append((facts.index_problem.code, facts.index_problem.message))
+    if facts.tools_error is not None:
+        found.append(("ToolsListFailed", facts.tools_error))
+    if facts.registry_note is not None and facts.spec_error is None:
+        found.append(("RegistryRefNotFound", facts.registry_note))
+    return found
+
+
+def post_event(ref: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event through kopf's poster; log instead outside kopf's handler context.
+
+    kopf keeps its event queue in a context variable that is set for resource handlers and the
+    tasks they start; startup handlers run without it.
+    """
+    try:
+        kopf.event(ref, type=type_, reason=reason, message=message[:1024])  # type: ignore[arg-type]
+    except LookupError:
+        meta = ref.get("metadata") or {}
+        level = logging.WARNING if type_ == "Warning" else logging.INFO
+        logger.log(level, "%s/%s: %s: %s", meta.get("namespace"), meta.get("name"), reason, message)
+
+
+class StatusWriter:
+    """Writes MCPServer status subresources with the kubernetes client (in worker threads)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._objects = client.CustomObjectsApi(api_client)
+
+    async def write(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patch ``status``; False when the object no longer exists."""
+        try:
+            await asyncio.to_thread(
+                self._objects.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type=MERGE_PATCH,
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

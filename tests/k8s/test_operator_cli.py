@@ -1,0 +1,87 @@
+"""``mcp-optimizer run``: operator, MCP endpoint and liveness probe in one process; SIGTERM stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
+# rewrite its asserts although this module imports it first.
+pytest.register_assert_rewrite("tests.k8s.harness")
+pytest_plugins = ["tests.k8s.harness"]
+
+from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
+from tests.k8s.harness import eventually  # noqa: E402
+
+pytestmark = pytest.mark.kube
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
+    mcp_port, health_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
+        "MCP_OPTIMIZER_NAMESPACES": ns,
+        "MCP_OPTIMIZER_MCP_HOST": "127.0.0.1",
+        "MCP_OPTIMIZER_MCP_PORT": str(mcp_port),
+        "MCP_OPTIMIZER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
+    }
+    command = [
+        sys.executable, "-c", "import sys; from mcp_optimizer.cli.main import main; sys.exit(main())",
+        "--db", str(tmp_path / "index.db"), "run", "--kubeconfig", kubeconfig,
+    ]
+    log = (tmp_path / "run.log").open("wb")
+    with McpTestServer([make_tool("book_flight", "Book a flight between two airports")]) as server:
+        kube.create_server(ns, "travel", {"url": server.url})
+        process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=60,
+                             what="the operator indexed the server")
+
+            def healthy() -> bool:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as response:
+                        return response.status == 200
+                except OSError:
+                    return False
+
+            await eventually(healthy, what="liveness probe")
+
+            endpoint = f"http://127.0.0.1:{mcp_port}/mcp"
+
+            async def tools() -> list[str]:
+                try:
+                    return [t["name"] for t in await list_tools(endpoint, timeout=5)]
+                except McpClientError:
+                    return []
+
+            names = await eventually(tools, what="MCP endpoint")
+            assert "find_tool" in names
+            result = await call_tool(endpoint, "streamable-http", "find_tool",
+                                     {"tool_description": "book a flight", "tool_keywords": "flight"}, timeout=10)
+            assert "book_flight" in str(result["content"])
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                process.kill()
+                raise
+            finally:
+                log.close()
+    output = (tmp_path / "run.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]

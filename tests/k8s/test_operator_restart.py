@@ -1,0 +1,213 @@
+"""Level-triggered: restarts, changes made while the operator was down, order, scope, RBAC."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from kubernetes import client
+
+# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
+# rewrite its asserts although this module imports it first.
+pytest.register_assert_rewrite("tests.k8s.harness")
+pytest_plugins = ["tests.k8s.harness"]
+
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
+from tests.k8s.harness import MERGE_PATCH, OperatorThread, eventually, legacy_catalog, unique  # noqa: E402
+from tests.k8s.kubelet import set_pod_status  # noqa: E402
+
+pytestmark = pytest.mark.kube
+
+TOOLS = [
+    make_tool("translate_text", "Translate text between languages"),
+    make_tool("detect_language", "Detect the language of a text"),
+]
+OTHER_TOOLS = [make_tool("convert_currency", "Convert an amount between currencies")]
+
+
+def entry(url: str, description: str = "Translation service") -> dict:
+    return {"url": url, "description": description, "tools": ["translate_text"]}
+
+
+async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, start_operator, probe):
+    with (
+        McpTestServer(TOOLS) as a_server,
+        McpTestServer(OTHER_TOOLS) as other,
+        McpTestServer(TOOLS) as d_server,
+        McpTestServer(TOOLS) as e_server,
+    ):
+        kube.put_catalog(ns, "c1", legacy_catalog(remote_servers={"translator": entry(a_server.url)}))
+        kube.put_catalog(ns, "c2", legacy_catalog(remote_servers={"other": entry(other.url, "Currency")}))
+        kube.create_server(ns, "a", {"url": a_server.url})
+        kube.create_server(ns, "b", {"url": other.url})
+        kube.create_server(ns, "d", {"image": "ghcr.io/acme/translator:1", "endpoint": d_server.url})
+        kube.create_server(ns, "f", {"url": other.url, "group": "f"})
+        kube.create_pod(ns, "d-0", instance="d")
+        set_pod_status(kube_api, ns, "d-0", "Running")
+        first = start_operator([ns])
+        a, b, d, e, f = (workload_name(ns, n) for n in "abdef")
+
+        await eventually(lambda: _eq(probe.workload_names(), {a, b, d, f}))
+        await eventually(lambda: probe.found("translate text", d))
+        await eventually(lambda: kube.server_status(ns, "a").get("registryServer", {}).get("name") == "translator")
+        await eventually(lambda: kube.server_status(ns, "b").get("registryServer", {}).get("name") == "other")
+        first.stop()
+
+        # While the operator is down:
+        kube.delete_server(ns, "b")  # the finalizer holds it until the operator is back
+        assert kube.server(ns, "b") is not None
+        kube.patch_server(ns, "a", {"group": "translation"})  # a spec change
+        kube.delete_configmap(ns, "c1")  # a's registry entry goes
+        kube.core.patch_namespaced_config_map("c2", ns, {"metadata": {"labels": None}})  # no longer a catalog
+        kube.put_catalog(ns, "c3", legacy_catalog(remote_servers={"translator-e": entry(e_server.url)}))
+        kube.create_server(ns, "e", {"url": e_server.url})
+        set_pod_status(kube_api, ns, "d-0", "Running", ready=False, waiting_reason="CrashLoopBackOff")
+        # f is removed by force (finalizer stripped): only the garbage collector can notice.
+        kube.objects.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, "f", {"metadata": {"finalizers": None}}, _content_type=MERGE_PATCH)
+        kube.delete_server(ns, "f")
+        await eventually(lambda: kube.server(ns, "f") is None)
+
+        start_operator([ns])
+        await eventually(lambda: kube.server(ns, "b") is None, what="b's finalizer released")
+        await eventually(lambda: _eq(probe.workload_names(), {a, d, e}))
+        await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/c3"}))
+        await eventually(lambda: _is(probe.workload(a), "group", "translation"))
+        await eventually(lambda: _is(probe.workload(a), "registry_server_name", None))
+        await eventually(lambda: "registryServer" not in kube.server_status(ns, "a"))
+        await eventually(lambda: _is(probe.workload(e), "registry_server_name", "translator-e"))
+        await eventually(lambda: _is(probe.workload(d), "status", "ERROR"))
+        assert not await probe.found("translate text", d)
+        await eventually(lambda: kube.server_status(ns, "e").get("phase") == "Running")
+
+
+async def test_final_state_does_not_depend_on_order(kube, start_operator, probe, mcpserver_crd):
+    """The same cluster reached in three orders gives the same rows (S3.4 as a level, not an edge)."""
+    spaces = [_fresh_namespace(kube, f"order-{label}") for label in ("catalog-first", "server-first", "before-start")]
+    servers = [McpTestServer(TOOLS).start() for _ in spaces]
+    try:
+        catalog_first, server_first, before_start = spaces
+        def catalog(i: int) -> dict:
+            return legacy_catalog(remote_servers={"translator": entry(servers[i].url)})
+
+        kube.put_catalog(before_start, "registry", catalog(2))
+        kube.create_server(before_start, "translator", {"url": servers[2].url})
+        start_operator(spaces)
+
+        kube.put_catalog(catalog_first, "registry", catalog(0))
+        await eventually(lambda: _eq(probe.registry_servers(f"{catalog_first}/registry"), ["translator"]))
+        kube.create_server(catalog_first, "translator", {"url": servers[0].url})
+
+        kube.create_server(server_first, "translator", {"url": servers[1].url})
+        await eventually(lambda: probe.found("translate text", workload_name(server_first, "translator")))
+        kube.put_catalog(server_first, "registry", catalog(1))
+
+        rows = []
+        for space in spaces:
+            wl = workload_name(space, "translator")
+            await eventually(lambda wl=wl: _is(probe.workload(wl), "registry_server_name", "translator"))
+            await eventually(lambda wl=wl: _is(probe.workload(wl), "status", "RUNNING"))
+            row = await probe.workload(wl)
+            assert row is not None
+            tools = await probe.tool_updates(wl)
+            rows.append((
+                row["registry_server_name"], row["description"], row["embedding_context"], row["status"],
+                row["server_embedding"], sorted(v.split("|")[1] for v in tools.values()),
+            ))
+        assert rows[0] == rows[1] == rows[2]
+    finally:
+        # Stopped first: kopf orphans the timers of objects whose finalizer is stripped (below).
+        start_operator.stop_all()
+        for server in servers:
+            server.stop()
+        for space in spaces:
+            kube.empty_namespace(space)
+            kube.core.delete_namespace(space)
+
+
+async def test_watched_namespaces_only(kube, start_operator, probe, mcpserver_crd):
+    spaces = [_fresh_namespace(kube, f"scope-{i}") for i in range(7)]
+    watched, ignored = spaces[:6], spaces[6]
+    try:
+        with McpTestServer(TOOLS) as server:
+            for space in spaces:
+                kube.create_server(space, "translator", {"url": server.url})
+                kube.put_catalog(space, "registry", legacy_catalog(
+                    remote_servers={f"translator-{space[-8:]}": entry(f"https://{space}.example.com/mcp")}))
+            start_operator(watched)
+            expected = {workload_name(space, "translator") for space in watched}
+            await eventually(lambda: _eq(probe.workload_names(), expected))
+            await eventually(lambda: _eq(probe.catalogs(), {f"{space}/registry" for space in watched}))
+            for space in watched:
+                await eventually(lambda space=space: kube.server_status(space, "translator").get("phase") == "Running")
+            # Nothing from the unwatched namespace: no row, no status, no finalizer.
+            assert kube.server_status(ignored, "translator") == {}
+            assert not (kube.server(ignored, "translator") or {})["metadata"].get("finalizers")
+            # Search can be restricted to namespaces.
+            hits = await probe.search("translate text", namespaces=[watched[0]])
+            assert {h.server for h in hits} == {workload_name(watched[0], "translator")}
+    finally:
+        start_operator.stop_all()
+        for space in spaces:
+            kube.empty_namespace(space)
+            kube.core.delete_namespace(space)
+
+
+#: The least the operator needs (the Helm chart grants these). Without list/watch on CRDs and
+#: namespaces kopf logs that it cannot notice them change, and works with what exists at start.
+OPERATOR_RULES = [
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+async def test_least_privilege_as_the_operators_service_account(
+    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope
+):
+    """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    role = f"mcp-optimizer-test-{ns[-8:]}"
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
+    })
+    try:
+        with McpTestServer(TOOLS) as server:
+            kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(server.url)}))
+            kube.create_server(ns, "translator", {"url": server.url})
+            kube.create_server(ns, "broken", {"image": "ghcr.io/acme/x:1"})
+            settings = replace(start_operator.base, namespaces=(ns,) if scope == "namespaced" else ())
+            operator = OperatorThread(settings, kubeconfig=operator_kubeconfig, embedder=start_operator.embedder)
+            start_operator.started.append(operator)
+            operator.start()
+            wl = workload_name(ns, "translator")
+            await eventually(lambda: probe.found("translate text", wl))
+            await eventually(lambda: kube.server_status(ns, "translator").get("registryServer", {}).get("name")
+                             == "translator")
+            await eventually(lambda: kube.has_event(ns, "broken", "InvalidSpec", "Warning"))
+            kube.delete_server(ns, "translator")
+            await eventually(lambda: kube.server(ns, "translator") is None)
+            assert await probe.workload(wl) is None
+    finally:
+        rbac.delete_cluster_role_binding(role)
+        rbac.delete_cluster_role(role)
+
+
+def _fresh_namespace(kube, prefix: str) -> str:
+    name = unique(prefix)
+    kube.core.create_namespace({"metadata": {"name": name}})
+    return name
+
+
+async def _eq(value, expected) -> bool:
+    return await value == expected
+
+
+async def _is(row, column, expected) -> bool:
+    return ((await row) or {}).get(column, object()) == expected

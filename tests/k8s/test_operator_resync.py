@@ -1,0 +1,93 @@
+"""Periodic resync, steady state (no reconcile loop), SSE servers and kopf's liveness endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+
+import pytest
+
+# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
+# rewrite its asserts although this module imports it first.
+pytest.register_assert_rewrite("tests.k8s.harness")
+pytest_plugins = ["tests.k8s.harness"]
+
+from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
+from tests.k8s.harness import eventually  # noqa: E402
+from tests.k8s.kubelet import set_pod_status  # noqa: E402
+
+pytestmark = pytest.mark.kube
+
+TOOLS = [
+    make_tool("send_email", "Send an email message to a recipient"),
+    make_tool("list_inbox", "List the messages in the email inbox"),
+]
+
+
+async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(ns, kube, kube_api, start_operator, probe):
+    with McpTestServer(TOOLS) as remote, McpTestServer(TOOLS) as container:
+        kube.create_server(ns, "mail", {"url": remote.url})
+        kube.create_server(ns, "mail-box", {"image": "ghcr.io/acme/mail:1", "endpoint": container.url})
+        kube.create_pod(ns, "mail-box-0", instance="mail-box")
+        set_pod_status(kube_api, ns, "mail-box-0", "Running")
+        start_operator([ns], resync_interval=1.5)
+        for name, server in (("mail", remote), ("mail-box", container)):
+            wl = workload_name(ns, name)
+            await eventually(lambda wl=wl: probe.found("send an email", wl))
+            before = await probe.tool_updates(wl)
+
+            # The server changes its tools; nothing changes in the cluster.
+            server.set_tools([*TOOLS, make_tool("delete_email", "Delete an email message")])
+            await eventually(lambda wl=wl: probe.found("delete an email message", wl, "delete_email"), timeout=10)
+            await eventually(lambda name=name: kube.server_status(ns, name).get("toolCount") == 3)
+            after = await probe.tool_updates(wl)
+            assert {k: after[k] for k in before} == before, "unchanged tools were re-embedded"
+
+            server.set_tools(TOOLS[:1])
+            await eventually(lambda wl=wl: _eq(probe.tools(wl), ["send_email"]), timeout=10)
+
+
+async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
+    """Status writes must not re-trigger the handlers: once settled, the object stays put."""
+    with McpTestServer(TOOLS) as server:
+        kube.create_server(ns, "mail", {"url": server.url})
+        operator = start_operator([ns])
+        counter = operator.list_tools
+        assert counter is not None
+        await eventually(lambda: kube.server_status(ns, "mail").get("phase") == "Running")
+        await eventually(lambda: not (kube.server(ns, "mail") or {})["metadata"].get("annotations", {}).get(
+            "mcp-optimizer.dev/sync-on-create"), what="kopf's progress annotation cleared")
+        version = kube.server(ns, "mail")["metadata"]["resourceVersion"]
+        calls = counter.count(server.url)
+        await asyncio.sleep(3)  # an absence cannot be polled for
+        assert kube.server(ns, "mail")["metadata"]["resourceVersion"] == version
+        assert counter.count(server.url) == calls == 1
+
+
+async def test_sse_server(ns, kube, start_operator, probe):
+    with McpTestServer(TOOLS) as server:
+        kube.create_server(ns, "mail", {"url": server.sse_url, "transport": "sse"})
+        start_operator([ns])
+        await eventually(lambda: probe.found("send an email", workload_name(ns, "mail")))
+
+
+async def test_liveness_endpoint(ns, start_operator):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start_operator([ns], liveness_endpoint=f"http://127.0.0.1:{port}/healthz")
+
+    def probe_ok() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    await eventually(probe_ok, what="liveness endpoint answering 200")
+
+
+async def _eq(value, expected) -> bool:
+    return await value == expected

@@ -1,0 +1,193 @@
+"""The handlers' kopf semantics and the reconciler's ordering rules, without a cluster.
+
+The reconciler runs against a real index (the shared ``indexer`` fixture) with a recording status
+writer and a scripted ``tools/list``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import kopf
+import pytest
+
+from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.mcp import McpClientError
+from mcp_optimizer.operator import mcpservers
+from mcp_optimizer.operator.mapping import PodState, ServerView, parse_server
+from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def write(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        self.writes.append((namespace, name, status))
+        return True
+
+    def last(self, name: str) -> dict[str, Any]:
+        return next(s for _, n, s in reversed(self.writes) if n == name)
+
+
+class ScriptedTools:
+    def __init__(self, tools: list[dict[str, Any]] | None = None, error: str | None = None) -> None:
+        self.tools = tools if tools is not None else [{"name": "echo", "description": "Echo text back"}]
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.error:
+            raise McpClientError(self.error, endpoint=endpoint, transport=transport, reason="connect")
+        return self.tools
+
+
+def body(name: str = "echo", *, generation: int = 1, uid: str = "uid-1", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": name, "uid": uid, "generation": generation},
+        "spec": spec or {"url": "https://echo.example.com/mcp"},
+    }
+
+
+def running_pod(name: str, instance: str) -> PodState:
+    return PodState.from_body({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/instance": instance}},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+
+
+@pytest.fixture
+def writer() -> RecordingWriter:
+    return RecordingWriter()
+
+
+def reconciler(indexer, writer, tools) -> WorkloadReconciler:
+    return WorkloadReconciler(indexer, writer, mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+class FailingReconciler:
+    async def forget(self, view: ServerView) -> None:
+        raise RuntimeError("database is locked")
+
+
+async def test_delete_retries_then_lets_go():
+    memo = SimpleNamespace(reconciler=FailingReconciler())
+    logger = SimpleNamespace(error=lambda *a, **k: None)
+    with pytest.raises(kopf.TemporaryError) as exc:
+        await mcpservers.delete_server(body=body(), memo=memo, retry=0, logger=logger)
+    assert exc.value.delay == backoff(0)
+    # The last attempt returns normally: kopf removes the finalizer, deletion is never blocked.
+    await mcpservers.delete_server(body=body(), memo=memo, retry=mcpservers.DELETE_ATTEMPTS - 1, logger=logger)
+
+
+async def test_invalid_spec_is_permanent(indexer, writer):
+    memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools()))
+    with pytest.raises(kopf.PermanentError, match=r"spec\.endpoint is required"):
+        await mcpservers.reconcile_server(body=body(image="a/b"), memo=memo, retry=0)
+    assert writer.last("echo")["phase"] == "Error"
+
+
+async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
+    memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools(error="connection refused")))
+    with pytest.raises(kopf.TemporaryError) as exc:
+        await mcpservers.reconcile_server(body=body(), memo=memo, retry=3)
+    assert exc.value.delay == backoff(3) == 8
+    assert await indexer.workload_names() == {"ns/echo"}
+    status = writer.last("echo")
+    assert status["phase"] == "Error"
+    # The timer does not raise (it must keep ticking).
+    await mcpservers.resync_server(body=body(), memo=memo, logger=SimpleNamespace(warning=print))
+
+
+def test_backoff_is_exponential_and_capped():
+    assert [backoff(i) for i in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+# ------------------------------------------------------------------------------ reconciler
+
+
+async def test_remote_sync_reads_tools_and_reports(indexer, writer):
+    tools = ScriptedTools()
+    rec = reconciler(indexer, writer, tools)
+    assert await rec.sync(parse_server(body()), read_tools=True) is Outcome.OK
+    assert tools.calls == 1
+    status = writer.last("echo")
+    assert status["phase"] == "Running"
+    assert status["toolCount"] == 1
+    assert status["observedGeneration"] == 1
+    # An identical second sync writes no status.
+    writes = len(writer.writes)
+    assert await rec.sync(parse_server(body()), read_tools=True) is Outcome.OK
+    assert len(writer.writes) == writes
+
+
+async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer, writer):
+    rec = reconciler(indexer, writer, ScriptedTools())
+    view = parse_server(body())
+    await rec.sync(view, read_tools=True)
+    await rec.forget(view)
+    assert await indexer.workload_names() == set()
+    assert await rec.sync(view, read_tools=True) is Outcome.STALE
+    assert await indexer.workload_names() == set()
+
+
+async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer, writer):
+    rec = reconciler(indexer, writer, ScriptedTools())
+    old = parse_server(body(generation=1, url="https://echo.example.com/mcp", group="old"))
+    new = parse_server(body(generation=2, url="https://echo.example.com/mcp", group="new"))
+    rec.attach(pods={}, servers={"ns": [new]})
+    assert await rec.sync(new, read_tools=True) is Outcome.OK
+    assert await rec.sync(old, read_tools=True) is Outcome.STALE
+    row = await indexer.workloads.get_by_workload_name("ns/echo")
+    assert row.group == "new"
+    # Once the indices are attached, an object missing from them is gone.
+    rec.attach(pods={}, servers={})
+    assert await rec.sync(new, read_tools=True) is Outcome.STALE
+
+
+async def test_pod_fast_path_writes_status_without_tools_list(indexer, writer):
+    tools = ScriptedTools()
+    rec = reconciler(indexer, writer, tools)
+    view = parse_server(body("web", image="ghcr.io/acme/web:1", endpoint="http://web/mcp"))
+    other = parse_server(body("other", uid="uid-2", image="ghcr.io/acme/other:1", endpoint="http://other/mcp"))
+    pods: dict[str, list[PodState]] = {"ns": []}
+    rec.attach(pods=pods, servers={"ns": [view, other]})
+    await rec.sync(view, read_tools=True)
+    await rec.sync(other, read_tools=True)
+    assert tools.calls == 0  # no pods: nothing to read
+    assert await _status(indexer, "ns/web") == WorkloadStatus.STOPPED
+
+    # A pod of "web" turns Running: only "web" is re-evaluated; its first Running reads tools.
+    pods["ns"].append(running_pod("web-0", "web"))
+    writes = len(writer.writes)
+    await rec.pods_changed("ns", "web-0", {"app.kubernetes.io/instance": "web"})
+    assert await _status(indexer, "ns/web") == WorkloadStatus.RUNNING
+    assert {n for _, n, _ in writer.writes[writes:]} == {"web"}
+    assert await _status(indexer, "ns/other") == WorkloadStatus.STOPPED
+    for _ in range(100):  # the read runs in the background
+        if writer.last("web")["toolCount"] == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert tools.calls == 1
+    assert writer.last("web")["toolCount"] == 1
+
+    # Not ready, then ready again: status only, the tools are not read again.
+    pods["ns"][0] = PodState("web-0", pods["ns"][0].labels, "Running", ready=False)
+    await rec.pods_changed("ns", "web-0", {"app.kubernetes.io/instance": "web"})
+    assert await _status(indexer, "ns/web") == WorkloadStatus.STOPPED
+    pods["ns"][0] = running_pod("web-0", "web")
+    await rec.pods_changed("ns", "web-0", {"app.kubernetes.io/instance": "web"})
+    assert await _status(indexer, "ns/web") == WorkloadStatus.RUNNING
+    await rec.close()
+    assert tools.calls == 1
+
+
+async def _status(indexer, name: str) -> WorkloadStatus:
+    row = await indexer.workloads.get_by_workload_name(name)
+    return WorkloadStatus(row.status)
