@@ -55,6 +55,11 @@ class Settings:
     peering_priority: int | None = None
     #: Vector hits below this cosine similarity count only if full-text search also found them.
     min_similarity: float = 0.3
+    #: Port of ``/metrics`` (Prometheus) and ``/readyz`` in ``mcp-optimizer run``; 0 disables them.
+    metrics_port: int = 9090
+    #: ``text`` for people, ``json`` (one object per line) for log pipelines.
+    log_format: str = "text"
+    log_level: str = "INFO"
 
     # --- The MCP endpoint (mcp_optimizer.mcp.server) ---
     #: Address the MCP endpoint listens on.
@@ -93,6 +98,9 @@ class Settings:
             peering_name=_env("PEERING_NAME", "") or None,
             peering_priority=int(_env_float("PEERING_PRIORITY", 0)) if _env("PEERING_PRIORITY", "") else None,
             min_similarity=_env_float("MIN_SIMILARITY", cls.min_similarity),
+            metrics_port=int(_env_float("METRICS_PORT", cls.metrics_port)),
+            log_format=_env("LOG_FORMAT", cls.log_format),
+            log_level=_env("LOG_LEVEL", cls.log_level),
             mcp_host=_env("MCP_HOST", cls.mcp_host),
             mcp_port=int(_env_float("MCP_PORT", cls.mcp_port)),
             mcp_path=_env("MCP_PATH", cls.mcp_path),

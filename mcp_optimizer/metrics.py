@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
+reconcile_logger = logging.getLogger("mcp_optimizer.reconcile")
 
 NAMESPACE = "mcp_optimizer"
 WORKLOAD_STATUSES = ("RUNNING", "STOPPED", "ERROR")
@@ -54,10 +55,13 @@ INDEX_COUNT_TTL = 5.0
 
 @dataclass
 class ReconcileTimer:
-    """Yielded by :meth:`Metrics.reconcile`; set ``outcome`` to record something other than ok."""
+    """Yielded by :meth:`Metrics.reconcile`; set ``outcome`` to record something other than ok,
+    and ``changes`` to say in the reconcile's log line what it did."""
 
     kind: str
+    resource: str = ""
     outcome: str = "ok"
+    changes: str = ""
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -152,7 +156,7 @@ class Metrics:
     # --- operator -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def reconcile(self, kind: str) -> Iterator[ReconcileTimer]:
+    def reconcile(self, kind: str, resource: str = "") -> Iterator[ReconcileTimer]:
         """Count and time one reconcile. An exception records outcome ``error`` and propagates.
 
         Example::
@@ -161,16 +165,24 @@ class Metrics:
                 outcome = await reconciler.sync(view, ...)
                 timer.outcome = outcome.value
         """
-        timer = ReconcileTimer(kind)
+        timer = ReconcileTimer(kind, resource)
         try:
             yield timer
-        except BaseException:
+        except BaseException as exc:
             timer.outcome = "error"
+            timer.changes = timer.changes or f"{type(exc).__name__}: {exc}"
             raise
         finally:
             elapsed = time.perf_counter() - timer.started
             self.reconciles.labels(kind, timer.outcome).inc()
             self.reconcile_seconds.labels(kind, timer.outcome).observe(elapsed)
+            # One line per reconcile: what, which, how it ended, what changed, how long.
+            reconcile_logger.info(
+                "reconciled %s %s: %s%s in %.1f ms", kind, resource or "-", timer.outcome,
+                f" ({timer.changes})" if timer.changes else "", elapsed * 1000,
+                extra={"kind": kind, "resource": resource, "outcome": timer.outcome, "changes": timer.changes,
+                       "duration_ms": round(elapsed * 1000, 2)},
+            )
 
     def catalog_parse_error(self, catalog: str) -> None:
         self.catalog_parse_errors.labels(catalog).inc()

@@ -251,7 +251,10 @@ async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from mcp_optimizer.logs import configure_logging
     from mcp_optimizer.operator.runner import main as run_operator
+
+    configure_logging(settings.log_format, "DEBUG" if args.verbose else settings.log_level)
 
     await run_operator(settings, kubeconfig=args.kubeconfig)
     return 0

@@ -40,6 +40,7 @@ from mcp_optimizer.mcp.client import call_tool as client_call_tool
 from mcp_optimizer.mcp.pinned import PinnedTool, parse_pins
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.tokens import running_tools_tokens, token_report, tool_tokens
+from mcp_optimizer.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,8 @@ class OptimizerTools:
             )
 
         # The total for the token estimate does not depend on the search: run both at once.
-        hits, all_tokens = await asyncio.gather(search(), running_tools_tokens(self.search.engine, scope))
+        with METRICS.time_find_tool():
+            hits, all_tokens = await asyncio.gather(search(), running_tools_tokens(self.search.engine, scope))
         hits = [hit for hit in hits if scope.allows(hit.group, hit.namespace)]
         result: dict[str, Any] = {
             "tools": [

@@ -14,7 +14,6 @@ change affects are re-matched by the index and their MCPServers' status updated.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,9 @@ from typing import Any
 import kopf
 
 from mcp_optimizer.catalog import CatalogParseError, parse_catalog
+from mcp_optimizer.embeddings.texts import text_hash
 from mcp_optimizer.ingest import CatalogLoadResult, Indexer
+from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.status import post_event
 from mcp_optimizer.operator.workloads import WorkloadReconciler, backoff
 
@@ -40,10 +41,6 @@ def catalog_name(namespace: str, name: str) -> str:
 
 def is_catalog(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(CATALOG_LABEL) == "true"
-
-
-def _text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class CatalogSync:
@@ -79,26 +76,33 @@ class CatalogSync:
 
     async def load(self, catalog: str, text: str, *, body: Mapping[str, Any] | None = None) -> bool:
         """Parse and load a catalog; on a parse error keep the previous rows. True when loaded."""
-        digest = _text_hash(text)
+        digest = text_hash(text)
         if self.loaded.get(catalog) == digest:
             return True
         try:
             parsed = parse_catalog(text)
         except CatalogParseError as exc:
+            METRICS.catalog_parse_error(catalog)
             kept = "the previously loaded catalog is kept" if catalog in self.known else "nothing is loaded"
             if body is not None:
                 self._warn(body, "CatalogInvalid", f"{exc}; {kept}")
             logger.warning("Catalog %s does not parse: %s; %s", catalog, exc, kept)
             return False
-        for attempt in range(LOAD_ATTEMPTS):
-            try:
-                result = await self.indexer.load_catalog(catalog, parsed.entries, parsed.warnings)
-                break
-            except Exception as exc:
-                if attempt + 1 >= LOAD_ATTEMPTS:
-                    raise
-                logger.warning("Loading catalog %s failed (%s); retrying", catalog, exc)
-                await asyncio.sleep(backoff(attempt))
+        with METRICS.reconcile("Catalog", catalog) as timer:
+            for attempt in range(LOAD_ATTEMPTS):
+                try:
+                    result = await self.indexer.load_catalog(catalog, parsed.entries, parsed.warnings)
+                    break
+                except Exception as exc:
+                    if attempt + 1 >= LOAD_ATTEMPTS:
+                        raise
+                    logger.warning("Loading catalog %s failed (%s); retrying", catalog, exc)
+                    await asyncio.sleep(backoff(attempt))
+            timer.changes = (
+                f"{len(result.added)} added, {len(result.updated)} updated, {len(result.renamed)} renamed, "
+                f"{len(result.removed)} removed, {result.texts_embedded} texts embedded, "
+                f"{len(result.rematched)} workloads re-matched"
+            )
         self.loaded[catalog] = digest
         self.known.add(catalog)
         self._report(catalog, result, body)
@@ -108,7 +112,11 @@ class CatalogSync:
     async def remove(self, catalog: str) -> None:
         if catalog not in self.known and catalog not in self.loaded:
             return
-        result = await self.indexer.delete_catalog(catalog)
+        with METRICS.reconcile("Catalog", catalog) as timer:
+            result = await self.indexer.delete_catalog(catalog)
+            timer.outcome = "deleted"
+            timer.changes = f"{len(result.removed)} removed, {len(result.rematched)} workloads re-matched"
+        METRICS.forget_catalog(catalog)
         self.known.discard(catalog)
         self.loaded.pop(catalog, None)
         logger.info("Catalog %s removed (%d servers)", catalog, len(result.removed))

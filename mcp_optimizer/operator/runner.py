@@ -224,6 +224,7 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     from mcp_optimizer.db.search import ToolSearch
     from mcp_optimizer.embeddings import FastEmbedder
     from mcp_optimizer.mcp.server import serve
+    from mcp_optimizer.metrics import METRICS, start_metrics_server
 
     embedder = FastEmbedder(
         settings.embedding_model_path, settings.embedding_model_name, batch_size=settings.embedding_batch_size
@@ -231,18 +232,37 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     # A bad model path fails at start, not at the first catalog or query.
     await asyncio.to_thread(embedder.load)
     indexer = await Indexer.open(settings, embedder)
+    METRICS.watch_embedder(embedder)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = await start_metrics_server(METRICS, port=settings.metrics_port, engine=indexer.engine)
     stop_endpoint = asyncio.Event()
     search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
+    ready = asyncio.Event()
+
+    async def report_ready() -> None:
+        # /readyz turns 200 once the startup pass (garbage collection, catalogs) is done.
+        await ready.wait()
+        METRICS.set_ready()
+        logger.info("Operator ready: the first reconcile pass is done")
+
     # Started before kopf: kopf adopts (and cancels at its exit) every task created after it starts.
     endpoint = asyncio.create_task(serve(settings, search, stop=stop_endpoint), name="mcp endpoint")
-    operator = asyncio.create_task(run_operator(settings, kubeconfig=kubeconfig, indexer=indexer), name="operator")
+    readiness = asyncio.create_task(report_ready(), name="readiness")
+    operator = asyncio.create_task(
+        run_operator(settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready), name="operator"
+    )
     try:
         await asyncio.wait({endpoint, operator}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop_endpoint.set()
+        readiness.cancel()
+        METRICS.set_ready(False)
         if not operator.done():
             operator.cancel()
         results = await asyncio.gather(endpoint, operator, return_exceptions=True)
+        if metrics_server is not None:
+            await metrics_server.stop()
         await indexer.close()
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):

@@ -31,6 +31,7 @@ from mcp_optimizer.ingest import (
 )
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp import list_tools as mcp_list_tools
+from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.mapping import (
     PodState,
     RuntimeStatus,
@@ -152,6 +153,23 @@ class WorkloadReconciler:
         and resync). ``current_status`` is the object's status as found, used after a restart to
         keep condition transition times and to skip writing an unchanged status.
         """
+        with METRICS.reconcile("MCPServer", view.workload_name) as timer:
+            outcome = await self._sync(view, read_tools=read_tools, current_status=current_status)
+            timer.outcome = outcome.value
+            tracked = self._tracked.get(view.workload_name)
+            if tracked is not None and outcome is not Outcome.STALE:
+                facts = tracked.facts
+                registry = "/".join(facts.registry) if facts.registry else "none"
+                timer.changes = f"status {facts.status.value}, {facts.tool_count} tools, registry {registry}"
+            return outcome
+
+    async def _sync(
+        self,
+        view: ServerView,
+        *,
+        read_tools: bool,
+        current_status: Mapping[str, Any] | None = None,
+    ) -> Outcome:
         if view.deleting or view.uid in self._gone:
             return Outcome.STALE
         name = view.workload_name
@@ -252,9 +270,12 @@ class WorkloadReconciler:
             pods = self._pods(view, tracked)
             runtime = self._runtime(view, facts)
             if runtime != facts.runtime and facts.spec_error is None:
-                await self.indexer.set_workload_status(name, runtime.status, runtime.message)
-                facts.runtime = runtime
-                await self._publish(tracked)
+                with METRICS.reconcile("Pod", name) as timer:
+                    before = facts.runtime.status.value if facts.runtime else "none"
+                    await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                    facts.runtime = runtime
+                    await self._publish(tracked)
+                    timer.changes = f"status {before} -> {runtime.status.value} ({runtime.code})"
             # First Running (for this spec) or a failed read: the tools must be read now.
             needs_tools = facts.tools_generation != view.generation or facts.tools_error is not None
             if pods.status is WorkloadStatus.RUNNING and needs_tools:

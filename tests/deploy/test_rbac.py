@@ -302,30 +302,9 @@ async def test_each_rule_is_needed(
             assert time.monotonic() - started >= NEGATIVE_WINDOW
 
 
-def _scanning_disabled(monkeypatch) -> None:
-    """Run the operator as the runner should configure kopf: ``settings.scanning.disabled``.
-
-    With scanning on, kopf lists and watches CustomResourceDefinitions (cluster-wide) and, for a
-    namespaced operator, Namespaces, retrying each 403 for about a minute before it falls back to
-    the exact names it was given. The role grants neither (least privilege; the CRD is installed
-    before the operator by Helm's crds/ folder and the namespaces are exact names), so kopf must
-    be told not to scan. No-op once mcp_optimizer.operator.runner sets it itself
-    (test_kopf_scanning_is_disabled).
-    """
-    from mcp_optimizer.operator import runner
-
-    original = runner.operator_settings
-
-    def patched(settings: Settings):
-        ks = original(settings)
-        ks.scanning.disabled = True
-        return ks
-
-    monkeypatch.setattr(runner, "operator_settings", patched)
-
-
-@pytest.mark.xfail(reason="mcp_optimizer/operator/runner.py must set ks.scanning.disabled = True", strict=False)
 def test_kopf_scanning_is_disabled():
+    """With scanning on, kopf lists CRDs and Namespaces, which the least-privilege role does not
+    grant, and retries each 403 for about a minute before falling back to the exact names."""
     from mcp_optimizer.operator.runner import operator_settings
 
     assert operator_settings(Settings()).scanning.disabled is True
@@ -336,7 +315,6 @@ async def test_operator_does_its_job_with_roles_in_listed_namespaces(
     helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job, monkeypatch
 ):
     """watchNamespaces: Roles in the listed namespaces only; the operator watches just those."""
-    _scanning_disabled(monkeypatch)
     values = {"watchNamespaces": [job.ns]}
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
         assert (

@@ -109,7 +109,8 @@ def test_bad_workload_file(tmp_path: Path) -> None:
     path.write_text("- name: x\n  url: https://a\n  package: b\n")
     result = run(tmp_path, "workload", "apply", str(path))
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: workload 'x': exactly one of url (remote) or package (container) is required"
+    assert result.stderr.strip() == (
+        "error: workload 'x': exactly one of url (remote) or package (container) is required")
 
 
 def test_db_upgrade(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -72,7 +73,7 @@ async def test_downgrade_and_upgrade_round_trip(tmp_path: Path) -> None:
     await migrate.upgrade(engine)
     await migrate.upgrade(engine)  # idempotent
     async with engine.begin() as conn:
-        await conn.run_sync(lambda c: __import__("alembic.command").command.downgrade(migrate.alembic_config(c), "base"))
+        await conn.run_sync(lambda c: command.downgrade(migrate.alembic_config(c), "base"))
         tables = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))).scalars().all()
     assert set(tables) <= {"alembic_version", "sqlite_sequence"}
     await migrate.upgrade(engine)

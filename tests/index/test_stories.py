@@ -1,4 +1,4 @@
-"""Every acceptance scenario of SPEC.md (S1.1–S3.7) on a real index file with the real model."""
+"""Every acceptance scenario of SPEC.md (S1.1 to S3.7) on a real index file with the real model."""
 
 from __future__ import annotations
 

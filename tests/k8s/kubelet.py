@@ -8,28 +8,27 @@ state write its ``/status`` subresource themselves with these helpers.
 from __future__ import annotations
 
 import datetime
-from typing import Optional, Union
 
 from kubernetes import client
 
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _core(api: Union[client.ApiClient, client.CoreV1Api]) -> client.CoreV1Api:
+def _core(api: client.ApiClient | client.CoreV1Api) -> client.CoreV1Api:
     return api if isinstance(api, client.CoreV1Api) else client.CoreV1Api(api)
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_status_body(
     container_names: list[str],
     phase: str,
     ready: bool = True,
-    waiting_reason: Optional[str] = None,
+    waiting_reason: str | None = None,
     restart_count: int = 0,
-    pod_ip: Optional[str] = None,
+    pod_ip: str | None = None,
 ) -> dict:
     """Build a pod ``status`` like the kubelet would report it.
 
@@ -89,14 +88,14 @@ def pod_status_body(
 
 
 def set_pod_status(
-    api: Union[client.ApiClient, client.CoreV1Api],
+    api: client.ApiClient | client.CoreV1Api,
     namespace: str,
     name: str,
     phase: str,
     ready: bool = True,
-    waiting_reason: Optional[str] = None,
+    waiting_reason: str | None = None,
     restart_count: int = 0,
-    pod_ip: Optional[str] = None,
+    pod_ip: str | None = None,
 ) -> client.V1Pod:
     """Patch pod ``namespace/name``'s status subresource; return the updated pod.
 

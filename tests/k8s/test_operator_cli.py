@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -31,7 +33,7 @@ def free_port() -> int:
 
 
 async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
-    mcp_port, health_port = free_port(), free_port()
+    mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
@@ -39,6 +41,8 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
         "MCP_OPTIMIZER_MCP_HOST": "127.0.0.1",
         "MCP_OPTIMIZER_MCP_PORT": str(mcp_port),
         "MCP_OPTIMIZER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
+        "MCP_OPTIMIZER_METRICS_PORT": str(metrics_port),
+        "MCP_OPTIMIZER_LOG_FORMAT": "json",
     }
     command = [
         sys.executable, "-c", "import sys; from mcp_optimizer.cli.main import main; sys.exit(main())",
@@ -60,6 +64,11 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
                     return False
 
             await eventually(healthy, what="liveness probe")
+            await eventually(lambda: http_get(metrics_port, "/readyz")[0] == 200, what="readiness")
+            status, metrics = http_get(metrics_port, "/metrics")
+            assert status == 200
+            assert 'mcp_optimizer_reconciles_total{kind="MCPServer",outcome="ok"}' in metrics
+            assert 'mcp_optimizer_workload_tools{status="RUNNING"} 1.0' in metrics
 
             endpoint = f"http://127.0.0.1:{mcp_port}/mcp"
 
@@ -85,3 +94,19 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
                 log.close()
     output = (tmp_path / "run.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
+    # Structured logs: one JSON object per line, one line per reconcile with what changed.
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    reconciles = [r for r in records if r["logger"] == "mcp_optimizer.reconcile"]
+    travel = [r for r in reconciles if r.get("resource") == f"{ns}/travel" and r["kind"] == "MCPServer"]
+    assert travel and travel[0]["outcome"] == "ok" and "status RUNNING, 1 tools" in travel[0]["changes"]
+    assert isinstance(travel[0]["duration_ms"], float)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""

@@ -59,10 +59,11 @@ async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
         await eventually(lambda: kube.server_status(ns, "mail").get("phase") == "Running")
         await eventually(lambda: not (kube.server(ns, "mail") or {})["metadata"].get("annotations", {}).get(
             "mcp-optimizer.dev/sync-on-create"), what="kopf's progress annotation cleared")
-        version = kube.server(ns, "mail")["metadata"]["resourceVersion"]
+        settled = kube.server(ns, "mail")
         calls = counter.count(server.url)
         await asyncio.sleep(3)  # an absence cannot be polled for
-        assert kube.server(ns, "mail")["metadata"]["resourceVersion"] == version
+        later = kube.server(ns, "mail")
+        assert later["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"], (settled, later)
         assert counter.count(server.url) == calls == 1
 
 

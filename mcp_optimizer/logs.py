@@ -1,0 +1,50 @@
+"""Logging for the long-running process: text for people or JSON lines for log pipelines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+#: LogRecord attributes that are not user ``extra`` fields.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and every ``extra`` field
+    (so a reconcile line carries kind, resource, outcome, changes and duration_ms as fields)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
+    """Route all logging to stderr in the chosen format (``text`` or ``json``)."""
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log format must be 'text' or 'json', got {log_format!r}")
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # The MCP SDK logs full tracebacks for every malformed reply of a broken workload server;
+    # the operator already reports those in one line.
+    logging.getLogger("mcp.client").setLevel(max(numeric, logging.WARNING))
