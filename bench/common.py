@@ -1,0 +1,444 @@
+"""What every benchmark shares: the machine, percentiles, the model, the real data, scale data.
+
+Scale data is generated from the real catalogs in ``../shared/data`` with a fixed seed, so two
+runs (or two machines) index exactly the same servers, tools and texts:
+
+* registry servers are variants of the 102 ToolHive registry entries (their names, descriptions,
+  tags, tool names and identifier kinds), each with its own URL or image;
+* workload tools are drawn from the 527 full LiveMCPBench tool definitions (name, description,
+  input schema), the realistic mix of one-line and page-long descriptions the model has to embed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mcp_optimizer.catalog import CatalogEntry, ToolDefinition, load_catalog_file
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.embeddings import Embedder, FastEmbedder
+from mcp_optimizer.ingest import Indexer, WorkloadSpec
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 20251125
+
+
+# ------------------------------------------------------------------------------ locations
+
+
+def shared_dir() -> Path:
+    """``shared/`` beside the repository (models, data), or ``$MCP_OPTIMIZER_SHARED``."""
+    env = os.environ.get("MCP_OPTIMIZER_SHARED")
+    if env:
+        return Path(env)
+    for parent in REPO.parents:
+        if (parent / "shared" / "models").is_dir():
+            return parent / "shared"
+    return REPO.parent / "shared"
+
+
+def model_path() -> Path:
+    env = os.environ.get("MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
+    return Path(env) if env else shared_dir() / "models" / "all-MiniLM-L6-v2"
+
+
+def data_dir() -> Path:
+    return shared_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """Where slow-to-build benchmark indexes are kept between runs (``--rebuild`` ignores them)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "mcp-optimizer" / "bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -------------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, str]:
+    """CPU, cores, load and the versions every figure depends on."""
+    import fastembed
+    import onnxruntime
+    import sqlite_vec
+
+    from mcp_optimizer.db.engine import connect_sync
+
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = connect_sync(Path(tmp) / "probe.db")
+        try:
+            sqlite_version, vec_version = conn.execute("SELECT sqlite_version(), vec_version()").fetchone()
+        finally:
+            conn.close()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "cpu": cpu,
+        "cores": f"{usable} usable of {os.cpu_count()}",
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "sqlite": sqlite_version,
+        "sqlite-vec": f"{vec_version} (python package {getattr(sqlite_vec, '__version__', '?')})",
+        "onnxruntime": onnxruntime.__version__,
+        "fastembed": getattr(fastembed, "__version__", "?"),
+        "model": str(model_path()),
+    }
+
+
+def print_header(title: str, args: argparse.Namespace | None = None) -> None:
+    """The benchmark's name, the command that ran it and the machine, before any figure."""
+    print(f"# {title}")
+    print(f"command: python -m {' '.join([_module_name(), *sys.argv[1:]])}")
+    for key, value in machine_info().items():
+        print(f"  {key:>13}: {value}")
+    if args is not None:
+        print(f"  {'options':>13}: {vars(args)}")
+    print(flush=True)
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else sys.argv[0]
+
+
+# ---------------------------------------------------------------------------------- stats
+
+
+def percentile(samples: Sequence[float], p: float) -> float:
+    """Linear-interpolated percentile (numpy's default); p in 0..100."""
+    return float(np.percentile(np.asarray(samples, dtype=float), p))
+
+
+def ms_summary(seconds: Sequence[float]) -> str:
+    """``p50 / p99 / max`` in milliseconds with the sample count."""
+    ms = [s * 1000 for s in seconds]
+    return (f"p50 {percentile(ms, 50):7.2f} ms  p99 {percentile(ms, 99):7.2f} ms  "
+            f"max {max(ms):7.2f} ms  mean {statistics.fmean(ms):7.2f} ms  (n={len(ms)})")
+
+
+@dataclass
+class Figure:
+    """One result line: what, value, target, and whether the target was met."""
+
+    name: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Report:
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, name: str, value: str, target: str = "", met: bool | None = None) -> None:
+        self.figures.append(Figure(name, value, target, met))
+        mark = "" if met is None else ("  [met]" if met else "  [MISSED]")
+        print(f"{name}: {value}" + (f"   target {target}" if target else "") + mark, flush=True)
+
+    def print_table(self) -> None:
+        print("\n| figure | value | target | |\n|---|---|---|---|")
+        for f in self.figures:
+            mark = "" if f.met is None else ("met" if f.met else "**missed**")
+            print(f"| {f.name} | {f.value} | {f.target} | {mark} |")
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` is the elapsed seconds."""
+    box: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+class RecordingEmbedder(FastEmbedder):
+    """The real model, remembering every text it actually ran (cache misses), in order."""
+
+    def __init__(self, path: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(path or model_path(), **kwargs)
+        self.recorded: list[str] = []
+        #: (start, end) perf_counter of every model run: concurrent runs overlap, so the model's
+        #: share of a wall-clock period is the union of these, not the sum of their lengths.
+        self.intervals: list[tuple[float, float]] = []
+
+    def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        self.recorded.extend(texts)
+        start = time.perf_counter()
+        try:
+            return super()._embed_batch(texts)
+        finally:
+            self.intervals.append((start, time.perf_counter()))
+
+    def busy_seconds(self, since: float) -> float:
+        """Wall-clock seconds since ``since`` (a perf_counter value) during which the model ran."""
+        busy, reach = 0.0, since
+        for start, end in sorted(self.intervals):
+            start = max(start, reach)
+            if end > start:
+                busy += end - start
+                reach = end
+        return busy
+
+
+def load_embedder(**kwargs: Any) -> RecordingEmbedder:
+    path = model_path()
+    if not (path / "model.onnx").is_file():
+        sys.exit(f"embedding model not found at {path}: set MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
+    embedder = RecordingEmbedder(path, **kwargs)
+    embedder.load()
+    return embedder
+
+
+def uncached(embedder: Embedder) -> RecordingEmbedder:
+    """An embedder with the same settings and loaded ONNX session but an empty text cache, so
+    that a timing includes the model (queries repeat across benchmark passes; users' don't)."""
+    assert isinstance(embedder, FastEmbedder)
+    copy = RecordingEmbedder(embedder.model_path, batch_size=embedder.batch_size)
+    copy._model = embedder._model  # the same session: no second copy of the model in memory
+    return copy
+
+
+def model_alone_seconds(embedder: Embedder, texts: Sequence[str]) -> float:
+    """Seconds the model needs for ``texts`` through the embedder's batching, with a cold cache."""
+    floor = uncached(embedder)
+    with stopwatch() as t:
+        floor.embed(list(texts))
+    return t[0]
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@dataclass(frozen=True)
+class BenchServer:
+    """One LiveMCPBench server: its display name, its config key and its MCP tools."""
+
+    title: str
+    key: str
+    description: str
+    tools: list[dict[str, Any]]
+
+    @property
+    def k8s_name(self) -> str:
+        """The name an MCPServer for it would have (DNS label)."""
+        name = "".join(c if c.isalnum() else "-" for c in self.key.lower())
+        return "-".join(part for part in name.split("-") if part)[:63]
+
+
+@cache
+def livemcpbench_servers() -> list[BenchServer]:
+    raw = json.loads((data_dir() / "livemcpbench" / "tools.json").read_text())
+    servers = []
+    for item in raw:
+        for key, block in item["tools"].items():
+            tools = [{"name": t["name"], "description": t.get("description") or "",
+                      "inputSchema": t.get("inputSchema") or {"type": "object", "properties": {}}}
+                     for t in block["tools"]]
+            servers.append(BenchServer(item["name"], key, item.get("description") or "", tools))
+    return servers
+
+
+@cache
+def livemcpbench_tasks() -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = json.loads((data_dir() / "livemcpbench" / "annotations.json").read_text())
+    return tasks
+
+
+def real_tools() -> list[dict[str, Any]]:
+    """The 527 real tool definitions (duplicates by name across servers kept)."""
+    return [tool for server in livemcpbench_servers() for tool in server.tools]
+
+
+@cache
+def registry_bases() -> list[CatalogEntry]:
+    """The 102 ToolHive registry entries."""
+    return load_catalog_file(data_dir() / "toolhive-registry" / "registry.json").entries
+
+
+# ---------------------------------------------------------------------------- scale data
+
+
+def _variant_identifier(base: CatalogEntry, i: int) -> tuple[str | None, str | None]:
+    """A URL or image unique to index ``i``, shaped like ``base``'s."""
+    if base.remote:
+        assert base.url is not None
+        scheme, _, rest = base.url.partition("://")
+        host, _, path = rest.partition("/")
+        return f"{scheme}://s{i}.{host}/{path}", None
+    assert base.package is not None
+    repo, _, tag = base.package.rpartition(":")
+    if "/" in tag or not repo:  # no tag
+        repo, tag = base.package, "latest"
+    return None, f"{repo}-{i}:{tag}"
+
+
+def workload_identifier(entry: CatalogEntry, respell: int) -> tuple[str | None, str | None]:
+    """The same identifier as ``entry`` spelled another way (another tag, URL case/port/slash),
+    so that linking exercises normalisation; ``respell`` picks the spelling."""
+    if entry.remote:
+        assert entry.url is not None
+        scheme, _, rest = entry.url.partition("://")
+        host, _, path = rest.partition("/")
+        url = f"{scheme}://{host.upper() if respell % 2 else host}/{path}"
+        return (url.rstrip("/") + "/" if respell % 3 == 0 else url), None
+    assert entry.package is not None
+    repo = entry.package.rpartition(":")[0] or entry.package
+    return None, f"{repo}:bench-{respell}"
+
+
+def scale_catalog(count: int, *, seed: int = SEED, rich: int = 0, rich_tools: int = 20) -> list[CatalogEntry]:
+    """``count`` registry servers modelled on the ToolHive registry (tool names only, as there).
+
+    The first ``rich`` get exactly ``rich_tools`` tools with full LiveMCPBench definitions: the
+    servers whose deletion and renaming the benchmarks time.
+    """
+    rng = random.Random(seed)
+    bases = registry_bases()
+    pool = real_tools()
+    entries = []
+    for i in range(count):
+        base = bases[i % len(bases)]
+        url, package = _variant_identifier(base, i)
+        if i < rich:
+            tools = [ToolDefinition.model_validate(t) for t in unique_by_name(rng.sample(pool, rich_tools * 2))]
+            tools = tools[:rich_tools]
+        else:
+            tools = list(base.tools)
+        entries.append(CatalogEntry(
+            name=f"{base.name}-{i}", remote=base.remote, url=url, package=package, transport=base.transport,
+            description=base.description, tags=list(base.tags), tools=tools,
+        ))
+    return entries
+
+
+def unique_by_name(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for tool in tools:
+        if tool["name"] not in seen:
+            seen.add(tool["name"])
+            out.append(tool)
+    return out
+
+
+def sample_tools(rng: random.Random, count: int) -> list[dict[str, Any]]:
+    """``count`` distinct-named real tool definitions."""
+    pool = real_tools()
+    tools = unique_by_name(rng.sample(pool, min(len(pool), count * 2)))[:count]
+    return [json.loads(json.dumps(t)) for t in tools]  # private copies: specs get mutated by callers
+
+
+def make_workload(
+    i: int,
+    tools: list[dict[str, Any]],
+    *,
+    link: CatalogEntry | None = None,
+    respell: int = 0,
+    status: WorkloadStatus = WorkloadStatus.RUNNING,
+    namespaces: int = 20,
+) -> WorkloadSpec:
+    """Workload ``i``: linked to ``link`` (its identifier respelled) or running an unlisted image."""
+    if link is not None:
+        url, package = workload_identifier(link, respell)
+        name = link.name
+    else:
+        url, package = None, f"ghcr.io/bench/unlisted-{i}:1.0.{i}"
+        name = f"unlisted-{i}"
+    namespace = f"ns{i % namespaces}"
+    return WorkloadSpec(
+        workload_name=f"{namespace}/w{i}", name=name, url=url, package=package, endpoint=url,
+        status=status, namespace=namespace, group="default", tools=tools,
+    )
+
+
+# ---------------------------------------------------------------------------------- index
+
+
+@asynccontextmanager
+async def temp_index(embedder: FastEmbedder, path: Path | None = None) -> AsyncIterator[Indexer]:
+    """A fresh index file in a temporary directory (or at ``path``), closed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp:
+        settings = Settings(db_path=path or Path(tmp) / "index.db", embedding_model_path=embedder.model_path)
+        indexer = await Indexer.open(settings, embedder)
+        try:
+            yield indexer
+        finally:
+            await indexer.close()
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller scale and fewer samples (a smoke run)")
+    return parser
+
+
+# ------------------------------------------------------------------------ 20,000 tools
+
+
+def replica_specs(tool_target: int = 20_000, *, status: WorkloadStatus = WorkloadStatus.RUNNING) -> list[WorkloadSpec]:
+    """Every LiveMCPBench server deployed once per namespace until ``tool_target`` tools run.
+
+    Teams running the same servers in their own namespaces is how large clusters look, and it
+    keeps the build cheap: replicas share their tool texts (the context is the server name), so
+    only the 527 distinct texts go through the model however many replicas there are. Search cost
+    does not depend on that: the KNN scan and the BM25 posting lists grow with every replica.
+    """
+    servers = livemcpbench_servers()
+    per_round = sum(len(s.tools) for s in servers)
+    rounds = -(-tool_target // per_round)
+    specs = []
+    for r in range(rounds):
+        namespace = f"team-{r:02d}"
+        for server in servers:
+            specs.append(WorkloadSpec(
+                workload_name=f"{namespace}/{server.k8s_name}", name=server.k8s_name,
+                package=f"ghcr.io/livemcpbench/{server.k8s_name}:latest", status=status,
+                namespace=namespace, tools=json.loads(json.dumps(server.tools)),
+            ))
+    return specs
+
+
+async def build_replica_index(indexer: Indexer, tool_target: int = 20_000) -> tuple[int, int, float]:
+    """Index :func:`replica_specs`; returns (workloads, tools, seconds)."""
+    specs = replica_specs(tool_target)
+    tools = 0
+    with stopwatch() as t:
+        for spec in specs:
+            tools += (await indexer.apply_workload(spec)).tool_count
+    return len(specs), tools, t[0]
