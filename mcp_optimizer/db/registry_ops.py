@@ -9,7 +9,7 @@ from sqlalchemy import Row, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
-from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
+from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, WORKLOAD_SERVERS, new_id, utcnow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 from mcp_optimizer.db.workload_ops import WorkloadServerOps
 
@@ -76,9 +76,9 @@ class RegistryServerOps(Ops):
         """Delete a registry server and its tools; its linked workloads are unlinked and fall back
         to their own description and mean-pooled embedding. Returns the unlinked workload ids."""
         async with self._tx(conn) as c:
-            linked = [row.id for row in await self.workloads.list_servers_by_registry(server_id, c)]
-            for workload_id in linked:
-                await self.workloads.remove_registry_relationship(workload_id, c)
+            linked = list((await c.execute(
+                select(WORKLOAD_SERVERS.c.id).where(WORKLOAD_SERVERS.c.registry_server_id == server_id))).scalars())
+            await self.workloads.remove_registry_relationships(linked, c)
             await self.tools.delete_by_server(server_id, c)
             await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
             await c.execute(delete(servers).where(servers.c.id == server_id))

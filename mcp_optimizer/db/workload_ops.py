@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, select, text, update
+from sqlalchemy import Row, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
-from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool, to_bytes
+from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import own_description
 
 servers = WORKLOAD_SERVERS
@@ -121,21 +121,51 @@ class WorkloadServerOps(Ops):
     async def remove_registry_relationship(self, server_id: str, conn: AsyncConnection | None = None) -> None:
         """Unlink a workload from its registry server and fall back to its own description and
         embedding, the mean of its tool embeddings (no model call: this must stay fast)."""
+        await self.remove_registry_relationships([server_id], conn)
+
+    async def remove_registry_relationships(
+        self, server_ids: Sequence[str], conn: AsyncConnection | None = None
+    ) -> None:
+        """:meth:`remove_registry_relationship` for many workloads in a fixed number of statements
+        (a registry server with many linked workloads is deleted in one short transaction)."""
+        if not server_ids:
+            return
         async with self._tx(conn) as c:
-            row = await self.get_by_id(server_id, c)
-            if row is None:
-                return
-            tool_rows = await self.tools.list_by_server(server_id, c)
-            details = [t.details for t in tool_rows]
-            vectors = [from_bytes(t.details_embedding) for t in tool_rows if t.details_embedding is not None]
-            try:
-                embedding: bytes | None = to_bytes(mean_pool(vectors))
-            except EmbeddingError:
-                embedding = None  # no embedded tools: the server has no vector until it has some
-            await self.update(
-                server_id, c, registry_server_id=None, registry_server_name=None, registry_catalog=None,
-                description=own_description(row.name, details), server_embedding=embedding,
+            rows = (await c.execute(
+                select(servers.c.id, servers.c.name, servers.c.status, servers.c.group, servers.c.namespace)
+                .where(servers.c.id.in_(server_ids)))).all()
+            tool_rows = (await c.execute(
+                select(tools.c.server_id, tools.c.details, tools.c.details_embedding)
+                .where(tools.c.server_id.in_(server_ids)).order_by(tools.c.server_id, tools.c.name))).all()
+            details: dict[str, list[dict[str, Any]]] = {row.id: [] for row in rows}
+            vectors: dict[str, list[Any]] = {row.id: [] for row in rows}
+            for tool in tool_rows:
+                details[tool.server_id].append(tool.details)
+                if tool.details_embedding is not None:
+                    vectors[tool.server_id].append(from_bytes(tool.details_embedding))
+            now = utcnow()
+            updates = []
+            for row in rows:
+                embedding = to_bytes(mean_pool(vectors[row.id])) if vectors[row.id] else None
+                updates.append({"sid": row.id, "description": own_description(row.name, details[row.id]),
+                                "server_embedding": embedding, "last_updated": now})
+            await c.execute(
+                update(servers).where(servers.c.id == bindparam("sid")).values(
+                    registry_server_id=None, registry_server_name=None, registry_catalog=None,
+                    description=bindparam("description"), server_embedding=bindparam("server_embedding"),
+                    last_updated=bindparam("last_updated")),
+                updates,
             )
+            await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"),
+                            [{"id": row.id} for row in rows])
+            inserts = [{"id": row.id, "e": u["server_embedding"], **_metadata(row.status, row.group, row.namespace)}
+                       for row, u in zip(rows, updates, strict=True) if u["server_embedding"] is not None]
+            if inserts:
+                await c.execute(
+                    text(f"INSERT INTO {WORKLOAD_SERVER_VECTOR}(server_id, embedding, status, grp, namespace) "
+                         "VALUES (:id, :e, :status, :grp, :namespace)"),
+                    inserts,
+                )
 
     async def _sync_vectors(self, c: AsyncConnection, server_id: str, *, tools_too: bool = False) -> None:
         row = (await c.execute(select(servers.c.server_embedding, *(servers.c[n] for n in _FILTER_COLUMNS))

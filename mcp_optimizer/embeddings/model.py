@@ -5,9 +5,14 @@ things the raw model lacks:
 
 * an LRU cache keyed by text, so the same tool text is never embedded twice in one process
   (re-matching, retries and rename races all hit it);
-* length-sorted batching: ONNX pads every text of a batch to the longest one, and tool
-  descriptions range from five words to pages, so sorting before batching is several times
-  faster than embedding in input order.
+* length-sorted, size-budgeted batching: ONNX pads every text of a batch to the longest one,
+  and tool descriptions range from five words to pages. Texts are sorted by length and a batch
+  is closed when (texts in it) x (longest text) would pass a character budget, so short texts
+  run in large batches and long ones in small batches. Measured on the 527 LiveMCPBench tools
+  (2 cores): fixed batches of 64 ran 113 texts/s, of 8 ran 202/s, the 2000-character budget
+  188/s; on short texts the budget runs 1756/s against 1398/s for fixed batches of 64;
+* one model run at a time: concurrent ONNX runs on two cores gain no throughput but each holds
+  its own working memory (six at once peaked at 1.2 GB against 440 MB for one).
 """
 
 from __future__ import annotations
@@ -58,11 +63,13 @@ class Embedder:
     serving pod events and MCP requests while a catalog is embedded.
     """
 
-    def __init__(self, *, batch_size: int = 64, cache_size: int = 50_000) -> None:
+    def __init__(self, *, batch_size: int = 64, cache_size: int = 50_000, char_budget: int = 2000) -> None:
         self.batch_size = batch_size
+        self.char_budget = char_budget
         self._cache: OrderedDict[str, Vector] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
         #: Texts actually run through the model (cache misses), for tests and benchmarks.
         self.texts_embedded = 0
         self.seconds_embedding = 0.0
@@ -88,8 +95,9 @@ class Embedder:
         started = time.perf_counter()
         vectors: list[npt.NDArray[np.float32]] = []
         try:
-            for start in range(0, len(unique), self.batch_size):
-                vectors.append(self._embed_batch(unique[start : start + self.batch_size]))
+            for batch in self._batches(unique):
+                with self._model_lock:
+                    vectors.append(self._embed_batch(batch))
         except EmbeddingError:
             raise
         except Exception as exc:  # the ONNX runtime raises its own types
@@ -105,6 +113,19 @@ class Embedder:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _batches(self, texts_by_length: list[str]) -> list[list[str]]:
+        """Split length-sorted texts so that no batch pads past the character budget."""
+        batches: list[list[str]] = []
+        current: list[str] = []
+        for text in texts_by_length:  # each text is the longest of its batch so far
+            if current and ((len(current) + 1) * len(text) > self.char_budget or len(current) >= self.batch_size):
+                batches.append(current)
+                current = []
+            current.append(text)
+        if current:
+            batches.append(current)
+        return batches
 
     def embed_one(self, text: str) -> Vector:
         return cast(Vector, self.embed([text])[0])

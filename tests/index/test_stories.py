@@ -340,3 +340,25 @@ async def test_image_tag_bump_reuses_stored_tool_embeddings(indexer: Indexer) ->
     await indexer.load_catalog("c", [entry("s", package="ghcr.io/x/s:1", tools=["a", "b", "c"])])
     result = await indexer.load_catalog("c", [entry("s", package="ghcr.io/x/s:2", tools=["a", "b", "c"])])
     assert result.updated == ["s"] and result.texts_embedded == 0
+
+
+async def test_registry_delete_falls_back_every_linked_workload(indexer: Indexer) -> None:
+    await indexer.load_catalog("c", [entry("github", package=GITHUB_IMAGE)])
+    toolsets = {f"ns{i}/gh": [tool(f"only_in_{i}", f"Tool number {i}"), *GITHUB_TOOLS[: i % 2 + 1]]
+                for i in range(4)}
+    for name, tools in toolsets.items():
+        await indexer.apply_workload(workload(name, package=GITHUB_IMAGE, tools=tools))
+    await indexer.apply_workload(workload("ns/empty", package=GITHUB_IMAGE, tools=[]))
+    stored = {name: await tool_embeddings(indexer, name) for name in toolsets}
+    [registry] = await indexer.registry.list()
+    unlinked = await indexer.registry.delete(registry.id)
+    assert len(unlinked) == 5
+    for name in toolsets:
+        row = await workload_row(indexer, name)
+        assert row.registry_server_id is None and f"only_in_{name[2]}" in row.description
+        expected = mean_pool([from_bytes(v) for v in stored[name].values()])
+        assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+        assert await count(indexer, "SELECT count(*) FROM workload_server_vector WHERE server_id = :i", i=row.id) == 1
+    empty = await workload_row(indexer, "ns/empty")
+    assert empty.server_embedding is None and empty.description == "MCP server empty"
+    assert await count(indexer, "SELECT count(*) FROM workload_server_vector WHERE server_id = :i", i=empty.id) == 0
