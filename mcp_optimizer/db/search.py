@@ -325,11 +325,21 @@ class ToolSearch:
         )
 
     async def find_registry_servers(
-        self, query: str, *, limit: int = 10, exclude_running: bool = True
+        self,
+        query: str,
+        *,
+        limit: int = 10,
+        exclude_running: bool = True,
+        groups: Sequence[str] | None = None,
+        namespaces: Sequence[str] | None = None,
     ) -> list[RegistryServerHit]:
         """Registry servers worth installing for ``query``: fused ranks of server vectors, tool
-        vectors and tool full-text hits, each server ranked by its best tool. Servers that
-        already have a RUNNING linked workload are left out unless ``exclude_running`` is False."""
+        vectors and tool full-text hits, each server ranked by its best tool.
+
+        Servers that already have a RUNNING linked workload are left out unless
+        ``exclude_running`` is False. ``groups``/``namespaces`` say which workloads count: an
+        entry another team runs must not vanish from this caller's answers, or its absence
+        would tell the caller that it runs."""
         if limit <= 0 or not query.strip():
             return []
         pool = max(self.candidates, limit * 5)
@@ -360,15 +370,22 @@ class ToolSearch:
             for ranks in server_ranks:
                 for server_id, rank in ranks.items():
                     scores[server_id] = scores.get(server_id, 0.0) + 1.0 / (self.rrf_k + rank)
-            if exclude_running and scores:
+            visible = not ((groups is not None and not groups) or (namespaces is not None and not namespaces))
+            params: dict[str, Any] = {}
+            if exclude_running and scores and visible:
+                where = ["status = 'RUNNING'", "registry_server_id IS NOT NULL"]
+                if groups is not None:
+                    where.append(_in_clause('"group"', "g", groups, params))
+                if namespaces is not None:
+                    where.append(_in_clause("coalesce(namespace, '')", "n", namespaces, params))
                 running = set((await conn.execute(text(
-                    "SELECT DISTINCT registry_server_id FROM mcpservers_workload "
-                    "WHERE status = 'RUNNING' AND registry_server_id IS NOT NULL"))).scalars())
+                    f"SELECT DISTINCT registry_server_id FROM mcpservers_workload WHERE {' AND '.join(where)}"),
+                    params)).scalars())
                 scores = {k: v for k, v in scores.items() if k not in running}
             best = sorted(scores, key=lambda s: -scores[s])[:limit]
             if not best:
                 return []
-            params: dict[str, Any] = {}
+            params = {}
             rows = await conn.execute(text(
                 "SELECT id, catalog, name, description, remote, url, package, transport FROM mcpservers_registry "
                 f"WHERE {_in_clause('id', 's', best, params)}"), params)

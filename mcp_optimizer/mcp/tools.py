@@ -22,10 +22,9 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.db.models import WorkloadServer, WorkloadStatus
+from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolHit, ToolSearch, WorkloadInfo
 from mcp_optimizer.mcp.arguments import (
     CallToolArgs,
@@ -230,13 +229,11 @@ class OptimizerTools:
 
     async def search_registry(self, args: SearchRegistryArgs, scope: AccessScope) -> dict[str, Any]:
         limit = args.limit or DEFAULT_REGISTRY_LIMIT
-        # "Running" must mean running *in scope*: leaving out entries that some other team runs
-        # would tell this caller that they run. So exclusion happens here, not in the search.
-        running = await self._linked_registry_servers(scope)
-        # Over-fetch by what may be dropped, within reason: if even more of the best answers
-        # run already, returning fewer servers is fine.
-        fetch = min(limit + len(running), limit * 4 + 20)
-        hits = await self.search.find_registry_servers(args.query, limit=fetch, exclude_running=False)
+        # "Running" means running *in scope*: leaving out entries that some other team runs
+        # would tell this caller that they run.
+        hits = await self.search.find_registry_servers(
+            args.query, limit=limit, groups=scope.groups_for(None), namespaces=scope.namespace_filter()
+        )
         servers = [
             {
                 "name": hit.name,
@@ -248,8 +245,7 @@ class OptimizerTools:
                 "matching_tools": hit.tools,
             }
             for hit in hits
-            if (hit.catalog, hit.name) not in running
-        ][:limit]
+        ]
         result: dict[str, Any] = {"servers": servers}
         if not servers:
             result["hint"] = "No registry server matches; try other words."
@@ -320,16 +316,6 @@ class OptimizerTools:
             return []
         tools = await self.search.running_tools(groups=scope.groups_for(None), namespaces=scope.namespace_filter())
         return [tool for tool in tools if scope.allows(tool.group, tool.namespace)]
-
-    async def _linked_registry_servers(self, scope: AccessScope) -> set[tuple[str, str]]:
-        """(catalog, name) of registry servers that a RUNNING workload in scope is linked to."""
-        table = WorkloadServer.__table__
-        query = select(table.c.registry_catalog, table.c.registry_server_name, table.c.group, table.c.namespace).where(
-            table.c.status == WorkloadStatus.RUNNING.value, table.c.registry_server_id.is_not(None)
-        )
-        async with self.search.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return {(row[0], row[1]) for row in rows if scope.allows(row[2], row[3])}
 
     async def _visible_pins(self, scope: AccessScope) -> list[types.Tool]:
         visible: list[types.Tool] = []

@@ -117,3 +117,21 @@ async def test_get_workload(indexer: Indexer, search: ToolSearch) -> None:
     info = await search.get_workload("ns-dev/files")
     assert info is not None and info.tool_names == ["read_file", "write_file"] and info.status == "RUNNING"
     assert await search.get_workload("missing") is None
+
+
+async def test_registry_search_excludes_only_servers_running_in_scope(indexer: Indexer) -> None:
+    await indexer.load_catalog("c", [
+        entry("postgres", package="ghcr.io/x/pg", description="Query a PostgreSQL database", tools=["execute_sql"]),
+    ])
+    await indexer.apply_workload(workload("team-b/pg", package="ghcr.io/x/pg:1", tools=[tool("execute_sql")],
+                                          group="b"))
+    search = ToolSearch(indexer.engine, indexer.embedder)
+
+    async def names(**scope) -> list[str]:
+        return [h.name for h in await search.find_registry_servers("postgres sql database", **scope)]
+
+    assert "postgres" not in await names()  # runs somewhere
+    assert "postgres" not in await names(groups=["b"])
+    assert "postgres" in await names(groups=["a"])  # team A must not learn that team B runs it
+    assert "postgres" in await names(groups=[])
+    assert "postgres" in await names(namespaces=["team-a"])
