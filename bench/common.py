@@ -35,28 +35,13 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import Embedder, FastEmbedder
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
+from mcp_optimizer.testing.shared import model_path, shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20251125
 
 
 # ------------------------------------------------------------------------------ locations
-
-
-def shared_dir() -> Path:
-    """``shared/`` beside the repository (models, data), or ``$MCP_OPTIMIZER_SHARED``."""
-    env = os.environ.get("MCP_OPTIMIZER_SHARED")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        if (parent / "shared" / "models").is_dir():
-            return parent / "shared"
-    return REPO.parent / "shared"
-
-
-def model_path() -> Path:
-    env = os.environ.get("MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
-    return Path(env) if env else shared_dir() / "models" / "all-MiniLM-L6-v2"
 
 
 def data_dir() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,24 +10,7 @@ import pytest
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import Indexer
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    """The ``shared/`` folder beside the repository (models and real data sets)."""
-    env = os.environ.get("MCP_OPTIMIZER_SHARED")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        if (parent / "shared" / "models").is_dir():
-            return parent / "shared"
-    return REPO.parent / "shared"
-
-
-def model_path() -> Path:
-    env = os.environ.get("MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
-    return Path(env) if env else shared_dir() / "models" / "all-MiniLM-L6-v2"
+from mcp_optimizer.testing.shared import model_path
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,19 @@ class Ops:
         async with self.engine.execution_options(**{WRITE_OPTION: True}).begin() as own:
             yield own
 
+    async def _update_server(self, c: AsyncConnection, table: Table, server_id: str, fields: dict[str, Any]) -> None:
+        """UPDATE a server row (either side); identifier keys are re-normalised when the
+        identifiers change, so matching always compares what the row now says."""
+        if {"url", "package", "remote"} & fields.keys():
+            row = (await c.execute(select(table.c.remote, table.c.url, table.c.package)
+                                   .where(table.c.id == server_id))).first()
+            if row is None:
+                raise KeyError(server_id)
+            fields["url_key"], fields["package_key"] = identifier_keys(
+                fields.get("remote", row.remote), fields.get("url", row.url), fields.get("package", row.package))
+        fields["last_updated"] = utcnow()
+        await c.execute(update(table).where(table.c.id == server_id).values(**fields))
+
     @asynccontextmanager
     async def _read(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
         if conn is not None:

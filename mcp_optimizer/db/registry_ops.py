@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, select, text, update
+from sqlalchemy import Row, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
@@ -59,16 +59,7 @@ class RegistryServerOps(Ops):
     async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
         """Update columns; identifiers are re-normalised and the vector row follows the embedding."""
         async with self._tx(conn) as c:
-            if {"url", "package", "remote"} & fields.keys():
-                row = await self.get_by_id(server_id, c)
-                if row is None:
-                    raise KeyError(server_id)
-                remote = fields.get("remote", row.remote)
-                url = fields.get("url", row.url)
-                package = fields.get("package", row.package)
-                fields["url_key"], fields["package_key"] = identifier_keys(remote, url, package)
-            fields["last_updated"] = utcnow()
-            await c.execute(update(servers).where(servers.c.id == server_id).values(**fields))
+            await self._update_server(c, servers, server_id, fields)
             if "server_embedding" in fields:
                 await self._sync_vector(c, server_id, fields["server_embedding"])
 

@@ -31,6 +31,7 @@ from mcp_optimizer.db.virtual import (
 from mcp_optimizer.embeddings import Embedder, to_bytes
 
 SearchMode = Literal["hybrid", "vector", "bm25"]
+_S_NAMESPACE = "coalesce(s.namespace, '')"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that carry no meaning for tool retrieval; without this "how do I ..." matches every
@@ -137,6 +138,27 @@ def _in_clause(column: str, prefix: str, values: Sequence[object], params: dict[
     return f"{column} IN ({', '.join(names)})"
 
 
+def _scope_clauses(
+    params: dict[str, Any],
+    groups: Sequence[str] | None,
+    namespaces: Sequence[str] | None,
+    *,
+    group_column: str,
+    namespace_column: str,
+) -> list[str]:
+    """WHERE clauses restricting workloads to ``groups``/``namespaces`` (None: no restriction).
+
+    A workload without a namespace stores none (NULL in the table, "" in vec0 metadata); the
+    namespace column given must map that to "" so that a namespace-restricted scope never sees it.
+    """
+    clauses = []
+    if groups is not None:
+        clauses.append(_in_clause(group_column, "g", groups, params))
+    if namespaces is not None:
+        clauses.append(_in_clause(namespace_column, "n", namespaces, params))
+    return clauses
+
+
 class ToolSearch:
     """Read side of the index: find tools, find registry servers worth installing, list tools."""
 
@@ -205,11 +227,8 @@ class ToolSearch:
                     return []
             if embeddings:
                 params: dict[str, Any] = {"k": pool}
-                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'"]
-                if groups is not None:
-                    where.append(_in_clause("grp", "g", groups, params))
-                if namespaces is not None:
-                    where.append(_in_clause("namespace", "n", namespaces, params))
+                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
+                         *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
                 if server_id is not None:
                     where.append("server_id = :sid")
                     params["sid"] = server_id
@@ -224,11 +243,8 @@ class ToolSearch:
                 vector_hits = {rowid: (rank, best_similarity[rowid]) for rank, rowid in enumerate(ranked, start=1)}
             if mode != "vector" and match:
                 params = {"m": match, "k": pool}
-                where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'"]
-                if groups is not None:
-                    where.append(_in_clause('s."group"', "g", groups, params))
-                if namespaces is not None:
-                    where.append(_in_clause("coalesce(s.namespace, '')", "n", namespaces, params))
+                where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
+                    params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
                 if server_id is not None:
                     where.append("s.id = :sid")
                     params["sid"] = server_id
@@ -288,19 +304,14 @@ class ToolSearch:
         namespaces: Sequence[str] | None = None,
     ) -> list[ToolHit]:
         """Every tool of RUNNING workloads (optionally one workload), ordered by server and name."""
+        if (groups is not None and not groups) or (namespaces is not None and not namespaces):
+            return []
         params: dict[str, Any] = {}
-        where = ["s.status = 'RUNNING'"]
+        where = ["s.status = 'RUNNING'", *_scope_clauses(
+            params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
         if server is not None:
             where.append("s.workload_name = :w")
             params["w"] = server
-        if groups is not None:
-            if not groups:
-                return []
-            where.append(_in_clause('s."group"', "g", groups, params))
-        if namespaces is not None:
-            if not namespaces:
-                return []
-            where.append(_in_clause("coalesce(s.namespace, '')", "n", namespaces, params))
         async with self.engine.connect() as conn:
             rows = await conn.execute(text(
                 "SELECT t.id, t.details, s.workload_name, s.name, s.\"group\", s.namespace FROM tools_workload t "
@@ -373,11 +384,8 @@ class ToolSearch:
             visible = not ((groups is not None and not groups) or (namespaces is not None and not namespaces))
             params: dict[str, Any] = {}
             if exclude_running and scores and visible:
-                where = ["status = 'RUNNING'", "registry_server_id IS NOT NULL"]
-                if groups is not None:
-                    where.append(_in_clause('"group"', "g", groups, params))
-                if namespaces is not None:
-                    where.append(_in_clause("coalesce(namespace, '')", "n", namespaces, params))
+                where = ["status = 'RUNNING'", "registry_server_id IS NOT NULL", *_scope_clauses(
+                    params, groups, namespaces, group_column='"group"', namespace_column="coalesce(namespace, '')")]
                 running = set((await conn.execute(text(
                     f"SELECT DISTINCT registry_server_id FROM mcpservers_workload WHERE {' AND '.join(where)}"),
                     params)).scalars())

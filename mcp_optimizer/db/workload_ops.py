@@ -51,14 +51,7 @@ class WorkloadServerOps(Ops):
     async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
         """Update columns; keys, the server vector and the tools' filter metadata follow."""
         async with self._tx(conn) as c:
-            if {"url", "package", "remote"} & fields.keys():
-                row = await self.get_by_id(server_id, c)
-                if row is None:
-                    raise KeyError(server_id)
-                fields["url_key"], fields["package_key"] = identifier_keys(
-                    fields.get("remote", row.remote), fields.get("url", row.url), fields.get("package", row.package))
-            fields["last_updated"] = utcnow()
-            await c.execute(update(servers).where(servers.c.id == server_id).values(**fields))
+            await self._update_server(c, servers, server_id, fields)
             if {"server_embedding", *_FILTER_COLUMNS} & fields.keys():
                 await self._sync_vectors(c, server_id, tools_too=bool(set(_FILTER_COLUMNS) & fields.keys()))
 
