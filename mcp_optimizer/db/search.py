@@ -13,6 +13,7 @@ Only tools of RUNNING workloads are ever returned: the vector query filters on t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -211,13 +212,29 @@ class ToolSearch:
         if limit <= 0 or (groups is not None and not groups) or (namespaces is not None and not namespaces):
             return []
         pool = max(self.candidates, limit * 3)
+        match = fts_query(query, *(keywords or ())) if mode != "vector" else ""
+        # The query is embedded (in a worker thread) while the full-text search runs.
+        embedding: asyncio.Future[Any] | None = None
+        if mode != "bm25" and query.strip():
+            embedding = asyncio.ensure_future(self.embedder.aembed([query, *query_parts(query, self.max_query_parts)]))
+        try:
+            return await self._find_tools(match, embedding, limit, pool, groups, namespaces, server)
+        finally:
+            if embedding is not None and not embedding.done():
+                embedding.cancel()
+
+    async def _find_tools(
+        self,
+        match: str,
+        embedding: asyncio.Future[Any] | None,
+        limit: int,
+        pool: int,
+        groups: Sequence[str] | None,
+        namespaces: Sequence[str] | None,
+        server: str | None,
+    ) -> list[ToolHit]:
         vector_hits: dict[int, tuple[int, float]] = {}
         bm25_hits: dict[int, int] = {}
-        match = fts_query(query, *(keywords or ()))
-        embeddings: list[bytes] = []
-        if mode != "bm25" and query.strip():
-            texts = [query, *query_parts(query, self.max_query_parts)]
-            embeddings = [to_bytes(v) for v in await self.embedder.aembed(texts)]
         async with self.engine.connect() as conn:
             server_id = None
             if server is not None:
@@ -225,24 +242,8 @@ class ToolSearch:
                     text("SELECT id FROM mcpservers_workload WHERE workload_name = :w"), {"w": server})).scalar()
                 if server_id is None:
                     return []
-            if embeddings:
-                params: dict[str, Any] = {"k": pool}
-                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
-                         *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
-                if server_id is not None:
-                    where.append("server_id = :sid")
-                    params["sid"] = server_id
-                knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
-                           "ORDER BY distance")
-                # A tool's similarity is its best against the whole query or any of its parts.
-                best_similarity: dict[int, float] = {}
-                for embedding in embeddings:
-                    for rowid, distance in await conn.execute(knn, {**params, "q": embedding}):
-                        best_similarity[rowid] = max(best_similarity.get(rowid, -1.0), 1.0 - float(distance))
-                ranked = sorted(best_similarity, key=lambda r: (-best_similarity[r], r))[:pool]
-                vector_hits = {rowid: (rank, best_similarity[rowid]) for rank, rowid in enumerate(ranked, start=1)}
-            if mode != "vector" and match:
-                params = {"m": match, "k": pool}
+            if match:
+                params: dict[str, Any] = {"m": match, "k": pool}
                 where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
                     params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
                 if server_id is not None:
@@ -257,6 +258,23 @@ class ToolSearch:
                     f"ORDER BY {self._bm25(WORKLOAD_TOOL_FTS)}, f.rowid LIMIT :k"), params)
                 for rank, (rowid,) in enumerate(rows, start=1):
                     bm25_hits[rowid] = rank
+            if embedding is not None:
+                embeddings = [to_bytes(v) for v in await embedding]
+                params = {"k": pool}
+                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
+                         *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
+                if server_id is not None:
+                    where.append("server_id = :sid")
+                    params["sid"] = server_id
+                knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
+                           "ORDER BY distance")
+                # A tool's similarity is its best against the whole query or any of its parts.
+                best_similarity: dict[int, float] = {}
+                for vector in embeddings:
+                    for rowid, distance in await conn.execute(knn, {**params, "q": vector}):
+                        best_similarity[rowid] = max(best_similarity.get(rowid, -1.0), 1.0 - float(distance))
+                ranked = sorted(best_similarity, key=lambda r: (-best_similarity[r], r))[:pool]
+                vector_hits = {rowid: (rank, best_similarity[rowid]) for rank, rowid in enumerate(ranked, start=1)}
             scores: dict[int, float] = {}
             for rowid, (rank, similarity) in vector_hits.items():
                 if similarity >= self.min_similarity or rowid in bm25_hits:
