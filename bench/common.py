@@ -379,7 +379,9 @@ def make_workload(
 async def temp_index(embedder: FastEmbedder, path: Path | None = None) -> AsyncIterator[Indexer]:
     """A fresh index file in a temporary directory (or at ``path``), closed afterwards."""
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp:
-        settings = Settings(db_path=path or Path(tmp) / "index.db", embedding_model_path=embedder.model_path)
+        # From the environment so that settings such as MCP_OPTIMIZER_SQLITE_MMAP_SIZE can be compared.
+        settings = Settings.from_env().with_overrides(
+            db_path=path or Path(tmp) / "index.db", embedding_model_path=embedder.model_path)
         indexer = await Indexer.open(settings, embedder)
         try:
             yield indexer

@@ -246,7 +246,7 @@ async def main() -> None:
                             namespaces=(ns,), resync_interval=3600.0)
         operator = OperatorThread(settings, kubeconfig, embedder)
         expected_tools = sum(len(farm_tools(i)) for i in range(count))
-        engine = create_engine(settings.db_path)
+        engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
 
         def create(i: int) -> None:
             name = server_name(i)

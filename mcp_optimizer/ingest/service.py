@@ -176,7 +176,7 @@ class Indexer:
     @classmethod
     async def open(cls, settings: Settings, embedder: Embedder | None = None) -> Indexer:
         """Open (and create or upgrade) the index file named by ``settings``."""
-        engine = create_engine(settings.db_path)
+        engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
         await migrate.upgrade(engine)
         if embedder is None:
             embedder = FastEmbedder(

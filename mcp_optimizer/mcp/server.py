@@ -333,7 +333,7 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
         )
         # Load the model now so a bad model path fails at start, not at the first find_tool.
         await asyncio.to_thread(embedder.load)
-        engine = create_engine(settings.db_path)
+        engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
         try:
             await migrate.upgrade(engine)
             if not stop.is_set():

@@ -1,0 +1,36 @@
+"""The index connection: sqlite-vec loaded, WAL, foreign keys, optional mmap, clear open errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from mcp_optimizer.db.engine import IndexOpenError, create_engine
+
+
+async def pragmas(path: Path, **kwargs: int) -> dict[str, object]:
+    engine = create_engine(path, **kwargs)
+    try:
+        async with engine.connect() as conn:
+            return {name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()
+                    for name in ("journal_mode", "foreign_keys", "mmap_size")} | {
+                "vec": (await conn.execute(text("SELECT vec_version()"))).scalar()}
+    finally:
+        await engine.dispose()
+
+
+async def test_connection_settings(tmp_path: Path) -> None:
+    default = await pragmas(tmp_path / "a.db")
+    assert default["journal_mode"] == "wal" and default["foreign_keys"] == 1
+    assert default["mmap_size"] == 0 and str(default["vec"]).startswith("v0.")
+    mapped = await pragmas(tmp_path / "b.db", mmap_size=1 << 26)
+    assert mapped["mmap_size"] == 1 << 26
+
+
+def test_open_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(IndexOpenError, match="does not exist"):
+        create_engine(tmp_path / "missing" / "index.db")
+    with pytest.raises(IndexOpenError, match="must be a file"):
+        create_engine(":memory:")
