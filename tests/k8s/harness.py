@@ -22,6 +22,8 @@ import logging
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -394,6 +396,17 @@ class Kube:
 
 
 # ------------------------------------------------------------------------------------------ catalogs
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET on loopback; (0, "") while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
 
 
 def legacy_catalog(

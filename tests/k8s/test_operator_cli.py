@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -21,7 +19,7 @@ pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually  # noqa: E402
+from tests.k8s.harness import eventually, http_get  # noqa: E402
 
 pytestmark = pytest.mark.kube
 
@@ -56,16 +54,11 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
             await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=60,
                              what="the operator indexed the server")
 
-            def healthy() -> bool:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as response:
-                        return response.status == 200
-                except OSError:
-                    return False
-
-            await eventually(healthy, what="liveness probe")
-            await eventually(lambda: http_get(metrics_port, "/readyz")[0] == 200, what="readiness")
-            status, metrics = http_get(metrics_port, "/metrics")
+            await eventually(lambda: http_get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
+                             what="liveness probe")
+            await eventually(lambda: http_get(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 200,
+                             what="readiness")
+            status, metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
             assert status == 200
             assert 'mcp_optimizer_reconciles_total{kind="MCPServer",outcome="ok"}' in metrics
             assert 'mcp_optimizer_workload_tools{status="RUNNING"} 1.0' in metrics
@@ -101,12 +94,3 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
     assert travel and travel[0]["outcome"] == "ok" and "status RUNNING, 1 tools" in travel[0]["changes"]
     assert isinstance(travel[0]["duration_ms"], float)
 
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""

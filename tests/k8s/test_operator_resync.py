@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import urllib.request
 
 import pytest
 
@@ -15,7 +14,7 @@ pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually  # noqa: E402
+from tests.k8s.harness import eventually, http_get  # noqa: E402
 from tests.k8s.kubelet import set_pod_status  # noqa: E402
 
 pytestmark = pytest.mark.kube
@@ -90,14 +89,8 @@ async def test_liveness_endpoint(ns, start_operator):
         port = s.getsockname()[1]
     start_operator([ns], liveness_endpoint=f"http://127.0.0.1:{port}/healthz")
 
-    def probe_ok() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    await eventually(probe_ok, what="liveness endpoint answering 200")
+    await eventually(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+                     what="liveness endpoint answering 200")
 
 
 async def _eq(value, expected) -> bool:
