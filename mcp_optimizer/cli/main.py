@@ -28,7 +28,6 @@ from mcp_optimizer.ingest import (
     Indexer,
     IndexError_,
     RegistryRef,
-    RegistryRefError,
     WorkloadSpec,
 )
 
@@ -101,24 +100,76 @@ def _report_rematched(results: Sequence[Any]) -> int:
     return 1 if failed else 0
 
 
-def _read_workloads(path: str) -> list[WorkloadSpec]:
+def _load_document(path: str) -> Any:
+    """A workloads file as data: JSON when it is JSON, else YAML (of which JSON is a subset).
+
+    JSON goes through the JSON parser because the YAML parser reads the ``\\ud83d\\ude00``
+    escapes that ``json.dump`` writes for characters outside the BMP (emoji) as two lone
+    surrogates instead of one character, which no database or encoder accepts.
+    """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass  # YAML flow style also starts with [ or {
     try:
-        data = yaml.safe_load(text)
+        return _join_surrogates(yaml.safe_load(text))
     except yaml.YAMLError as exc:
         raise CliError(f"{path}: not valid YAML or JSON: {str(exc).splitlines()[0]}") from exc
+
+
+def _join_surrogates(value: Any) -> Any:
+    """Strings with escaped UTF-16 surrogate pairs (``"\\ud83d\\ude00"`` in YAML) as real characters."""
+    if isinstance(value, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            try:
+                return value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                return value  # a lone surrogate: reported with its location by _read_workloads
+        return value
+    if isinstance(value, list):
+        return [_join_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a string that is not text (a lone UTF-16 surrogate), if anywhere."""
+    if isinstance(value, str):
+        return path or "a value" if any("\ud800" <= ch <= "\udfff" for ch in value) else None
+    items = enumerate(value) if isinstance(value, list) else value.items() if isinstance(value, dict) else ()
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if (found := _lone_surrogate(key, where) if isinstance(key, str) else None) or (
+            found := _lone_surrogate(item, where)
+        ):
+            return found
+    return None
+
+
+def _read_workloads(path: str) -> list[WorkloadSpec]:
+    data = _load_document(path)
     if isinstance(data, dict) and "workloads" in data:
         data = data["workloads"]
     if not isinstance(data, list):
         raise CliError(f"{path}: expected a list of workloads")
     specs = []
     for i, item in enumerate(data):
+        where = f"{path}: workload #{i + 1}"
         if not isinstance(item, dict):
-            raise CliError(f"{path}: workload #{i + 1} is not an object")
-        specs.append(_workload_spec(item, f"{path}: workload #{i + 1}"))
+            raise CliError(f"{where} is not an object")
+        if (bad := _lone_surrogate(item)) is not None:
+            # Refused before anything is written: SQLite (UTF-8) cannot store it.
+            raise CliError(f"{where}: {bad} holds a lone UTF-16 surrogate escape, which is not a character; "
+                           "write the character itself or a complete surrogate pair")
+        specs.append(_workload_spec(item, where))
     return specs
 
 
@@ -163,13 +214,18 @@ async def cmd_workload_apply(args: argparse.Namespace, settings: Settings) -> in
         for spec in specs:
             try:
                 result = await indexer.apply_workload(spec)
-            except (DuplicateRegistryServersError, RegistryRefError) as exc:
+            except DuplicateRegistryServersError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failed += 1
                 continue
             if result.error is not None:
                 print(f"error: workload {spec.workload_name!r}: {result.error}", file=sys.stderr)
                 failed += 1
+            if result.registry_note is not None:
+                print(f"warning: {result.registry_note.message}", file=sys.stderr)
+            if result.task_only_tools:
+                print(f"warning: workload {spec.workload_name!r}: left out {', '.join(result.task_only_tools)}: "
+                      "they only run as MCP tasks, which call_tool does not support", file=sys.stderr)
             link = f"linked to {result.registry_catalog}/{result.registry_server_name}" \
                 if result.registry_server_name else "unlinked"
             print(f"workload {result.workload_name}: {result.status.value}, {result.tool_count} tools, {link}")

@@ -337,6 +337,20 @@ class ToolSearch:
                 "ORDER BY s.workload_name, t.name"), params)
             return [ToolHit(**self._hit_fields(row), score=0.0) for row in rows]
 
+    async def tool_input_schema(self, workload_name: str, tool: str) -> dict[str, Any] | None:
+        """The stored ``inputSchema`` of one tool of a workload, or None."""
+        import json
+
+        async with self.engine.connect() as conn:
+            details = (await conn.execute(text(
+                "SELECT t.details FROM tools_workload t JOIN mcpservers_workload s ON s.id = t.server_id "
+                "WHERE s.workload_name = :w AND t.name = :t"), {"w": workload_name, "t": tool})).scalar()
+        if details is None:
+            return None
+        parsed = json.loads(details) if isinstance(details, str) else details
+        schema = parsed.get("inputSchema") if isinstance(parsed, dict) else None
+        return schema if isinstance(schema, dict) else None
+
     async def get_workload(self, workload_name: str) -> WorkloadInfo | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(text(

@@ -3,7 +3,7 @@
 from mcp_optimizer.ingest.errors import (
     DuplicateRegistryServersError,
     IndexError_,
-    RegistryRefError,
+    RegistryNote,
     WorkloadSpecError,
 )
 from mcp_optimizer.ingest.service import (
@@ -19,8 +19,8 @@ __all__ = [
     "DuplicateRegistryServersError",
     "IndexError_",
     "Indexer",
+    "RegistryNote",
     "RegistryRef",
-    "RegistryRefError",
     "WorkloadResult",
     "WorkloadSpec",
     "WorkloadSpecError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class IndexError_(Exception):
@@ -31,5 +32,14 @@ class DuplicateRegistryServersError(IndexError_):
         )
 
 
-class RegistryRefError(IndexError_):
-    """A pinned registry reference disagrees with the workload (remote vs container). Permanent."""
+@dataclass(frozen=True)
+class RegistryNote:
+    """Why a workload's pinned registry entry is not what it is linked to; not an error.
+
+    ``code`` is ``RegistryRefNotFound`` (the entry does not exist, yet: the workload stays
+    unlinked until it appears) or ``RegistryRefInvalid`` (the entry is of the other kind, remote
+    vs container: the pin is ignored and the workload matched by its own URL or image).
+    """
+
+    code: str
+    message: str

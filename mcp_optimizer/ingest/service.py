@@ -43,7 +43,7 @@ from mcp_optimizer.embeddings.texts import (
 from mcp_optimizer.ingest.errors import (
     DuplicateRegistryServersError,
     IndexError_,
-    RegistryRefError,
+    RegistryNote,
     WorkloadSpecError,
 )
 
@@ -108,6 +108,16 @@ class WorkloadSpec:
                 raise WorkloadSpecError(f"{where}: duplicate tool names {', '.join(duplicates)}")
 
 
+def requires_task(tool: dict[str, Any]) -> bool:
+    """Whether an MCP tool can only run as a task (``execution.taskSupport: "required"``).
+
+    ``call_tool`` forwards plain ``tools/call`` requests, which such a tool refuses (server-
+    everything's ``simulate-research-query`` does), so the index does not offer it.
+    """
+    execution = tool.get("execution")
+    return isinstance(execution, dict) and execution.get("taskSupport") == "required"
+
+
 @dataclass
 class WorkloadResult:
     workload_name: str
@@ -120,8 +130,10 @@ class WorkloadResult:
     tools_embedded: int = 0
     #: The index-level problem that made status ERROR, if any.
     error: IndexError_ | EmbeddingError | None = None
-    #: Why a pinned registry reference is not linked (it names no entry yet), if so.
-    registry_note: str | None = None
+    #: Why a pinned registry reference is not what the workload links to, if so.
+    registry_note: RegistryNote | None = None
+    #: Tools that only run as MCP tasks: not stored, as ``call_tool`` cannot run them.
+    task_only_tools: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,11 +158,12 @@ class _WorkloadPlan:
     tools: list[dict[str, Any]]
     registry: Row[Any] | None
     error: IndexError_ | None
-    registry_note: str | None
+    registry_note: RegistryNote | None
     context: str
     texts: list[str]
     #: Embeddings already stored for unchanged tool texts, by text hash.
     stored: dict[str, bytes]
+    task_only: list[str] = field(default_factory=list)
 
     def missing_texts(self) -> list[str]:
         return [t for t in self.texts if text_hash(t) not in self.stored]
@@ -333,13 +346,14 @@ class Indexer:
         """Create or update a workload (in place, keyed by ``workload_name``) and (re-)match it.
 
         Raises :class:`WorkloadSpecError` before storing anything for an invalid spec, and
-        :class:`DuplicateRegistryServersError` / :class:`RegistryRefError` *after* storing the
-        workload with status ERROR and the reason. An embedding failure does not raise: the
-        workload is stored with status ERROR (see ``WorkloadResult.error``).
+        :class:`DuplicateRegistryServersError` *after* storing the workload with status ERROR
+        and the reason. An embedding failure does not raise: the workload is stored with status
+        ERROR (see ``WorkloadResult.error``). A pin that cannot be honoured is no error: see
+        ``WorkloadResult.registry_note``. Tools that only run as MCP tasks are left out.
         """
         spec.validate()
         result = await self._sync_workload(spec.workload_name, spec)
-        if isinstance(result.error, DuplicateRegistryServersError | RegistryRefError):
+        if isinstance(result.error, DuplicateRegistryServersError):
             raise result.error
         return result
 
@@ -407,36 +421,48 @@ class Indexer:
                 raise KeyError(workload_name)
             spec = self._spec_from_row(row)
         tools = spec.tools if spec.tools is not None else [t.details for t in stored_tools]
+        task_only = [str(tool["name"]) for tool in tools if requires_task(tool)]
+        if task_only:
+            tools = [tool for tool in tools if not requires_task(tool)]
         registry, error, note = await self._match(conn, spec)
         context = registry.name if registry is not None else spec.name
         texts = [tool_embedding_text(context, tool) for tool in tools]
         stored = {t.embedding_hash: t.details_embedding for t in stored_tools
                   if t.embedding_hash and t.details_embedding is not None}
-        return _WorkloadPlan(spec, tools, registry, error, note, context, texts, stored)
+        return _WorkloadPlan(spec, tools, registry, error, note, context, texts, stored, task_only)
 
     async def _match(
         self, conn: AsyncConnection, spec: WorkloadSpec
-    ) -> tuple[Row[Any] | None, IndexError_ | None, str | None]:
-        """(registry row, error, note): the registry entry this workload links to, if exactly one."""
+    ) -> tuple[Row[Any] | None, IndexError_ | None, RegistryNote | None]:
+        """(registry row, error, note): the registry entry this workload links to, if exactly one.
+
+        A pin to a missing entry leaves the workload unlinked until the entry appears (catalogs
+        load in any order; linking elsewhere meanwhile would re-embed it twice). A pin to an
+        entry of the other kind can never be what was meant (a container server is not a remote
+        one): it is reported and ignored, and the workload is matched by its own URL or image,
+        so a typo in registry metadata never takes a working server out of search.
+        """
+        note: RegistryNote | None = None
         if spec.registry_ref is not None:
             ref = spec.registry_ref
             entry = await self.registry.get_by_name(ref.catalog, ref.name, conn)
             if entry is None:
-                return None, None, f"pinned registry entry {ref.catalog}/{ref.name} not found"
-            if entry.remote != spec.remote:
-                kinds = ("remote", "container")
-                return None, RegistryRefError(
-                    f"workload {spec.workload_name!r} is a {kinds[not spec.remote]} server but its pinned "
-                    f"registry entry {ref.catalog}/{ref.name} is a {kinds[not entry.remote]} server"
-                ), None
-            return entry, None, None
+                return None, None, RegistryNote(
+                    "RegistryRefNotFound", f"pinned registry entry {ref.catalog}/{ref.name} not found")
+            if entry.remote == spec.remote:
+                return entry, None, None
+            kinds = ("remote", "container")
+            note = RegistryNote("RegistryRefInvalid", (
+                f"workload {spec.workload_name!r} is a {kinds[not spec.remote]} server but its pinned registry "
+                f"entry {ref.catalog}/{ref.name} is a {kinds[not entry.remote]} server; the pin is ignored and the "
+                f"workload is matched by its {'URL' if spec.remote else 'image'}: fix or remove spec.registryRef"))
         matches = await self.registry.find_matching_servers(
             url=spec.url, package=spec.package, remote=spec.remote, conn=conn)
         if len(matches) > 1:
             identifier = f"URL {spec.url}" if spec.remote else f"image {spec.package}"
             return None, DuplicateRegistryServersError(
-                spec.workload_name, identifier, [(m.catalog, m.name) for m in matches]), None
-        return (matches[0] if matches else None), None, None
+                spec.workload_name, identifier, [(m.catalog, m.name) for m in matches]), note
+        return (matches[0] if matches else None), None, note
 
     async def _apply_workload(self, conn: AsyncConnection, plan: _WorkloadPlan) -> WorkloadResult:
         spec = plan.spec
@@ -494,6 +520,7 @@ class Indexer:
             workload_name=spec.workload_name, status=status, status_reason=columns["status_reason"],
             registry_server_name=columns["registry_server_name"], registry_catalog=columns["registry_catalog"],
             tool_count=len(tool_rows), tools_embedded=len(vectors), error=error, registry_note=plan.registry_note,
+            task_only_tools=plan.task_only,
         )
 
     @staticmethod

@@ -1,13 +1,26 @@
 """The meta-tools' arguments: pydantic models that are both the advertised JSON schema and the validator.
 
 Deriving the ``inputSchema`` from the same model that validates a call keeps the two from
-drifting apart. Validation is strict (``"5"`` is not an integer, ``true`` is not a limit)
+drifting apart. Validation is strict (``true`` is not a limit, ``"five"`` is not an integer)
 because the schema we advertise says so, and a clear refusal teaches a model more than a
-silent coercion. Errors are rewritten into one sentence a model can act on.
+silent guess. Errors are rewritten into one sentence a model can act on.
+
+One thing is not a guess: some clients send every argument as a string. The MCP Inspector's
+CLI (``--tool-arg limit=3``) converts a string only when the property has a plain top-level
+``type``, and LLM frameworks that fill forms do the same. :func:`coerce_string_arguments`
+turns such a string into the value it can only mean (``"3"`` for an integer, a JSON object
+text for an object), and only where the schema does not accept a string: a call it changes
+would have been refused as it was. The same rule serves the meta-tools (against the schema
+advertised here) and forwarded calls (against the target tool's own ``inputSchema``).
+Optional meta-tool arguments are advertised with a plain ``type`` (no ``anyOf`` with
+``null``) so that schema-driven clients convert them themselves.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
@@ -116,12 +129,101 @@ class CallToolArgs(_Arguments):
 
 
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema advertised for ``model``, without pydantic's ``title`` noise."""
+    """The JSON schema advertised for ``model``, without pydantic's ``title`` noise.
+
+    An optional argument is advertised as its own type, not ``anyOf: [<type>, null]``: it is
+    optional by not being ``required``, and clients that convert strings by the property's
+    ``type`` (the MCP Inspector) cannot see through ``anyOf``.
+    """
     schema = model.model_json_schema()
     schema.pop("title", None)
-    for prop in schema.get("properties", {}).values():
+    properties = schema.get("properties", {})
+    for name, prop in properties.items():
         prop.pop("title", None)
+        variants = prop.get("anyOf")
+        if isinstance(variants, list) and {"type": "null"} in variants:
+            rest = [v for v in variants if v != {"type": "null"}]
+            extra = {k: v for k, v in prop.items() if k != "anyOf" and not (k == "default" and v is None)}
+            properties[name] = {**rest[0], **extra} if len(rest) == 1 else {"anyOf": rest, **extra}
     return schema
+
+
+# --------------------------------------------------------------------------------------------
+# Stringly-typed clients
+# --------------------------------------------------------------------------------------------
+
+#: JSON's integer and number grammars: what a string must look like to be read as one.
+_JSON_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+#: A JSON object or array passed as a string is bounded like any argument.
+MAX_JSON_STRING_CHARS = 1_000_000
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list}
+
+
+def _allowed_types(schema: object) -> set[str] | None:
+    """The JSON types a property schema accepts, or None when it cannot be told simply."""
+    if not isinstance(schema, Mapping):
+        return None
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        return {declared}
+    if isinstance(declared, list) and all(isinstance(t, str) for t in declared):
+        return set(declared)
+    variants = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(variants, list) and variants:
+        types: set[str] = set()
+        for variant in variants:
+            inner = _allowed_types(variant)
+            if inner is None:
+                return None
+            types |= inner
+        return types
+    return None
+
+
+def _string_value(text: str, allowed: set[str]) -> tuple[bool, Any]:
+    """(True, value) when ``text`` can only mean one value of an allowed non-string type."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[") and allowed & _JSON_TYPES.keys() and len(stripped) <= MAX_JSON_STRING_CHARS:
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            return False, None
+        if any(isinstance(value, _JSON_TYPES[t]) for t in allowed & _JSON_TYPES.keys()):
+            return True, value
+        return False, None
+    if "integer" in allowed and _JSON_INTEGER.fullmatch(stripped):
+        return True, int(stripped)
+    if "number" in allowed and _JSON_NUMBER.fullmatch(stripped) and len(stripped) <= 64:
+        value = json.loads(stripped)
+        return True, value
+    if "boolean" in allowed and stripped in ("true", "false"):
+        return True, stripped == "true"
+    return False, None
+
+
+def coerce_string_arguments(arguments: Mapping[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``arguments`` with string values read as the type ``schema`` asks for, where unambiguous.
+
+    Only top-level properties whose schema names its types plainly (``type``, or ``anyOf`` /
+    ``oneOf`` of plain types) and does not accept a string are touched; a string that is not
+    exactly one value of those types (``"abc"`` for an integer, ``"3.5"`` for an integer) is
+    left as it is, so validation still refuses it with its usual message.
+    """
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(properties, Mapping):
+        return dict(arguments)
+    coerced = dict(arguments)
+    for name, value in arguments.items():
+        if not isinstance(value, str):
+            continue
+        allowed = _allowed_types(properties.get(name))
+        if not allowed or "string" in allowed:
+            continue
+        ok, converted = _string_value(value, allowed)
+        if ok:
+            coerced[name] = converted
+    return coerced
 
 
 def describe_validation_error(tool: str, model: type[BaseModel], exc: ValidationError) -> str:

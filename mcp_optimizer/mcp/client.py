@@ -11,7 +11,15 @@ for the operator's task management (kopf, asyncio timeouts) to keep working.
 Built on the official MCP Python SDK 2.x (`mcp.Client` plus its streamable
 HTTP and SSE transports). Protocol negotiation defaults to the SDK's ``"auto"``
 mode: a ``server/discover`` probe for 2026-era servers, falling back to the
-classic ``initialize`` handshake for everything older.
+classic ``initialize`` handshake for everything older. Pre-2026 servers answer
+that probe with HTTP 400, which is the expected answer, not a failure: the
+client remembers which endpoints speak only ``initialize`` (:class:`_EraMemo`)
+and goes straight to the handshake with them from then on.
+
+Which transport is spoken to a server is decided here, once, for ``tools/list``
+and ``tools/call`` alike (:func:`wire_transport`): a ``stdio`` server is only
+reachable through the HTTP bridge that runs it (ToolHive's proxy, mcp-proxy),
+so its endpoint is spoken to over that bridge's HTTP transport.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -35,21 +45,27 @@ from mcp.client.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 __all__ = [
     "SUPPORTED_TRANSPORTS",
+    "TRANSPORTS",
     "ErrorReason",
     "McpClientError",
     "ProtocolMode",
     "call_tool",
     "list_tools",
+    "wire_transport",
 ]
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_TRANSPORTS: Final[tuple[str, ...]] = ("streamable-http", "sse")
-"""Transports the operator can reach over the network."""
+"""Transports the operator speaks over the network."""
+
+TRANSPORTS: Final[tuple[str, ...]] = (*SUPPORTED_TRANSPORTS, "stdio")
+"""Transports a server may declare (the MCPServer CRD's enum, ToolHive's registry)."""
 
 ProtocolMode = Literal["auto", "legacy"]
 """``"auto"``: probe ``server/discover`` and fall back to ``initialize`` (SDK default).
@@ -67,6 +83,9 @@ _MAX_CAUSE_CHARS: Final = 400
 
 _PYDANTIC_URL_RE: Final = re.compile(r"For further information visit \S+")
 """Boilerplate pydantic appends to every validation error; it only wastes the message budget."""
+
+_ERA_MEMO_SIZE: Final = 10_000
+"""Endpoints remembered as handshake-only; a few hundred bytes each, least recently used go first."""
 
 _T = TypeVar("_T")
 
@@ -105,10 +124,16 @@ class _HttpTrace:
     def __init__(self) -> None:
         self.last_post_status: int | None = None
         self.last_post_reason: str = ""
+        #: Status of the connection's first POST: in ``auto`` mode, the ``server/discover`` probe.
+        self.first_post_status: int | None = None
+        #: True when the endpoint was known to be handshake-only, so no probe was sent.
+        self.probe_skipped = False
 
     async def on_response(self, response: httpx2.Response) -> None:
         """httpx2 response hook (runs once headers are in, before the body is read)."""
         if response.request.method == "POST":
+            if self.first_post_status is None:
+                self.first_post_status = response.status_code
             self.last_post_status = response.status_code
             self.last_post_reason = response.reason_phrase
 
@@ -117,6 +142,46 @@ class _HttpTrace:
         if self.last_post_status is None or self.last_post_status < 400:
             return None
         return f"HTTP {self.last_post_status} {self.last_post_reason}".strip()
+
+
+class _EraMemo:
+    """Endpoints known to speak only the pre-2026 ``initialize`` handshake (bounded LRU).
+
+    In ``auto`` mode every connection first sends the 2026 ``server/discover`` probe, which
+    older servers refuse (streamable HTTP servers with HTTP 400): one wasted round trip per
+    operation and a "400 Bad Request" in every HTTP log. Remembering the answer per endpoint
+    sends later connections straight to the handshake; any failure forgets the endpoint, so a
+    server upgraded to the 2026 protocol is probed again.
+    """
+
+    def __init__(self, size: int = _ERA_MEMO_SIZE) -> None:
+        self._legacy: OrderedDict[Hashable, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def is_legacy(self, key: Hashable) -> bool:
+        with self._lock:
+            if key not in self._legacy:
+                return False
+            self._legacy.move_to_end(key)
+            return True
+
+    def remember(self, key: Hashable, *, legacy: bool) -> None:
+        with self._lock:
+            if not legacy:
+                self._legacy.pop(key, None)
+                return
+            self._legacy[key] = None
+            self._legacy.move_to_end(key)
+            while len(self._legacy) > self._size:
+                self._legacy.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._legacy.pop(key, None)
+
+
+_ERA_MEMO = _EraMemo()
 
 
 @functools.cache
@@ -183,6 +248,21 @@ async def _open_client(
     return await stack.enter_async_context(client)
 
 
+def wire_transport(transport: str, endpoint: str) -> str:
+    """The transport spoken to ``endpoint`` for a server that declares ``transport``.
+
+    ``streamable-http`` and ``sse`` are spoken as declared. A ``stdio`` server cannot be
+    reached over the network itself: it runs behind an HTTP bridge (ToolHive's proxy runner,
+    mcp-proxy, supergateway), and the endpoint is that bridge's. Bridges serve SSE under a path
+    ending in ``/sse`` and streamable HTTP elsewhere (``/mcp``), so the path decides. Anything
+    else is returned unchanged (and refused by the caller).
+    """
+    if transport != "stdio":
+        return transport
+    path = urlsplit(endpoint).path if isinstance(endpoint, str) else ""
+    return "sse" if path.rstrip("/").endswith("/sse") else "streamable-http"
+
+
 def _validate_request(endpoint: str, transport: str, timeout: float) -> None:
     """Reject calls that cannot possibly work, before touching the network."""
 
@@ -194,12 +274,8 @@ def _validate_request(endpoint: str, transport: str, timeout: float) -> None:
             reason="config",
         )
 
-    if transport == "stdio":
-        raise fail(
-            "the stdio transport is not reachable over the network; the server must expose streamable-http or sse"
-        )
     if transport not in SUPPORTED_TRANSPORTS:
-        raise fail(f"unsupported transport {transport!r}; expected one of {', '.join(SUPPORTED_TRANSPORTS)}")
+        raise fail(f"unsupported transport {transport!r}; expected one of {', '.join(TRANSPORTS)}")
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise fail("the endpoint must be an absolute http:// or https:// URL")
@@ -322,20 +398,37 @@ async def _run_bounded(
     """Connect, run ``action`` and disconnect, all within ``timeout`` seconds.
 
     Every failure becomes :class:`McpClientError`; only the caller's own
-    cancellation is re-raised untouched.
+    cancellation is re-raised untouched. ``transport`` is what the server declares; what is
+    spoken is :func:`wire_transport`.
     """
+    transport = wire_transport(transport, endpoint)
     _validate_request(endpoint, transport, timeout)
     trace = _HttpTrace()
     results: list[_T] = []
     scope = anyio.CancelScope()
+    era_key = (endpoint, transport)
+    if mode == "auto" and _ERA_MEMO.is_legacy(era_key):
+        mode = "legacy"
+        trace.probe_skipped = True
     try:
         # One deadline for connect + negotiate + action + teardown: HTTP timeouts alone
         # would not bound a server that trickles bytes or never answers the handshake.
         with anyio.move_on_after(timeout) as scope:
             async with AsyncExitStack() as stack:
                 client = await _open_client(stack, endpoint, transport, timeout, headers, mode, trace)
+                legacy = client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+                if legacy and not trace.probe_skipped:
+                    logger.debug(
+                        "%s speaks MCP %s: it answered the 2026 server/discover probe with HTTP %s, as "
+                        "pre-2026 servers do, and was connected with initialize; later connections skip "
+                        "the probe", endpoint, client.protocol_version, trace.first_post_status,
+                    )
+                _ERA_MEMO.remember(era_key, legacy=legacy)
                 results.append(await action(client))
     except BaseException as exc:
+        if not results:
+            # A server that changed (an upgrade to a 2026-era server) is probed afresh next time.
+            _ERA_MEMO.forget(era_key)
         leaves = _leaves(exc)
         if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in leaves):
             raise
@@ -391,7 +484,8 @@ def _tool_to_dict(tool: types.Tool) -> dict[str, Any]:
         "description": wire.get("description") or "",
         "inputSchema": wire["inputSchema"],
     }
-    for key in ("title", "annotations", "outputSchema"):
+    # ``execution`` says whether the tool can be called without MCP tasks (taskSupport).
+    for key in ("title", "annotations", "outputSchema", "execution"):
         if key in wire:
             out[key] = wire[key]
     return out
@@ -436,15 +530,16 @@ async def list_tools(
 
     Args:
         endpoint: MCP endpoint URL (e.g. ``http://svc.ns:8080/mcp``, or the ``/sse`` URL for SSE).
-        transport: ``"streamable-http"`` or ``"sse"``; ``"stdio"`` is rejected.
+        transport: ``"streamable-http"``, ``"sse"``, or ``"stdio"`` for a server behind an HTTP
+            bridge (see :func:`wire_transport`).
         timeout: Deadline in seconds for the whole operation (connect, handshake, all pages, close).
         headers: Extra HTTP headers sent with every request (e.g. ``Authorization``).
         mode: Protocol negotiation, see :data:`ProtocolMode`.
 
     Returns:
         Tools as plain dicts with ``name``, ``description`` (``""`` when absent) and
-        ``inputSchema``, plus ``title``, ``annotations`` and ``outputSchema`` when the
-        server provides them. Order is the server's.
+        ``inputSchema``, plus ``title``, ``annotations``, ``outputSchema`` and ``execution``
+        when the server provides them. Order is the server's.
 
     Raises:
         McpClientError: For any failure, including timeouts and invalid arguments.
@@ -469,7 +564,7 @@ async def call_tool(
 
     Args:
         endpoint: MCP endpoint URL.
-        transport: ``"streamable-http"`` or ``"sse"``; ``"stdio"`` is rejected.
+        transport: As for :func:`list_tools`.
         tool_name: Name of the tool on that server.
         arguments: Tool arguments (``None`` sends none).
         timeout: Deadline in seconds for the whole operation (connect, handshake, call, close).

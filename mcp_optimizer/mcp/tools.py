@@ -31,6 +31,7 @@ from mcp_optimizer.mcp.arguments import (
     FindToolArgs,
     ListToolsArgs,
     SearchRegistryArgs,
+    coerce_string_arguments,
     describe_validation_error,
     input_schema,
 )
@@ -163,7 +164,9 @@ class OptimizerTools:
             if pin is not None:
                 return await self._forward(pin.server, pin.tool, dict(arguments or {}), scope)
             assert entry is not None
-            model = entry[0]
+            model, tool = entry
+            if isinstance(arguments, Mapping):
+                arguments = coerce_string_arguments(arguments, tool.input_schema)
             try:
                 args = model.model_validate(arguments if arguments is not None else {})
             except ValidationError as exc:
@@ -282,6 +285,11 @@ class OptimizerTools:
             raise _Refusal(f"Server '{server}' has no tool '{tool}'. Its tools: {names or 'none'}{more}.")
         if not info.endpoint:
             raise _Refusal(f"Server '{server}' has no reachable MCP endpoint recorded; it cannot be called.")
+        if any(isinstance(value, str) for value in parameters.values()):
+            # A client that sends every argument as a string (see arguments.py) is read against
+            # the target tool's own schema; only strings that schema refuses are converted.
+            schema = await self.search.tool_input_schema(server, tool)
+            parameters = coerce_string_arguments(parameters, schema)
         # An audit trail of who ran what: scope names are token names, never the tokens.
         logger.info("scope %s calls tool %r of server %r", scope.name, tool, server)
         try:

@@ -38,6 +38,8 @@ FAILING_WAIT_REASONS = frozenset(
 )
 
 _SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+#: Kubernetes' limit on a label value (names of objects may be up to 253 characters).
+MAX_LABEL_VALUE_CHARS = 63
 
 
 class SpecError(ValueError):
@@ -186,15 +188,6 @@ class ServerView:
         return self.url if self.remote else self.endpoint
 
     @property
-    def client_transport(self) -> str:
-        """The transport the operator speaks to :attr:`tools_endpoint`.
-
-        A stdio server is only reachable through an HTTP proxy (as ToolHive runs them); such
-        proxies speak streamable HTTP.
-        """
-        return "sse" if self.transport == "sse" else "streamable-http"
-
-    @property
     def object_ref(self) -> dict[str, Any]:
         """A body just complete enough for Kubernetes Events (``kopf.event``) about this object."""
         return {
@@ -282,6 +275,29 @@ def parse_server(body: Mapping[str, Any]) -> ServerView:
         return ServerView(**common, **_parse_spec(spec, name))
     except SpecError as exc:
         return ServerView(**common, spec_error=str(exc))
+
+
+def distinct_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A server's ``tools/list`` answer with one tool per name, and the names it repeated.
+
+    MCP requires tool names to be unique per server, but servers get it wrong. The spec is not
+    at fault, so this is no reason to stop serving the server: the first tool of each name is
+    kept (``tools/call`` names a tool, so the server decides which one runs anyway) and the
+    repeated names are reported. A tool without a name cannot be called and is dropped.
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    repeated: list[str] = []
+    for tool in tools:
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            if "(unnamed)" not in repeated:
+                repeated.append("(unnamed)")
+        elif name in kept:
+            if name not in repeated:
+                repeated.append(name)
+        else:
+            kept[name] = tool
+    return list(kept.values()), repeated
 
 
 def workload_spec(
@@ -373,15 +389,42 @@ class RuntimeStatus:
     message: str
 
 
+def unmatchable_label(selector: LabelSelector) -> tuple[str, str] | None:
+    """A ``matchLabels`` pair no pod can carry: Kubernetes label values are at most 63 characters.
+
+    The default selector ``app.kubernetes.io/instance=<name>`` is such a pair for an MCPServer
+    whose name is longer than that (names may have up to 253 characters).
+    """
+    for key, value in selector.match_labels:
+        if len(value) > MAX_LABEL_VALUE_CHARS:
+            return key, value
+    return None
+
+
 def pods_status(pods: Iterable[PodState], selector: LabelSelector) -> RuntimeStatus:
     """A container server's status from its pods (the issue's rules, in order):
 
     RUNNING when at least one selected pod is Running and Ready; ERROR when a selected pod is
     Failed or has a container waiting in CrashLoopBackOff, ImagePullBackOff, ErrImagePull or
     CreateContainerConfigError; STOPPED otherwise (no pods, Pending, Succeeded, not Ready).
+    A selector no pod can ever match says so (``PodSelectorUnmatchable``), not just "no pods".
     """
     selected = sorted((p for p in pods if selector.matches(p.label_map)), key=lambda p: p.name)
     if not selected:
+        if (impossible := unmatchable_label(selector)) is not None:
+            key, value = impossible
+            hint = (
+                "the default selector uses the MCPServer's name, which is too long for it: set spec.podSelector "
+                "to labels the server's pods carry, or use a shorter name"
+                if key == INSTANCE_LABEL
+                else "fix spec.podSelector"
+            )
+            return RuntimeStatus(
+                WorkloadStatus.STOPPED,
+                "PodSelectorUnmatchable",
+                f"no pod can match the selector label {key}={value[:20]}...: label values are at most "
+                f"{MAX_LABEL_VALUE_CHARS} characters and this one has {len(value)}; {hint}",
+            )
         return RuntimeStatus(WorkloadStatus.STOPPED, "NoPods", f"no pods match the selector {selector}")
     serving = [p for p in selected if p.serving]
     if serving:

@@ -24,6 +24,7 @@ import kopf
 from kubernetes import client
 
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.ingest import RegistryNote
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Condition:
 class IndexProblem:
     """A problem the index has with a workload (not the cluster): duplicates, a bad pin, embedding."""
 
-    code: str  # DuplicateRegistryEntries, RegistryRefInvalid, EmbeddingFailed, IndexError
+    code: str  # DuplicateRegistryEntries, EmbeddingFailed, IndexError
     message: str
 
 
@@ -73,8 +74,12 @@ class ServerFacts:
     tools_error: str | None = None
     #: (catalog, name) of the linked registry entry.
     registry: tuple[str, str] | None = None
-    #: Why a pinned registry entry is not linked (it does not exist, yet).
-    registry_note: str | None = None
+    #: Why a pinned registry entry is not what the server links to (missing, or of the other kind).
+    registry_note: RegistryNote | None = None
+    #: Tool names the last tools/list repeated (the first of each is indexed): a server bug.
+    repeated_tools: tuple[str, ...] = ()
+    #: Tools that only run as MCP tasks, which call_tool cannot run: not indexed.
+    task_only_tools: tuple[str, ...] = ()
     last_sync_time: str | None = None
     #: "image ghcr.io/x" / "url https://..", for messages.
     identifier: str = ""
@@ -115,7 +120,16 @@ def _tools_indexed(facts: ServerFacts) -> Condition:
     if facts.tools_error is not None:
         return Condition("ToolsIndexed", "False", "ToolsListFailed", facts.tools_error)
     if facts.tools_generation is not None and facts.tools_generation == facts.generation:
-        return Condition("ToolsIndexed", "True", "ToolsListed", f"{facts.tool_count} tools indexed")
+        message = f"{facts.tool_count} tools indexed"
+        if facts.task_only_tools:
+            message += (
+                f"; {len(facts.task_only_tools)} left out because they only run as MCP tasks, which call_tool "
+                f"does not support: {_names(facts.task_only_tools)}"
+            )
+        if facts.repeated_tools:
+            message += f"; {repeated_tools_message(facts)}"
+            return Condition("ToolsIndexed", "True", "DuplicateToolNames", message)
+        return Condition("ToolsIndexed", "True", "ToolsListed", message)
     if facts.tools_generation is not None:
         return Condition(
             "ToolsIndexed",
@@ -126,17 +140,31 @@ def _tools_indexed(facts: ServerFacts) -> Condition:
     return Condition("ToolsIndexed", "False", "NotRunning", "tools are read once the server is Running")
 
 
+def _names(names: Sequence[str], shown: int = 10) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def repeated_tools_message(facts: ServerFacts) -> str:
+    return (
+        f"the server's tools/list answer repeats tool names ({_names(facts.repeated_tools)}); the first tool of "
+        "each name is indexed. The spec is fine: the MCP server must be fixed (tool names are unique per server)"
+    )
+
+
 def _registry_matched(facts: ServerFacts) -> Condition:
     problem = facts.index_problem
+    note = facts.registry_note
     if facts.spec_error is not None:
         return Condition("RegistryMatched", "False", "InvalidSpec", "the spec must be fixed first")
-    if problem is not None and problem.code in ("DuplicateRegistryEntries", "RegistryRefInvalid"):
+    if problem is not None and problem.code == "DuplicateRegistryEntries":
         return Condition("RegistryMatched", "False", problem.code, problem.message)
     if facts.registry is not None:
         catalog, name = facts.registry
-        return Condition("RegistryMatched", "True", "Linked", f"linked to {name} in catalog {catalog}")
-    if facts.registry_note is not None:
-        return Condition("RegistryMatched", "False", "RegistryRefNotFound", facts.registry_note)
+        message = f"linked to {name} in catalog {catalog}" + (f" ({note.message})" if note is not None else "")
+        return Condition("RegistryMatched", "True", "Linked", message)
+    if note is not None:
+        return Condition("RegistryMatched", "False", note.code, note.message)
     return Condition(
         "RegistryMatched",
         "False",
@@ -215,8 +243,12 @@ def warnings(facts: ServerFacts) -> list[tuple[str, str]]:
         found.append((facts.index_problem.code, facts.index_problem.message))
     if facts.tools_error is not None:
         found.append(("ToolsListFailed", facts.tools_error))
+    if facts.repeated_tools and facts.spec_error is None:
+        found.append(("DuplicateToolNames", repeated_tools_message(facts)))
     if facts.registry_note is not None and facts.spec_error is None:
-        found.append(("RegistryRefNotFound", facts.registry_note))
+        found.append((facts.registry_note.code, facts.registry_note.message))
+    if facts.runtime is not None and facts.runtime.code == "PodSelectorUnmatchable" and facts.spec_error is None:
+        found.append((facts.runtime.code, facts.runtime.message))
     return found
 
 

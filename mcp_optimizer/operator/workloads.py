@@ -25,7 +25,6 @@ from mcp_optimizer.embeddings import EmbeddingError
 from mcp_optimizer.ingest import (
     DuplicateRegistryServersError,
     Indexer,
-    RegistryRefError,
     WorkloadResult,
     WorkloadSpecError,
 )
@@ -36,6 +35,7 @@ from mcp_optimizer.operator.mapping import (
     PodState,
     RuntimeStatus,
     ServerView,
+    distinct_tools,
     pods_status,
     tools_failed,
     tools_listed,
@@ -85,8 +85,6 @@ def problem_from(error: BaseException | None) -> IndexProblem | None:
         return None
     if isinstance(error, DuplicateRegistryServersError):
         return IndexProblem("DuplicateRegistryEntries", str(error))
-    if isinstance(error, RegistryRefError):
-        return IndexProblem("RegistryRefInvalid", str(error))
     if isinstance(error, EmbeddingError):
         return IndexProblem("EmbeddingFailed", str(error))
     return IndexProblem("IndexError", str(error))
@@ -181,13 +179,16 @@ class WorkloadReconciler:
                 return await self._invalid(tracked, view, view.spec_error)
 
         tools: list[dict[str, Any]] | None = None
+        repeated: list[str] = []
         tools_error: str | None = None
         attempted = read_tools and (view.remote or self._pods(view).status is WorkloadStatus.RUNNING)
         if attempted:
             endpoint = view.tools_endpoint
             assert endpoint is not None  # parse_server guarantees it for a valid spec
             try:
-                tools = await self._list_tools(endpoint, view.client_transport, self.mcp_timeout)
+                # The declared transport, as stored for call_tool: the client alone decides what
+                # is spoken for it (a stdio server is reached through its HTTP bridge).
+                tools, repeated = distinct_tools(await self._list_tools(endpoint, view.transport, self.mcp_timeout))
             except McpClientError as exc:
                 tools_error = str(exc)
 
@@ -209,13 +210,14 @@ class WorkloadReconciler:
                     facts.tools_error = None
                     facts.tools_generation = view.generation
                     facts.last_sync_time = now_rfc3339()
+                    facts.repeated_tools = tuple(repeated)
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
             try:
                 result = await self.indexer.apply_workload(spec)
             except WorkloadSpecError as exc:
                 return await self._invalid(tracked, view, str(exc))
-            except (DuplicateRegistryServersError, RegistryRefError) as exc:
+            except DuplicateRegistryServersError as exc:
                 # The index stored the workload as ERROR; a catalog change or a pin resolves it.
                 facts.index_problem = problem_from(exc)
                 facts.registry = None
@@ -224,6 +226,9 @@ class WorkloadReconciler:
                     facts.tool_count = len(tools)
             else:
                 self._absorb(facts, result)
+                if tools is not None:
+                    # Only a tools read knows them: re-matches work on the stored (callable) tools.
+                    facts.task_only_tools = tuple(result.task_only_tools)
             facts.runtime = runtime
             tracked.view = view
             await self._publish(tracked)

@@ -230,7 +230,8 @@ def build_mcp_server(
     A call's result has one text block holding ``json.dumps({"tool": ..., "arguments": ...})``
     and the same object as ``structuredContent`` (omitted for tools declaring an
     ``outputSchema``, which the echo would not satisfy). Unknown tools answer
-    ``isError: true``.
+    ``isError: true``; a tool declaring ``execution.taskSupport: "required"`` refuses a plain
+    call with a JSON-RPC error, as the TypeScript SDK's servers do.
     """
     if page_size is not None and page_size <= 0:
         raise ValueError("page_size must be positive or None")
@@ -260,6 +261,12 @@ def build_mcp_server(
             return types.CallToolResult(
                 content=[types.TextContent(text=f"Unknown tool: {params.name}")],
                 is_error=True,
+            )
+        if tool.execution is not None and tool.execution.task_support == "required":
+            # What the TypeScript SDK answers (server-everything's simulate-research-query).
+            raise MCPError(
+                code=types.INVALID_REQUEST,
+                message=f'Tool "{params.name}" requires task-based execution.',
             )
         payload = echo_payload(params.name, arguments)
         return types.CallToolResult(
@@ -312,8 +319,9 @@ class McpHostApp:
     (from other threads through :meth:`call_in_loop`).
     """
 
-    def __init__(self, *, json_response: bool = False) -> None:
+    def __init__(self, *, json_response: bool = False, legacy: bool = False) -> None:
         self._json_response = json_response
+        self._legacy = legacy
         self._mounted: dict[str, _Mounted] = {}
         self._task_group: TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -407,7 +415,10 @@ class McpHostApp:
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
             return
         if sub in ("/mcp", "/mcp/"):
-            await mounted.manager.handle_request(scope, receive, send)
+            if self._legacy:
+                await refuse_without_session(mounted.manager.handle_request, scope, receive, send)
+            else:
+                await mounted.manager.handle_request(scope, receive, send)
         elif sub in ("/sse", "/sse/"):
             if scope["method"] != "GET":
                 await PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "GET"})(
@@ -458,20 +469,66 @@ class McpHostApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
+async def refuse_without_session(app: Callable[[Scope, Receive, Send], Any], scope: Scope, receive: Receive,
+                                 send: Send) -> None:
+    """Answer like a pre-2026 streamable HTTP server (MCP SDK 1.x, mcp-proxy, ToolHive's proxy).
+
+    Those servers only accept ``initialize`` without an ``Mcp-Session-Id`` header and answer
+    anything else, the 2026 ``server/discover`` probe included, with HTTP 400 "Bad Request:
+    Missing session ID". Everything else goes to ``app`` unchanged (the body is replayed).
+    """
+    if scope["method"] != "POST" or any(k.lower() == b"mcp-session-id" for k, _ in scope["headers"]):
+        await app(scope, receive, send)
+        return
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        chunks.append(message.get("body", b""))
+        more = bool(message.get("more_body"))
+    body = b"".join(chunks)
+    try:
+        method = json.loads(body).get("method")
+    except (ValueError, AttributeError):
+        method = None
+    if method != "initialize":
+        error = {"jsonrpc": "2.0", "id": "server-error",
+                 "error": {"code": types.INVALID_REQUEST, "message": "Bad Request: Missing session ID"}}
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+        return
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    await app(scope, replay, send)
+
+
 def build_mcp_app(
     tools: Iterable[ToolDef | types.Tool] | ToolRegistry = (),
     *,
     name: str = "mcp-test-server",
     page_size: int | None = None,
     json_response: bool = False,
+    legacy: bool = False,
 ) -> tuple[McpHostApp, ToolRegistry]:
     """An ASGI app (with lifespan) serving one echo MCP server.
 
     Streamable HTTP at ``/mcp``, SSE at ``/sse`` (messages at ``/messages/``).
     Serve it with any ASGI server, lifespan enabled, e.g. ``uvicorn.run(app, lifespan="on")``.
+    ``legacy``: answer the 2026 protocol probe as pre-2026 servers do (see
+    :func:`refuse_without_session`).
     """
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
-    app = McpHostApp(json_response=json_response)
+    app = McpHostApp(json_response=json_response, legacy=legacy)
     app.mount_before_start(app.create("", name, registry, page_size))
     return app, registry
 
@@ -660,11 +717,14 @@ class McpTestServer(_ThreadedServerBase):
         name: str = "mcp-test-server",
         page_size: int | None = None,
         json_response: bool = False,
+        legacy: bool = False,
         host: str = DEFAULT_HOST,
         port: int = 0,
     ) -> None:
         self._host = host
-        self._app, self.registry = build_mcp_app(tools, name=name, page_size=page_size, json_response=json_response)
+        self._app, self.registry = build_mcp_app(
+            tools, name=name, page_size=page_size, json_response=json_response, legacy=legacy
+        )
         self._runner = _UvicornThread(self._app, host=host, port=port, name=name)
 
     @property
@@ -896,6 +956,15 @@ def _load_tools(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+async def serve_stdio(tools: Iterable[ToolDef | types.Tool], *, name: str, page_size: int | None) -> None:
+    """Serve one echo MCP server over this process's stdin/stdout (as stdio servers run)."""
+    from mcp.server.stdio import stdio_server
+
+    server, _ = build_mcp_server(tools, name=name, page_size=page_size)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: serve one echo MCP server from a JSON tool list until interrupted."""
     parser = argparse.ArgumentParser(
@@ -908,14 +977,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="mcp-test-server", help="server name reported to clients")
     parser.add_argument("--page-size", type=int, default=None, help="paginate tools/list with this page size")
     parser.add_argument("--json-response", action="store_true", help="answer with JSON instead of SSE streams")
+    parser.add_argument("--legacy", action="store_true",
+                        help="refuse the 2026 protocol probe with HTTP 400, as pre-2026 servers do")
+    parser.add_argument("--stdio", action="store_true", help="serve over stdin/stdout instead of HTTP")
     args = parser.parse_args(argv)
 
     try:
         tools = _load_tools(args.tools) if args.tools is not None else []
-        app, _ = build_mcp_app(tools, name=args.name, page_size=args.page_size, json_response=args.json_response)
+        app, _ = build_mcp_app(tools, name=args.name, page_size=args.page_size, json_response=args.json_response,
+                               legacy=args.legacy)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.stdio:
+        anyio.run(lambda: serve_stdio(tools, name=args.name, page_size=args.page_size))
+        return 0
     port = args.port if args.port != 0 else closed_port(args.host)
     host = _url_host(args.host)
     print(

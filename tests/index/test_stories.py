@@ -9,7 +9,7 @@ from sqlalchemy import text
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool
 from mcp_optimizer.embeddings.texts import text_hash, tool_embedding_text
-from mcp_optimizer.ingest import DuplicateRegistryServersError, Indexer, RegistryRefError
+from mcp_optimizer.ingest import DuplicateRegistryServersError, Indexer
 
 from .helpers import entry, tool, workload
 
@@ -180,16 +180,30 @@ async def test_duplicates_resolved_by_pin_and_by_catalog_fix(indexer: Indexer) -
     assert pinned.registry_server_name == "heroku-mcp-server" and pinned.status == WorkloadStatus.RUNNING
 
 
-async def test_pin_must_agree_in_type(indexer: Indexer) -> None:
-    await indexer.load_catalog("a", [entry("remote", url="https://r.example/mcp")])
-    with pytest.raises(RegistryRefError, match="container server but its pinned registry entry a/remote is a remote"):
-        await indexer.apply_workload(workload("ns/c", package="ghcr.io/c/c", tools=[tool("x")], ref=("a", "remote")))
-    assert (await workload_row(indexer, "ns/c")).status == "ERROR"
+async def test_pin_of_the_wrong_type_is_ignored_and_the_workload_matched_by_its_image(indexer: Indexer) -> None:
+    # A container server can never be a remote entry: the pin is a mistake in registry metadata,
+    # which must not take a working server out of search. It is reported, and the workload is
+    # matched as if unpinned.
+    await indexer.load_catalog("a", [entry("remote", url="https://r.example/mcp"),
+                                     entry("c", package="ghcr.io/c/c:1.0")])
+    result = await indexer.apply_workload(workload("ns/c", package="ghcr.io/c/c", tools=[tool("x")],
+                                                   ref=("a", "remote")))
+    assert result.status == WorkloadStatus.RUNNING and result.error is None
+    assert result.registry_server_name == "c"
+    assert result.registry_note is not None and result.registry_note.code == "RegistryRefInvalid"
+    assert "container server but its pinned registry entry a/remote is a remote" in result.registry_note.message
+    assert (await workload_row(indexer, "ns/c")).status == "RUNNING"
+    # With no entry of its own kind it stays searchable, unlinked.
+    other = await indexer.apply_workload(workload("ns/d", package="ghcr.io/d/d", tools=[tool("y")],
+                                                  ref=("a", "remote")))
+    assert other.status == WorkloadStatus.RUNNING and other.registry_server_name is None
+    assert other.registry_note is not None and other.registry_note.code == "RegistryRefInvalid"
 
 
 async def test_pin_to_missing_entry_links_when_it_appears(indexer: Indexer) -> None:
     result = await indexer.apply_workload(workload("ns/c", package="ghcr.io/c/c", tools=[tool("x")], ref=("a", "c")))
-    assert result.registry_server_name is None and "not found" in (result.registry_note or "")
+    assert result.registry_server_name is None and result.registry_note is not None
+    assert result.registry_note.code == "RegistryRefNotFound" and "not found" in result.registry_note.message
     load = await indexer.load_catalog("a", [entry("c", package="ghcr.io/other/image")])
     assert [r.registry_server_name for r in load.rematched] == ["c"]
 
@@ -362,3 +376,23 @@ async def test_registry_delete_falls_back_every_linked_workload(indexer: Indexer
     empty = await workload_row(indexer, "ns/empty")
     assert empty.server_embedding is None and empty.description == "MCP server empty"
     assert await count(indexer, "SELECT count(*) FROM workload_server_vector WHERE server_id = :i", i=empty.id) == 0
+
+
+async def test_tools_that_only_run_as_tasks_are_not_offered(indexer: Indexer) -> None:
+    # server-everything's simulate-research-query declares execution.taskSupport "required": a
+    # plain tools/call is refused, so call_tool could never run it and search must not offer it.
+    research = {**tool("simulate_research_query", "Research a topic in depth and write a report"),
+                "execution": {"taskSupport": "required"}}
+    optional = {**tool("summarize", "Summarize a research report"), "execution": {"taskSupport": "optional"}}
+    result = await indexer.apply_workload(workload("ns/everything", url="http://e.example/mcp",
+                                                   tools=[research, optional, tool("echo", "Echo a message")]))
+    assert result.task_only_tools == ["simulate_research_query"]
+    assert result.tool_count == 2
+    async with indexer.engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT name FROM tools_workload ORDER BY name"))).scalars().all()
+    assert stored == ["echo", "summarize"]
+    # A re-match (a catalog change) keeps it out: the stored tools are the callable ones.
+    await indexer.load_catalog("a", [entry("everything", url="http://e.example/mcp")])
+    [rematched] = (await indexer.load_catalog("a", [entry("everything", url="http://e.example/mcp",
+                                                          description="changed")])).rematched
+    assert rematched.tool_count == 2

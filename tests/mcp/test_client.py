@@ -18,7 +18,8 @@ import httpx2
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from mcp_optimizer.mcp.client import McpClientError, call_tool, list_tools
+from mcp_optimizer.mcp import client as client_module
+from mcp_optimizer.mcp.client import McpClientError, call_tool, list_tools, wire_transport
 from mcp_optimizer.testing.mcp_servers import (
     AsgiTestServer,
     HangingServer,
@@ -29,6 +30,7 @@ from mcp_optimizer.testing.mcp_servers import (
     make_tool,
     refused_url,
 )
+from mcp_optimizer.testing.stdio_bridge import StdioBridge
 
 TRANSPORTS = ["streamable-http", "sse"]
 MODES = ["auto", "legacy"]
@@ -297,14 +299,64 @@ async def test_garbage_answers_are_protocol_errors(content_type: bytes, body: by
     assert "\n" not in str(info.value)
 
 
+def test_a_stdio_server_is_spoken_to_through_its_bridge() -> None:
+    # One rule for tools/list and tools/call: the bridge's SSE path means SSE, else streamable HTTP.
+    assert wire_transport("stdio", "http://bridge.ns.svc:8080/mcp") == "streamable-http"
+    assert wire_transport("stdio", "http://127.0.0.1:18101/servers/time/sse") == "sse"
+    assert wire_transport("stdio", "http://bridge/sse/") == "sse"
+    assert wire_transport("sse", "http://x/mcp") == "sse"
+    assert wire_transport("streamable-http", "http://x/sse") == "streamable-http"
+
+
 @pytest.mark.asyncio
-async def test_stdio_transport_is_rejected() -> None:
-    await assert_fails_fast(
-        list_tools("http://127.0.0.1:1/mcp", "stdio"), reason="config", contains="not reachable over the network"
-    )
-    await assert_fails_fast(
-        call_tool("http://127.0.0.1:1/mcp", "stdio", "x", {}, 1.0), reason="config", contains="stdio"
-    )
+async def test_stdio_server_behind_an_http_bridge_lists_and_calls() -> None:
+    # The arrangement ToolHive and mcp-proxy use: the server speaks stdio to a bridge process,
+    # which serves it over HTTP as a pre-2026 server (HTTP 400 to the 2026 probe). Paginated.
+    tools = [make_tool(f"tool_{i}", f"Tool number {i}", {"type": "object", "properties": {"n": {"type": "integer"}}})
+             for i in range(5)]
+    async with StdioBridge(tools, page_size=2) as bridge:
+        for url in (bridge.url, bridge.sse_url):
+            listed = await list_tools(url, "stdio", timeout=30)
+            assert [t["name"] for t in listed] == [f"tool_{i}" for i in range(5)]
+            result = await call_tool(url, "stdio", "tool_3", {"n": 3}, timeout=30)
+            assert result["isError"] is False
+            assert json.loads(result["content"][0]["text"]) == {"tool": "tool_3", "arguments": {"n": 3}}
+    # An unknown transport is still refused before the network, naming every accepted one.
+    await assert_fails_fast(list_tools("http://127.0.0.1:1/mcp", "websocket"), reason="config",
+                            contains="streamable-http, sse, stdio")
+
+
+@pytest.mark.asyncio
+async def test_a_pre_2026_server_is_probed_once_then_spoken_to_directly() -> None:
+    # Pre-2026 servers answer the SDK's server/discover probe with HTTP 400; that answer is
+    # remembered per endpoint, so later connections start with initialize (no 400, one round
+    # trip less) and the probe's 400 is not an error anyone sees.
+    statuses: list[tuple[str, int]] = []
+
+    async def record(response: httpx2.Response) -> None:
+        statuses.append((response.request.method, response.status_code))
+
+    with McpTestServer([SEARCH], legacy=True) as legacy:
+        original = client_module._new_http_client
+
+        def traced(trace: Any, headers: Any, timeout: Any, auth: Any = None) -> httpx2.AsyncClient:
+            http = original(trace, headers, timeout, auth)
+            http.event_hooks["response"].append(record)
+            return http
+
+        client_module._new_http_client = traced  # type: ignore[assignment]
+        try:
+            assert [t["name"] for t in await list_tools(legacy.url, timeout=10)] == ["search"]
+            first = list(statuses)
+            statuses.clear()
+            result = await call_tool(legacy.url, "streamable-http", "search", {"query": "x"}, timeout=10)
+            second = list(statuses)
+        finally:
+            client_module._new_http_client = original  # type: ignore[assignment]
+    assert result["isError"] is False
+    assert first[0] == ("POST", 400)  # the probe, answered as pre-2026 servers answer it
+    assert second[0] == ("POST", 200)  # straight to initialize
+    assert all(status < 400 for _, status in second), second
 
 
 @pytest.mark.asyncio

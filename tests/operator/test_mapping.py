@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.ingest import RegistryRef
+from mcp_optimizer.ingest import RegistryNote, RegistryRef
 from mcp_optimizer.operator.mapping import (
     LabelSelector,
     PodState,
     SpecError,
+    distinct_tools,
     parse_server,
     pods_status,
     split_workload_name,
@@ -92,7 +93,6 @@ def test_remote_server_uses_its_url_as_identity_and_endpoint():
     view = parse_server(body)
     assert view.remote
     assert view.tools_endpoint == "https://mcp.example.com/mcp"
-    assert view.client_transport == "sse"
     spec = workload_spec(view, status=WorkloadStatus.STOPPED, reason=None, tools=None)
     assert spec.url == "https://mcp.example.com/mcp"
     assert spec.package is None
@@ -102,10 +102,14 @@ def test_remote_server_uses_its_url_as_identity_and_endpoint():
     assert spec.tools is None  # None keeps the stored tools
 
 
-def test_stdio_servers_are_read_through_their_http_proxy():
+def test_stdio_servers_keep_their_declared_transport():
+    # What is spoken to the bridge in front of a stdio server is the MCP client's decision
+    # (mcp.client.wire_transport), for tools/list and call_tool alike: the index stores what
+    # the spec declares.
     view = parse_server(server({"image": "x/y", "endpoint": "http://proxy/mcp", "transport": "stdio"}))
     assert view.transport == "stdio"
-    assert view.client_transport == "streamable-http"
+    spec = workload_spec(view, status=WorkloadStatus.STOPPED, reason=None, tools=None)
+    assert spec.transport == "stdio"
 
 
 @pytest.mark.parametrize(
@@ -284,11 +288,70 @@ def test_invalid_spec_status():
 
 
 def test_tools_failure_and_pin_notes_are_warnings():
-    facts = ServerFacts(tools_error="MCP tools/list failed: refused", registry_note="pinned entry a/b not found")
+    facts = ServerFacts(tools_error="MCP tools/list failed: refused",
+                        registry_note=RegistryNote("RegistryRefNotFound", "pinned entry a/b not found"))
     conditions = {c["type"]: c for c in render_status(facts)["conditions"]}
     assert conditions["ToolsIndexed"]["reason"] == "ToolsListFailed"
     assert conditions["RegistryMatched"]["reason"] == "RegistryRefNotFound"
     assert {reason for reason, _ in warnings(facts)} == {"ToolsListFailed", "RegistryRefNotFound"}
+
+
+def test_a_pin_of_the_wrong_type_keeps_the_server_running_and_says_so():
+    note = RegistryNote("RegistryRefInvalid", "workload 'team-a/web' is a container server but its pinned registry "
+                        "entry a/r is a remote server; the pin is ignored")
+    facts = ServerFacts(runtime=pods_status([pod("web-0")], SELECTOR), registry=("a", "web"), registry_note=note)
+    status = render_status(facts)
+    assert status["phase"] == "Running"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["RegistryMatched"]["status"] == "True" and "the pin is ignored" in conditions[
+        "RegistryMatched"]["message"]
+    assert ("RegistryRefInvalid", note.message) in warnings(facts)
+
+
+def test_repeated_tool_names_are_the_servers_fault_not_the_specs():
+    tools = [{"name": "a", "description": "first"}, {"name": "b"}, {"name": "a", "description": "second"},
+             {"name": ""}]
+    kept, repeated = distinct_tools(tools)
+    assert [t["name"] for t in kept] == ["a", "b"] and kept[0]["description"] == "first"
+    assert repeated == ["a", "(unnamed)"]
+    facts = ServerFacts(runtime=pods_status([pod("web-0")], SELECTOR), generation=1, tools_generation=1,
+                        tool_count=2, repeated_tools=tuple(repeated))
+    status = render_status(facts)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Running"
+    assert conditions["Ready"]["reason"] == "PodsReady"
+    assert conditions["ToolsIndexed"]["status"] == "True"
+    assert conditions["ToolsIndexed"]["reason"] == "DuplicateToolNames"
+    assert "the MCP server must be fixed" in conditions["ToolsIndexed"]["message"]
+    assert "InvalidSpec" not in {c["reason"] for c in status["conditions"]}
+    assert [reason for reason, _ in warnings(facts)] == ["DuplicateToolNames"]
+
+
+def test_task_only_tools_are_named_in_the_tools_condition():
+    facts = ServerFacts(runtime=pods_status([pod("web-0")], SELECTOR), generation=1, tools_generation=1,
+                        tool_count=12, task_only_tools=("simulate-research-query",))
+    [tools] = [c for c in render_status(facts)["conditions"] if c["type"] == "ToolsIndexed"]
+    assert tools["reason"] == "ToolsListed"
+    assert tools["message"].startswith("12 tools indexed; 1 left out because they only run as MCP tasks")
+    assert "simulate-research-query" in tools["message"]
+
+
+def test_a_name_too_long_for_the_default_selector_says_what_to_do():
+    name = "a-very-long-mcp-server-name-that-is-fine-for-kubernetes-objects-x"
+    assert len(name) > 63
+    view = parse_server(server({"image": "x/y", "endpoint": "http://e/mcp"}, name=name))
+    assert view.spec_error is None
+    # A pod carrying the label cannot even be created; none can match.
+    result = pods_status([pod("p-0", labels={"app": "other"})], view.selector)
+    assert result.status is WorkloadStatus.STOPPED
+    assert result.code == "PodSelectorUnmatchable"
+    assert "label values are at most 63 characters and this one has 65" in result.message
+    assert "set spec.podSelector" in result.message
+    facts = ServerFacts(runtime=result)
+    assert ("PodSelectorUnmatchable", result.message) in warnings(facts)
+    # A 63-character name still gets the ordinary answer.
+    short = parse_server(server({"image": "x/y", "endpoint": "http://e/mcp"}, name=name[:63]))
+    assert pods_status([], short.selector).code == "NoPods"
 
 
 def test_condition_transition_time_moves_only_when_status_changes():
