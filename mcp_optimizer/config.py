@@ -60,6 +60,10 @@ class Settings:
     sqlite_mmap_size: int = 0
     #: Port of ``/metrics`` (Prometheus) and ``/readyz`` in ``mcp-optimizer run``; 0 disables them.
     metrics_port: int = 9090
+    # --- Running outside a cluster (issue 11): where the metrics server listens ---
+    #: Address of ``/metrics`` and ``/readyz``: every interface in a pod (Prometheus scrapes it
+    #: from elsewhere), ``127.0.0.1`` on a workstation.
+    metrics_host: str = "0.0.0.0"
     #: ``text`` for people, ``json`` (one object per line) for log pipelines.
     log_format: str = "text"
     log_level: str = "INFO"
@@ -103,6 +107,7 @@ class Settings:
             min_similarity=_env_float("MIN_SIMILARITY", cls.min_similarity),
             sqlite_mmap_size=int(_env_float("SQLITE_MMAP_SIZE", cls.sqlite_mmap_size)),
             metrics_port=int(_env_float("METRICS_PORT", cls.metrics_port)),
+            metrics_host=_env("METRICS_HOST", cls.metrics_host),
             log_format=_env("LOG_FORMAT", cls.log_format),
             log_level=_env("LOG_LEVEL", cls.log_level),
             mcp_host=_env("MCP_HOST", cls.mcp_host),

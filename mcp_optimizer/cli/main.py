@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -308,11 +309,22 @@ async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from mcp_optimizer.logs import configure_logging
+    from mcp_optimizer.mcp.server import EndpointError
     from mcp_optimizer.operator.runner import main as run_operator
 
+    settings = settings.with_overrides(
+        mcp_host=args.mcp_host, mcp_port=args.mcp_port, mcp_path=args.mcp_path,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+        liveness_endpoint=args.liveness,
+        namespaces=tuple(n.strip() for n in args.namespaces.split(",") if n.strip()) if args.namespaces else None,
+    )
+    if not settings.mcp_path.startswith("/"):
+        raise CliError(f"--mcp-path must start with '/', got {settings.mcp_path!r}")
     configure_logging(settings.log_format, "DEBUG" if args.verbose else settings.log_level)
-
-    await run_operator(settings, kubeconfig=args.kubeconfig)
+    try:
+        await run_operator(settings, kubeconfig=args.kubeconfig)
+    except (EndpointError, OSError) as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 
@@ -375,8 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
-    run = commands.add_parser("run", help="run the operator (and the MCP endpoint) in one process")
+    run = commands.add_parser(
+        "run", help="run the operator (and the MCP endpoint) in one process",
+        description="Run the operator, its MCP endpoint, metrics and probes in one process, against a "
+        "cluster (in-cluster config, a kubeconfig, or the default ~/.kube/config). Flags override "
+        "MCP_OPTIMIZER_* environment variables.")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
+    run.add_argument("--namespaces", metavar="NS[,NS...]",
+                     help="watch only these namespaces (default: $MCP_OPTIMIZER_NAMESPACES, else all)")
+    run.add_argument("--mcp-host", help="MCP endpoint address (default: $MCP_OPTIMIZER_MCP_HOST or 0.0.0.0)")
+    run.add_argument("--mcp-port", type=int, help="MCP endpoint port (default: $MCP_OPTIMIZER_MCP_PORT or 8080)")
+    run.add_argument("--mcp-path", help="streamable HTTP path (default: $MCP_OPTIMIZER_MCP_PATH or /mcp)")
+    run.add_argument("--metrics-host",
+                     help="/metrics and /readyz address (default: $MCP_OPTIMIZER_METRICS_HOST or 0.0.0.0)")
+    run.add_argument("--metrics-port", type=int,
+                     help="/metrics and /readyz port, 0 disables (default: $MCP_OPTIMIZER_METRICS_PORT or 9090)")
+    run.add_argument("--liveness", metavar="URL",
+                     help="kopf's liveness probe, e.g. http://127.0.0.1:8081/healthz "
+                     "(default: $MCP_OPTIMIZER_LIVENESS_ENDPOINT, else off)")
     run.set_defaults(handler=cmd_run)
 
     serve = commands.add_parser("serve", help="serve the MCP endpoint over an existing index file")
@@ -392,7 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
-        return int(asyncio.run(args.handler(args, settings)))
+        code = int(asyncio.run(args.handler(args, settings)))
+        if args.handler is cmd_run:
+            # Everything is closed by now (endpoint, metrics, kopf, index). Tearing down the
+            # interpreter would still take seconds (the ONNX runtime alone: ~1 s on 2 busy cores),
+            # which a rollout waits for: leave at once.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

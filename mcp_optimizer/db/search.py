@@ -337,6 +337,21 @@ class ToolSearch:
                 "ORDER BY s.workload_name, t.name"), params)
             return [ToolHit(**self._hit_fields(row), score=0.0) for row in rows]
 
+    async def running_groups(
+        self, *, groups: Sequence[str] | None = None, namespaces: Sequence[str] | None = None
+    ) -> list[str]:
+        """The groups that have RUNNING workloads, within ``groups``/``namespaces`` (None: all)."""
+        if (groups is not None and not groups) or (namespaces is not None and not namespaces):
+            return []
+        params: dict[str, Any] = {}
+        where = ["s.status = 'RUNNING'", *_scope_clauses(
+            params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(
+                f'SELECT DISTINCT s."group" FROM mcpservers_workload s WHERE {" AND ".join(where)} '
+                'ORDER BY s."group"'), params)
+            return [str(group) for group in rows.scalars()]
+
     async def tool_input_schema(self, workload_name: str, tool: str) -> dict[str, Any] | None:
         """The stored ``inputSchema`` of one tool of a workload, or None."""
         import json

@@ -49,8 +49,10 @@ logger = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
 SERVER_NAME = "mcp-optimizer"
-#: Seconds open streams (SSE, streamable HTTP GET) get to finish before shutdown cancels them.
-GRACEFUL_SHUTDOWN_SECONDS = 3
+#: Seconds open requests get to finish before shutdown cancels them. Idle streams (an agent's
+#: SSE or streamable HTTP GET stream) never finish by themselves and always cost all of it, so
+#: it is short: stopping the operator must take well under the 2 s a rollout can spare.
+GRACEFUL_SHUTDOWN_SECONDS = 1
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -251,6 +253,12 @@ class McpEndpoint:
             # uvicorn exits the process when the app's startup fails; here that would take the
             # operator down with it, so it becomes an ordinary error.
             raise EndpointError("the MCP endpoint failed to start; see the log") from exc
+
+    async def wait(self) -> None:
+        """Return when the endpoint has stopped serving (after :meth:`stop`, or a failure)."""
+        task = self._task
+        if task is not None:
+            await asyncio.wait({task})
 
     async def stop(self) -> None:
         """Stop accepting, give open requests a moment, then close everything. Idempotent."""

@@ -228,6 +228,18 @@ class OptimizerTools:
                 "No running tool matches. Rephrase the task or add keywords; search_registry finds "
                 "servers that could be installed."
             )
+            if args.group is not None:
+                # Only groups this caller can use are named: a group of another scope reads
+                # exactly like one that does not exist.
+                usable = await self.search.running_groups(
+                    groups=scope.groups_for(None), namespaces=scope.namespace_filter()
+                )
+                if args.group not in usable:
+                    shown = ", ".join(f"'{g}'" for g in usable[:_NAMES_IN_ERRORS]) or "none"
+                    result["hint"] = (
+                        f"No running server you can use is in group '{args.group}'. Groups with running "
+                        f"servers you can use: {shown}. Omit group to search every server you can use."
+                    )
         return result
 
     async def search_registry(self, args: SearchRegistryArgs, scope: AccessScope) -> dict[str, Any]:

@@ -91,6 +91,10 @@ async def _sync(body: kopf.Body, reconciler: WorkloadReconciler, *, retry: int, 
         raise kopf.TemporaryError("tools/list failed; see the ToolsIndexed condition", delay=backoff(retry))
 
 
+def _is_deletion(*, type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
 def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None:
     """Register the MCPServer handlers in ``registry``."""
     resource = (GROUP, VERSION, PLURAL)
@@ -102,7 +106,9 @@ def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None
         reconcile_server
     )
     kopf.on.delete(*resource, id="remove", registry=registry)(delete_server)
-    kopf.on.event(*resource, id="removed", registry=registry)(server_event)
+    # Only DELETED events: kopf logs "Handler 'removed' succeeded." for every event it runs
+    # the handler on (12 of the first 54 lines of a run with three servers).
+    kopf.on.event(*resource, id="removed", when=_is_deletion, registry=registry)(server_event)
     kopf.timer(
         *resource,
         id="resync",

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,8 @@ class OperatorContext:
     catalogs: CatalogSync
     lister: ClusterLister
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Run first when the operator stops (the process's other servers), see :func:`run_operator`.
+    on_stop: Callable[[], Awaitable[None]] | None = None
 
 
 def operator_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -106,6 +109,13 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
     @kopf.on.cleanup(registry=registry)
     async def cleanup(*, memo: Any, **_: Any) -> None:
         context: OperatorContext = memo
+        if context.on_stop is not None:
+            # Before kopf looks for tasks it did not start: it waits 5 s for those, then cancels
+            # them (an open MCP stream would cost the 5 s and end in a cancellation traceback).
+            try:
+                await context.on_stop()
+            except Exception:
+                logger.exception("Stopping the process's servers failed")
         await _stop_background(context)
 
     pods.register(registry)
@@ -170,6 +180,7 @@ async def run_operator(
     list_tools: ListTools | None = None,
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or a signal).
 
@@ -178,8 +189,10 @@ async def run_operator(
     ``settings.db_path`` with ``embedder`` (or the model from ``settings``). ``ready_flag`` is
     set once the startup handler (garbage collection, catalogs) has finished.
 
-    kopf treats every task created in this loop after it starts as its own and cancels those
-    left at exit: start other long-running tasks of the process (the MCP endpoint) first.
+    kopf treats every task created in this loop after it starts as its own: at exit it waits
+    5 s for those still running, then cancels them. ``on_stop`` runs as the operator begins to
+    stop, before that: it must stop the process's other servers (the MCP endpoint), whose
+    connections are such tasks.
     """
     kube_config = load_client_config(kubeconfig)
     own_indexer = indexer is None
@@ -195,6 +208,7 @@ async def run_operator(
         reconciler=reconciler,
         catalogs=CatalogSync(indexer, reconciler),
         lister=ClusterLister(api_client, settings.namespaces),
+        on_stop=on_stop,
     )
     try:
         await kopf.operator(
@@ -218,12 +232,13 @@ async def run_operator(
 async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     """``mcp-optimizer run``: the operator and the MCP endpoint in one asyncio process.
 
-    Both share one embedding model and one index. Runs until SIGINT/SIGTERM (kopf handles them
-    and stops; the endpoint follows) or until either part fails (the other is stopped).
+    Both share one embedding model and one index. Runs until SIGINT/SIGTERM (kopf handles them:
+    its cleanup stops the endpoint and the readiness report first, then kopf itself stops) or
+    until the endpoint fails (the operator is then stopped).
     """
     from mcp_optimizer.db.search import ToolSearch
     from mcp_optimizer.embeddings import FastEmbedder
-    from mcp_optimizer.mcp.server import serve
+    from mcp_optimizer.mcp.server import McpEndpoint
     from mcp_optimizer.metrics import METRICS, start_metrics_server
 
     embedder = FastEmbedder(
@@ -234,36 +249,53 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     indexer = await Indexer.open(settings, embedder)
     METRICS.watch_embedder(embedder)
     metrics_server = None
-    if settings.metrics_port:
-        metrics_server = await start_metrics_server(METRICS, port=settings.metrics_port, engine=indexer.engine)
-    stop_endpoint = asyncio.Event()
-    search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
-    ready = asyncio.Event()
-
-    async def report_ready() -> None:
-        # /readyz turns 200 once the startup pass (garbage collection, catalogs) is done.
-        await ready.wait()
-        METRICS.set_ready()
-        logger.info("Operator ready: the first reconcile pass is done")
-
-    # Started before kopf: kopf adopts (and cancels at its exit) every task created after it starts.
-    endpoint = asyncio.create_task(serve(settings, search, stop=stop_endpoint), name="mcp endpoint")
-    readiness = asyncio.create_task(report_ready(), name="readiness")
-    operator = asyncio.create_task(
-        run_operator(settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready), name="operator"
-    )
+    endpoint: McpEndpoint | None = None
+    readiness: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait({endpoint, operator}, return_when=asyncio.FIRST_COMPLETED)
+        if settings.metrics_port:
+            metrics_server = await start_metrics_server(
+                METRICS, host=settings.metrics_host, port=settings.metrics_port, engine=indexer.engine
+            )
+        search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
+        # Serving before kopf starts: kopf adopts every task created after it starts.
+        endpoint = McpEndpoint(settings, search)
+        await endpoint.start()
+        ready = asyncio.Event()
+        stop = asyncio.Event()
+
+        async def report_ready() -> None:
+            # /readyz turns 200 once the startup pass (garbage collection, catalogs) is done.
+            await ready.wait()
+            METRICS.set_ready()
+            logger.info("Operator ready: the first reconcile pass is done")
+
+        async def watch_endpoint(serving: McpEndpoint) -> None:
+            await serving.wait()
+            if not stop.is_set():
+                logger.error("The MCP endpoint stopped unexpectedly; stopping the operator")
+                stop.set()
+
+        async def stop_serving() -> None:
+            stop.set()
+            METRICS.set_ready(False)
+            if endpoint is not None:
+                await endpoint.stop()
+
+        readiness = asyncio.create_task(report_ready(), name="readiness")
+        watcher = asyncio.create_task(watch_endpoint(endpoint), name="mcp endpoint watcher")
+        try:
+            await run_operator(
+                settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready, stop_flag=stop,
+                on_stop=stop_serving,
+            )
+        finally:
+            watcher.cancel()
     finally:
-        stop_endpoint.set()
-        readiness.cancel()
+        if readiness is not None:
+            readiness.cancel()
         METRICS.set_ready(False)
-        if not operator.done():
-            operator.cancel()
-        results = await asyncio.gather(endpoint, operator, return_exceptions=True)
+        if endpoint is not None:
+            await endpoint.stop()
         if metrics_server is not None:
             await metrics_server.stop()
         await indexer.close()
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise result

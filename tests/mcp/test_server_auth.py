@@ -99,7 +99,16 @@ async def _team_a_session(client: Client, transcript: Transcript) -> None:
     assert {server for server, _ in hits(await call("find_tool", slack_query))} <= {"ns-a/github", "ns-a/postgres"}
     own_query = {"tool_description": "create an issue in a github repository"}
     assert hits(await call("find_tool", own_query))[0] == ("ns-a/github", "create_issue")
-    assert hits(await call("find_tool", {**slack_query, "group": "team-b"})) == []
+    # A group outside the scope reads like one that does not exist; the hint names only the
+    # caller's own groups. (It echoes the name sent, so it is compared, not transcribed.)
+    group_hints = []
+    for group in ("team-b", "no-such-group"):
+        result = await client.call_tool("find_tool", {**slack_query, "group": group})
+        assert hits(result) == []
+        group_hints.append(payload(result)["hint"].replace(group, "<group>"))
+    assert group_hints[0] == group_hints[1]
+    assert group_hints[0].startswith("No running server you can use is in group '<group>'")
+    assert "Groups with running servers you can use: 'team-a'." in group_hints[0]
     estimate = payload(await call("find_tool", slack_query))["token_estimate"]
 
     everything = payload(await call("list_tools", {}))
