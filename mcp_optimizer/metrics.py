@@ -15,8 +15,9 @@ own with a private registry. What is measured:
 * ``mcp_optimizer_find_tool_duration_seconds``: ``find_tool`` latency (:meth:`Metrics.time_find_tool`);
 * ``mcp_optimizer_embedding_seconds_total`` / ``mcp_optimizer_embedded_texts_total``: time spent
   in the model and texts embedded, read from the :class:`~mcp_optimizer.embeddings.Embedder`'s
-  own counters (:meth:`Metrics.watch_embedder`), plus an optional per-call histogram
-  ``mcp_optimizer_embedding_duration_seconds`` (:meth:`Metrics.observe_embedding`);
+  own counters (:meth:`Metrics.watch_embedder`), and ``mcp_optimizer_embedding_duration_seconds``,
+  the wall time of every call that ran the model (a query, a workload's tools, a catalog),
+  reported by the embedder itself;
 * ``mcp_optimizer_catalog_parse_errors_total{catalog}``: catalogs that failed to parse;
 * ``mcp_optimizer_ready``: 1 once the first reconcile pass is done (:meth:`Metrics.set_ready`).
 
@@ -112,7 +113,7 @@ class Metrics:
         )
         self.embedding_call_seconds = Histogram(
             "embedding_duration_seconds",
-            "Duration of one embedding call (a batch of texts).",
+            "Wall time of one call that ran the embedding model (a query, a workload's tools, a catalog).",
             namespace=NAMESPACE,
             buckets=EMBEDDING_BUCKETS,
             registry=r,
@@ -212,13 +213,16 @@ class Metrics:
         finally:
             self.find_tool_seconds.observe(time.perf_counter() - started)
 
-    def observe_embedding(self, seconds: float) -> None:
+    def observe_embedding(self, texts: int, seconds: float) -> None:
+        """One call that ran the model: ``texts`` embedded in ``seconds`` (wall time)."""
         self.embedding_call_seconds.observe(seconds)
 
     def watch_embedder(self, embedder: Any) -> None:
-        """Export an Embedder's ``seconds_embedding`` / ``texts_embedded`` totals."""
+        """Export an Embedder's ``seconds_embedding`` / ``texts_embedded`` totals and time each
+        of its model runs in ``mcp_optimizer_embedding_duration_seconds``."""
         if embedder not in self._embedders.embedders:
             self._embedders.embedders.append(embedder)
+            embedder.observers.append(self.observe_embedding)
 
     # --- index counts -------------------------------------------------------------------
 

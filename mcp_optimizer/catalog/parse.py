@@ -221,7 +221,7 @@ def parse_catalog(data: str | bytes | Mapping[str, Any]) -> ParsedCatalog:
             )
         entries = list(_parse_upstream(document["data"], warnings))
     elif "servers" in document or "remote_servers" in document:
-        entries = list(_parse_legacy(document))
+        entries = list(_parse_legacy(document, warnings))
     else:
         raise CatalogParseError(
             "unrecognised catalog: expected top-level 'servers'/'remote_servers' (legacy format)"
@@ -283,7 +283,7 @@ def _decode(data: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
 # --- legacy format -----------------------------------------------------------------------------
 
 
-def _parse_legacy(document: Mapping[str, Any]) -> Iterator[CatalogEntry]:
+def _parse_legacy(document: Mapping[str, Any], warnings: list[str]) -> Iterator[CatalogEntry]:
     """Yield the container then the remote entries of a legacy-format catalog."""
     for section, remote in (("servers", False), ("remote_servers", True)):
         servers = document.get(section)
@@ -296,13 +296,26 @@ def _parse_legacy(document: Mapping[str, Any]) -> Iterator[CatalogEntry]:
         for name, server in servers.items():
             if not isinstance(server, Mapping):
                 raise CatalogParseError(f"server {name!r}: must be an object, got {_kind(server)}")
-            yield _legacy_entry(str(name), server, remote)
+            yield _legacy_entry(str(name), server, remote, warnings)
 
 
-def _legacy_entry(name: str, server: Mapping[str, Any], remote: bool) -> CatalogEntry:
-    """Build one entry of the legacy format, whose identifier is ``url`` or ``image``."""
+def _legacy_entry(name: str, server: Mapping[str, Any], remote: bool, warnings: list[str]) -> CatalogEntry:
+    """Build one entry of the legacy format, whose identifier is ``url`` or ``image``.
+
+    The section decides the kind: an entry of ``servers`` that also has a ``url`` (or of
+    ``remote_servers`` with an ``image``) is indexed by its section's identifier, with a warning
+    naming what is ignored.
+    """
     where = f"server {name!r}"
     key = "url" if remote else "image"
+    other = "image" if remote else "url"
+    if isinstance(server.get(other), str) and server[other].strip():
+        section, other_section = ("remote_servers", "servers") if remote else ("servers", "remote_servers")
+        warnings.append(
+            f"{where} in '{section}' has both url and image: it is indexed as a "
+            f"{'remote' if remote else 'container'} server by its {key}, and its {other} {server[other]!r} "
+            f"is ignored; to index both, add the {other} as its own entry under '{other_section}'"
+        )
     identifier = server.get(key)
     if identifier is None or (isinstance(identifier, str) and not identifier.strip()):
         raise CatalogParseError(

@@ -21,7 +21,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -73,6 +73,8 @@ class Embedder:
         #: Texts actually run through the model (cache misses), for tests and benchmarks.
         self.texts_embedded = 0
         self.seconds_embedding = 0.0
+        #: Called with (texts, seconds) after every call that ran the model (metrics).
+        self.observers: list[Callable[[int, float], None]] = []
 
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         raise NotImplementedError
@@ -103,9 +105,12 @@ class Embedder:
         except Exception as exc:  # the ONNX runtime raises its own types
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         matrix = np.concatenate(vectors) if vectors else np.empty((0, EMBEDDING_DIM), np.float32)
+        elapsed = time.perf_counter() - started
+        for observer in self.observers:
+            observer(len(unique), elapsed)
         with self._lock:
             self.texts_embedded += len(unique)
-            self.seconds_embedding += time.perf_counter() - started
+            self.seconds_embedding += elapsed
             for text, vector in zip(unique, matrix, strict=True):
                 for i in missing[text]:
                     result[i] = vector

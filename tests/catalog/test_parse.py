@@ -254,6 +254,24 @@ def test_legacy_minimal_entries() -> None:
     assert (entry.description, entry.tags, entry.tools, entry.transport) == ("", [], [], None)
 
 
+def test_legacy_entry_with_both_url_and_image_is_indexed_by_its_section_with_a_warning() -> None:
+    parsed = parse_catalog({
+        "servers": {"both": {"image": "ghcr.io/acme/both:1", "url": "https://both.example/mcp"}},
+        "remote_servers": {"remote-both": {"url": "https://rb.example/mcp", "image": "ghcr.io/acme/rb:1"}},
+    })
+    [container, remote] = parsed.entries
+    assert (container.remote, container.package, container.url) == (False, "ghcr.io/acme/both:1", None)
+    assert (remote.remote, remote.url, remote.package) == (True, "https://rb.example/mcp", None)
+    assert parsed.warnings == [
+        "server 'both' in 'servers' has both url and image: it is indexed as a container server by its image, and "
+        "its url 'https://both.example/mcp' is ignored; to index both, add the url as its own entry under "
+        "'remote_servers'",
+        "server 'remote-both' in 'remote_servers' has both url and image: it is indexed as a remote server by its "
+        "url, and its image 'ghcr.io/acme/rb:1' is ignored; to index both, add the image as its own entry under "
+        "'servers'",
+    ]
+
+
 def test_empty_catalogs_are_valid() -> None:
     assert parse_catalog({"servers": {}}) == ParsedCatalog(entries=[], warnings=[])
     assert parse_catalog(_upstream()) == ParsedCatalog(entries=[], warnings=[])

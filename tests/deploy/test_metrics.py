@@ -53,12 +53,13 @@ def test_find_tool_embedding_and_catalog_errors():
     m = Metrics()
     with m.time_find_tool():
         pass
-    m.observe_embedding(0.2)
+    m.observe_embedding(3, 0.2)
     m.catalog_parse_error("ns/bad")
 
     class FakeEmbedder:
         texts_embedded = 42
         seconds_embedding = 1.5
+        observers: list[object] = []
 
     m.watch_embedder(FakeEmbedder())
     s = samples(m.render().decode())
@@ -129,3 +130,22 @@ async def test_start_metrics_server_helper(indexer):
         assert status == 200 and "mcp_optimizer_workload_servers" in body
     finally:
         await server.stop()
+
+
+def test_embedding_duration_is_the_models_real_time(embedder):
+    # It used to stay at 0: nothing fed the histogram. The embedder now reports every call that
+    # runs the model; cache hits do not run it and are not counted.
+    m = Metrics()
+    m.watch_embedder(embedder)
+    try:
+        before = embedder.seconds_embedding
+        texts = [f"measure embedding time {i} {id(m)}" for i in range(40)]
+        embedder.embed(texts)
+        embedder.embed(texts)  # all cached
+        spent = embedder.seconds_embedding - before
+        s = samples(m.render().decode())
+        assert s[("mcp_optimizer_embedding_duration_seconds_count", ())] == 1
+        assert s[("mcp_optimizer_embedding_duration_seconds_sum", ())] == pytest.approx(spent)
+        assert spent > 0.001  # 40 texts through the real model take milliseconds at least
+    finally:
+        embedder.observers.remove(m.observe_embedding)
