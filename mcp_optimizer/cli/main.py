@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
+from mcp_optimizer.cli.progress import Progress
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.engine import IndexOpenError
 from mcp_optimizer.db.models import WorkloadStatus
@@ -66,9 +67,15 @@ async def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     name = args.name or Path(args.file).stem
+    progress = Progress()
 
     async def action(indexer: Indexer) -> int:
-        result = await indexer.load_catalog(name, parsed.entries, parsed.warnings)
+        progress.start(f"catalog {name}: embedding {len(parsed.entries):,} servers and their tools")
+        indexer.embedder.batch_observers.append(lambda done, total: progress.update(done, total, "texts"))
+        try:
+            result = await indexer.load_catalog(name, parsed.entries, parsed.warnings)
+        finally:
+            progress.done()
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(
@@ -210,15 +217,21 @@ async def cmd_workload_apply(args: argparse.Namespace, settings: Settings) -> in
         except IndexError_ as exc:
             raise CliError(str(exc)) from exc
 
+    progress = Progress()
+
     async def action(indexer: Indexer) -> int:
         failed = 0
-        for spec in specs:
+        progress.start("applying workloads")
+        for done, spec in enumerate(specs):
+            progress.update(done, len(specs), "workloads", spec.workload_name)
             try:
                 result = await indexer.apply_workload(spec)
             except DuplicateRegistryServersError as exc:
+                progress.clear()
                 print(f"error: {exc}", file=sys.stderr)
                 failed += 1
                 continue
+            progress.clear()
             if result.error is not None:
                 print(f"error: workload {spec.workload_name!r}: {result.error}", file=sys.stderr)
                 failed += 1
@@ -229,7 +242,10 @@ async def cmd_workload_apply(args: argparse.Namespace, settings: Settings) -> in
                       "they only run as MCP tasks, which call_tool does not support", file=sys.stderr)
             link = f"linked to {result.registry_catalog}/{result.registry_server_name}" \
                 if result.registry_server_name else "unlinked"
-            print(f"workload {result.workload_name}: {result.status.value}, {result.tool_count} tools, {link}")
+            print(f"workload {result.workload_name}: {result.status.value}, {result.tool_count} tools, {link}",
+                  flush=True)
+        progress.update(len(specs), len(specs), "workloads")
+        progress.done()
         return 1 if failed else 0
 
     return await _with_indexer(settings, action)

@@ -75,6 +75,8 @@ class Embedder:
         self.seconds_embedding = 0.0
         #: Called with (texts, seconds) after every call that ran the model (metrics).
         self.observers: list[Callable[[int, float], None]] = []
+        #: Called with (texts done, texts to do) after every model run of a call (progress).
+        self.batch_observers: list[Callable[[int, int], None]] = []
 
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         raise NotImplementedError
@@ -96,10 +98,14 @@ class Embedder:
         unique = sorted(missing, key=len)
         started = time.perf_counter()
         vectors: list[npt.NDArray[np.float32]] = []
+        done = 0
         try:
             for batch in self._batches(unique):
                 with self._model_lock:
                     vectors.append(self._embed_batch(batch))
+                done += len(batch)
+                for batch_observer in self.batch_observers:
+                    batch_observer(done, len(unique))
         except EmbeddingError:
             raise
         except Exception as exc:  # the ONNX runtime raises its own types
