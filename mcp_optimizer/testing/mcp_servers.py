@@ -129,16 +129,21 @@ class ToolRegistry:
         self._calls: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=_MAX_RECORDED_CALLS)
         self.set_tools(tools)
 
-    def set_tools(self, tools: Iterable[ToolDef | types.Tool]) -> None:
+    def set_tools(self, tools: Iterable[ToolDef | types.Tool], *, allow_repeated_names: bool = False) -> None:
         """Replace the whole tool list; the next ``tools/list`` sees the new one.
 
+        ``allow_repeated_names``: serve the list as given even when a name repeats, as buggy
+        servers do (a call then runs the first tool of that name).
+
         Raises:
-            ValueError: A definition is not a valid MCP tool, or a name repeats.
+            ValueError: A definition is not a valid MCP tool, or a name repeats (unless allowed).
         """
         parsed = tuple(_to_mcp_tool(tool) for tool in tools)
         by_name: dict[str, types.Tool] = {}
         for tool in parsed:
             if tool.name in by_name:
+                if allow_repeated_names:
+                    continue
                 raise ValueError(f"duplicate tool name {tool.name!r}")
             by_name[tool.name] = tool
         with self._lock:

@@ -36,18 +36,22 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
         **os.environ,
         "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
         "MCP_OPTIMIZER_NAMESPACES": ns,
-        "MCP_OPTIMIZER_MCP_HOST": "127.0.0.1",
-        "MCP_OPTIMIZER_MCP_PORT": str(mcp_port),
-        "MCP_OPTIMIZER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
-        "MCP_OPTIMIZER_METRICS_PORT": str(metrics_port),
+        # Flags override the environment: these must lose.
+        "MCP_OPTIMIZER_MCP_HOST": "0.0.0.0",
+        "MCP_OPTIMIZER_MCP_PORT": "1",
+        "MCP_OPTIMIZER_METRICS_PORT": "1",
         "MCP_OPTIMIZER_LOG_FORMAT": "json",
     }
     command = [
         sys.executable, "-c", "import sys; from mcp_optimizer.cli.main import main; sys.exit(main())",
         "--db", str(tmp_path / "index.db"), "run", "--kubeconfig", kubeconfig,
+        "--mcp-host", "127.0.0.1", "--mcp-port", str(mcp_port), "--mcp-path", "/agents/mcp",
+        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+        "--liveness", f"http://127.0.0.1:{health_port}/healthz",
     ]
     log = (tmp_path / "run.log").open("wb")
-    with McpTestServer([make_tool("book_flight", "Book a flight between two airports")]) as server:
+    # A pre-2026 server (as most are): every connection's protocol probe gets HTTP 400.
+    with McpTestServer([make_tool("book_flight", "Book a flight between two airports")], legacy=True) as server:
         kube.create_server(ns, "travel", {"url": server.url})
         process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -63,7 +67,7 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
             assert 'mcp_optimizer_reconciles_total{kind="MCPServer",outcome="ok"}' in metrics
             assert 'mcp_optimizer_workload_tools{status="RUNNING"} 1.0' in metrics
 
-            endpoint = f"http://127.0.0.1:{mcp_port}/mcp"
+            endpoint = f"http://127.0.0.1:{mcp_port}/agents/mcp"
 
             async def tools() -> list[str]:
                 try:
@@ -87,6 +91,11 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
                 log.close()
     output = (tmp_path / "run.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
+    # Stopping is clean: no ERROR, no traceback (kopf used to cancel the endpoint's tasks).
+    assert '"level": "ERROR"' not in output and "Traceback" not in output, output[-3000:]
+    # Quiet: no per-request HTTP lines, so no "400 Bad Request" from the protocol probe either.
+    assert "HTTP Request:" not in output and "400 Bad Request" not in output, output[-3000:]
+    assert "Handler 'removed' succeeded" not in output
     # Structured logs: one JSON object per line, one line per reconcile with what changed.
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     reconciles = [r for r in records if r["logger"] == "mcp_optimizer.reconcile"]
