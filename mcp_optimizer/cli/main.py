@@ -357,6 +357,41 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_mcp_call(args: argparse.Namespace, settings: Settings) -> int:
+    """Call one tool of an MCP endpoint (this operator's, or any) and print what it answered."""
+    from mcp_optimizer.mcp.client import McpClientError, call_tool
+
+    arguments: dict[str, Any] = {}
+    for pair in args.arguments:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"argument {pair!r} is not NAME=VALUE")
+        # Sent as strings, as the MCP Inspector's CLI sends them: the endpoint reads a string as
+        # the type the tool's schema asks for (see mcp_optimizer.mcp.arguments).
+        arguments[name] = value
+    headers = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.token_file}: {exc.strerror or exc}") from exc
+        headers = {"Authorization": f"Bearer {token}"}
+    try:
+        result = await call_tool(args.url, args.transport, args.tool, arguments, args.timeout, headers)
+    except McpClientError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        _print_json(result)
+    else:
+        for block in result["content"]:
+            text = block.get("text") if block.get("type") == "text" else json.dumps(block)
+            try:
+                print(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
+            except (TypeError, ValueError):
+                print(text)
+    return 1 if result["isError"] else 0
+
+
 # --------------------------------------------------------------------------------- parser
 
 
@@ -422,6 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="kopf's liveness probe, e.g. http://127.0.0.1:8081/healthz "
                      "(default: $MCP_OPTIMIZER_LIVENESS_ENDPOINT, else off)")
     run.set_defaults(handler=cmd_run)
+
+    mcp_call = commands.add_parser(
+        "mcp-call", help="call a tool of an MCP endpoint and print the answer",
+        description="Call one tool of an MCP endpoint, e.g. mcp-optimizer mcp-call http://127.0.0.1:8080/mcp "
+        "find_tool tool_description='what time is it in Tokyo' limit=3")
+    mcp_call.add_argument("url", help="the endpoint, e.g. http://127.0.0.1:8080/mcp")
+    mcp_call.add_argument("tool")
+    mcp_call.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
+                          help="tool arguments; values are sent as strings, JSON text for objects")
+    mcp_call.add_argument("--transport", default="streamable-http", choices=("streamable-http", "sse"))
+    mcp_call.add_argument("--token-file", type=Path, help="file holding a bearer token")
+    mcp_call.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    mcp_call.add_argument("--json", action="store_true", help="print the whole MCP result as JSON")
+    mcp_call.set_defaults(handler=cmd_mcp_call)
 
     serve = commands.add_parser("serve", help="serve the MCP endpoint over an existing index file")
     serve.add_argument("--host")

@@ -10,7 +10,8 @@ its stdin and stdout with the SDK's stdio client, and serves every HTTP session 
 mcp-proxy (built on MCP SDK 1.x) it answers the 2026 protocol probe with HTTP 400.
 
 Run one standalone with
-``python -m mcp_optimizer.testing.stdio_bridge --tools tools.json --port 8000``.
+``python -m mcp_optimizer.testing.stdio_bridge --tools tools.json --port 8000``, or in front of
+any stdio server with ``python -m mcp_optimizer.testing.stdio_bridge --port 8000 -- COMMAND ARGS``.
 """
 
 from __future__ import annotations
@@ -181,13 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the echo MCP server over stdio behind an HTTP bridge (streamable HTTP at /mcp, SSE at "
         "/sse), as ToolHive's proxy or mcp-proxy run stdio servers.",
     )
-    parser.add_argument("--tools", type=Path, required=True, help="JSON file: a list of MCP tool objects")
+    parser.add_argument("--tools", type=Path, help="JSON file: a list of MCP tool objects for the echo server")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--name", default="stdio-server")
     parser.add_argument("--page-size", type=int, default=None)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS: the stdio server to bridge")
     args = parser.parse_args(argv)
-    app = build_bridge_app(stdio_server_parameters(args.tools.resolve(), name=args.name, page_size=args.page_size))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command:
+        child = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    elif args.tools is not None:
+        child = stdio_server_parameters(args.tools.resolve(), name=args.name, page_size=args.page_size)
+    else:
+        parser.error("give --tools FILE or -- COMMAND ARGS")
+    app = build_bridge_app(child)
     uvicorn.run(app, host=args.host, port=args.port, lifespan="on", log_level="warning")
     return 0
 

@@ -1,0 +1,1 @@
+"""The one-command demo (``scripts/demo``): the operator for real on the local control plane."""
