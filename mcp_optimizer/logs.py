@@ -37,7 +37,8 @@ class JsonFormatter(logging.Formatter):
 #: pre-2026 server, which read like a failure and is not one).
 DEMOTED_LOGGERS = (
     "httpx", "httpx2", "httpcore", "httpcore2",
-    "mcp.client", "mcp.server.streamable_http_manager", "mcp.server.lowlevel",
+    "mcp.client", "mcp.server.streamable_http", "mcp.server.streamable_http_manager", "mcp.server.lowlevel",
+    "mcp.server.sse",
     "uvicorn.error", "alembic.runtime.migration",
 )
 
