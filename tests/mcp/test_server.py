@@ -54,7 +54,9 @@ async def test_advertises_meta_tools_and_running_pins(endpoint: McpEndpoint) -> 
     assert set(tools) == META | {"ns-a_github__create_issue", "ns-b_slack__send_message"}
     assert "FIRST" in (tools["find_tool"].description or "")
     assert tools["find_tool"].input_schema["required"] == ["tool_description"]
-    assert tools["find_tool"].input_schema["properties"]["limit"]["anyOf"][0]["maximum"] == 50
+    # A plain type (no anyOf with null): clients that convert strings by the type can see it.
+    assert tools["find_tool"].input_schema["properties"]["limit"]["maximum"] == 50
+    assert tools["find_tool"].input_schema["properties"]["limit"]["type"] == "integer"
     assert tools["call_tool"].input_schema["required"] == ["server_name", "tool_name"]
     pinned = tools["ns-a_github__create_issue"]
     assert pinned.input_schema == GITHUB[0]["inputSchema"]
@@ -261,7 +263,7 @@ async def test_backend_failures_become_error_results(world: Indexer, settings: S
         ("find_tool", {"tool_description": "x" * 2001}, "'tool_description' is too long (at most 2000"),
         ("find_tool", {"tool_description": "x", "limit": 0}, "'limit' must be between 1 and 50"),
         ("find_tool", {"tool_description": "x", "limit": 51}, "'limit' must be between 1 and 50"),
-        ("find_tool", {"tool_description": "x", "limit": "5"}, "'limit' must be an integer"),
+        ("find_tool", {"tool_description": "x", "limit": "five"}, "'limit' must be an integer"),
         ("find_tool", {"tool_description": "x", "limit": True}, "'limit' must be an integer"),
         ("find_tool", {"tool_description": 42}, "'tool_description' must be a string"),
         ("find_tool", {"tool_description": "x", "tool_keywords": [1]}, "'tool_keywords' must be a string or a list"),
