@@ -337,6 +337,14 @@ class ToolSearch:
                 "ORDER BY s.workload_name, t.name"), params)
             return [ToolHit(**self._hit_fields(row), score=0.0) for row in rows]
 
+    async def workload_namespaces(self) -> set[str]:
+        """Every namespace that holds a workload (what Kubernetes auth asks a caller's access about)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT DISTINCT namespace FROM mcpservers_workload WHERE namespace IS NOT NULL")
+            )
+            return {str(ns) for ns in rows.scalars()}
+
     async def get_workload(self, workload_name: str) -> WorkloadInfo | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(text(

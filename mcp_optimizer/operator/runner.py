@@ -247,7 +247,10 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         logger.info("Operator ready: the first reconcile pass is done")
 
     # Started before kopf: kopf adopts (and cancels at its exit) every task created after it starts.
-    endpoint = asyncio.create_task(serve(settings, search, stop=stop_endpoint), name="mcp endpoint")
+    # The endpoint reviews callers' tokens against the cluster the operator watches.
+    endpoint = asyncio.create_task(
+        serve(settings, search, kube_config=load_client_config(kubeconfig), stop=stop_endpoint), name="mcp endpoint"
+    )
     readiness = asyncio.create_task(report_ready(), name="readiness")
     operator = asyncio.create_task(
         run_operator(settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready), name="operator"
