@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: The identity of a request that passed no auth middleware (in-process use only).
 UNKNOWN_IDENTITY = "unknown"
+#: Seconds between two log lines about sessions closed to make room.
+_LOG_EVERY = 30.0
 
 
 class SessionLimitReached(Exception):
@@ -93,6 +96,8 @@ class SessionLimits:
         self._by_identity: dict[str, dict[Hashable, None]] = {}
         #: Sessions closed to make room (the largest holder's).
         self.evicted = 0
+        self._logged_evictions = 0
+        self._next_log = 0.0
 
     def count(self, identity: str | None = None) -> int:
         if identity is None:
@@ -142,11 +147,18 @@ class SessionLimits:
             self.release(victim)
             session.close()
             self.evicted += 1
-            logger.info(
-                "MCP sessions: %d open (the limit); closed the longest idle session of %s, which holds the most",
-                self.total,
-                identity,
-            )
+            # Under a flood of new sessions this happens per request: one line per interval, not per session.
+            now = time.monotonic()
+            if now >= self._next_log:
+                logger.warning(
+                    "MCP sessions: %d open (the limit); closed %d sessions since the last report, now one of %s "
+                    "(the caller holding the most)",
+                    self.total,
+                    self.evicted - self._logged_evictions,
+                    identity,
+                )
+                self._logged_evictions = self.evicted
+                self._next_log = now + _LOG_EVERY
             return True
         return False
 
