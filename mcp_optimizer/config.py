@@ -113,7 +113,7 @@ class Settings:
     #: Open MCP sessions (streamable HTTP and SSE together) one caller identity may hold.
     sessions_per_identity: int = 64
     #: Open MCP sessions in all; when full, the largest holder's least recently used one is closed.
-    max_sessions: int = 2000
+    max_sessions: int = 1000
 
     @property
     def trusted_catalog_namespaces(self) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """Bounded MCP sessions: a short idle timeout, a cap per caller identity, a cap in all.
 
-The SDK keeps a streamable HTTP session (about 33 KB: a server task, memory streams, the
-transport) until the client deletes it or it has been idle for its timeout (30 minutes by
-default), and once ``max_sessions`` are open it refuses every new one with 503, whoever holds
+The SDK keeps a streamable HTTP session (a server task, memory streams, the transport: about
+41 KiB, measured by ``bench/sessions.py``) until the client deletes it or it has been idle for
+its timeout (30 minutes by default), and once ``max_sessions`` are open it refuses every new one with 503, whoever holds
 them: one client that opens sessions and walks away locks everybody out (10,000 abandoned
 sessions did). SSE sessions last as long as their GET stream, with no cap at all.
 

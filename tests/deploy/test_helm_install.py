@@ -120,7 +120,7 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
         assert (settings.session_idle_timeout, settings.sessions_per_identity, settings.max_sessions) == (
             300,
             64,
-            2000,
+            1000,
         )
         policy = client.NetworkingV1Api(kube_api).read_namespaced_network_policy(fullname, namespace)
         assert [p.port for rule in policy.spec.ingress for p in rule.ports] == ["mcp", "metrics"]

@@ -208,7 +208,7 @@ def test_session_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert (Settings().session_idle_timeout, Settings().sessions_per_identity, Settings().max_sessions) == (
         300.0,
         64,
-        2000,
+        1000,
     )
 
 
