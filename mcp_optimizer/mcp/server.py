@@ -10,6 +10,10 @@ Routes (paths configurable in :class:`~mcp_optimizer.config.Settings`):
 * ``/sse`` and ``/messages/``: the older HTTP+SSE transport;
 * ``/healthz``: liveness, without a token.
 
+Every other request passes the auth middleware (:mod:`.auth`: Kubernetes, static tokens or
+none) and every session is counted per caller (:mod:`.sessions`). Where it listens follows the
+auth mode (:func:`~mcp_optimizer.config.endpoint_host`): without auth, loopback unless told otherwise.
+
 The SDK's low-level server is used rather than ``MCPServer`` because the tool list is not
 static: pinned tools appear and disappear with their workloads, per caller scope.
 """
