@@ -345,12 +345,12 @@ async def test_reviews_are_cached_briefly_and_rbac_changes_follow(
     ttl = 2.0
     async with McpEndpoint(auth_settings(settings, auth_cache_ttl=ttl), search, kube_config=kube_config) as ep:
         assert await servers_seen(ep.url, token) == team_a
-        # Granted team B too: visible once the cached decision expires, not before the TTL.
+        # Granted team B too: visible once the cached decision has expired (the TTL).
         bind(kube_api, "read-mcpservers", READ_MCPSERVERS, (tenants.home, "reader"), ns=tenants.b)
         wait_authorized(kube_api, True, tenants.user("reader"), "get", "mcpservers", "mcp-optimizer.dev", tenants.b)
         granted = time.monotonic()
         while await servers_seen(ep.url, token) != team_a | team_b:
-            assert time.monotonic() - granted < ttl + 5, "the new RoleBinding was never noticed"
+            assert time.monotonic() - granted < ttl + 30, "the new RoleBinding was never noticed"
             await asyncio.sleep(0.2)
 
         # Revoked in A: gone after the TTL.
@@ -358,7 +358,7 @@ async def test_reviews_are_cached_briefly_and_rbac_changes_follow(
         wait_authorized(kube_api, False, tenants.user("reader"), "get", "mcpservers", "mcp-optimizer.dev", tenants.a)
         revoked = time.monotonic()
         while await servers_seen(ep.url, token) != team_b:
-            assert time.monotonic() - revoked < ttl + 5, "the revoked RoleBinding still counts"
+            assert time.monotonic() - revoked < ttl + 30, "the revoked RoleBinding still counts"
             await asyncio.sleep(0.2)
 
 
