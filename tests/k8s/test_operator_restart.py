@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -168,10 +169,11 @@ CATALOG_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["lis
 
 @pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 async def test_least_privilege_as_the_operators_service_account(
-    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope
+    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope, caplog
 ):
     """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced, and ConfigMap
-    access only in its catalog namespace."""
+    access only in its catalog namespace. A listed catalog namespace it has no Role in is
+    reported and skipped; nothing else suffers."""
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-test-{ns[-8:]}"
     rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
@@ -186,17 +188,25 @@ async def test_least_privilege_as_the_operators_service_account(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
     })
+    forbidden = _fresh_namespace(kube, "no-role")
     try:
-        with McpTestServer(TOOLS) as server:
+        with McpTestServer(TOOLS) as server, caplog.at_level(logging.WARNING, logger="mcp_optimizer"):
             kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(server.url)}))
+            kube.put_catalog(forbidden, "registry", legacy_catalog(remote_servers={"other": entry(server.url)}))
             kube.create_server(ns, "translator", {"url": server.url})
             kube.create_server(ns, "broken", {"image": "ghcr.io/acme/x:1"})
             settings = replace(
-                start_operator.base, namespaces=(ns,) if scope == "namespaced" else (), catalog_namespaces=(ns,)
+                start_operator.base,
+                namespaces=(ns,) if scope == "namespaced" else (),
+                catalog_namespaces=(ns, forbidden),
             )
             operator = OperatorThread(settings, kubeconfig=operator_kubeconfig, embedder=start_operator.embedder)
             start_operator.started.append(operator)
             operator.start()
+            await eventually(lambda: any(
+                f"Catalog watch in namespace {forbidden} failed" in r.getMessage()
+                and "has the operator a Role" in r.getMessage() for r in caplog.records))
+            assert await probe.catalogs() == {f"{ns}/registry"}
             wl = workload_name(ns, "translator")
             await eventually(lambda: probe.found("translate text", wl))
             await eventually(lambda: kube.server_status(ns, "translator").get("registryServer", {}).get("name")
@@ -208,6 +218,8 @@ async def test_least_privilege_as_the_operators_service_account(
     finally:
         rbac.delete_cluster_role_binding(role)
         rbac.delete_cluster_role(role)
+        kube.empty_namespace(forbidden)
+        kube.core.delete_namespace(forbidden)
 
 
 def _fresh_namespace(kube, prefix: str) -> str:
