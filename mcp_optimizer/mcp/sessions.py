@@ -12,8 +12,8 @@ middleware's :class:`~mcp_optimizer.mcp.auth.Caller`):
 * a caller holding ``sessions_per_identity`` sessions gets 429 and a message saying so when it
   opens another; nobody else notices;
 * with ``max_sessions`` open in all, the identity holding the most sessions loses the one it
-  left idle longest, so that a new caller can always initialize and memory stays bounded by
-  ``max_sessions`` sessions;
+  left idle longest (sessions in use are closed only when none at all is idle), so that a new
+  caller can always initialize and memory stays bounded by ``max_sessions`` sessions;
 * idle streamable HTTP sessions end after ``session_idle_timeout`` (the SDK's own timer).
 """
 
@@ -133,34 +133,47 @@ class SessionLimits:
                 del self._by_identity[session.identity]
 
     def _evict_one(self) -> bool:
-        for identity in sorted(self._by_identity, key=lambda i: len(self._by_identity[i]), reverse=True):
-            closable = [
-                (since, key)
-                for key in self._by_identity[identity]
-                if (since := self._sessions[key].idle_since()) is not None
-            ]
-            if not closable:
-                continue
-            # min() keeps the first of equals: among sessions all in use, the oldest.
-            _, victim = min(closable, key=lambda item: item[0])
-            session = self._sessions[victim]
-            self.release(victim)
-            session.close()
-            self.evicted += 1
-            # Under a flood of new sessions this happens per request: one line per interval, not per session.
-            now = time.monotonic()
-            if now >= self._next_log:
-                logger.warning(
-                    "MCP sessions: %d open (the limit); closed %d sessions since the last report, now one of %s "
-                    "(the caller holding the most)",
-                    self.total,
-                    self.evicted - self._logged_evictions,
-                    identity,
-                )
-                self._logged_evictions = self.evicted
-                self._next_log = now + _LOG_EVERY
+        """Close one session: the longest idle one of the identity holding the most; if that
+        identity has none idle, of the next largest holder. Only when no session at all is idle
+        (every one serving a request or an SSE stream) does the largest holder lose its oldest
+        session in use, so that an opening request (the newest) is the last thing ever broken."""
+        ranked = sorted(self._by_identity, key=lambda i: len(self._by_identity[i]), reverse=True)
+        in_use: tuple[str, Hashable] | None = None
+        for identity in ranked:
+            idle: list[tuple[float, Hashable]] = []
+            for key in self._by_identity[identity]:
+                since = self._sessions[key].idle_since()
+                if since is None:
+                    continue
+                if math.isfinite(since):
+                    idle.append((since, key))
+                elif in_use is None:
+                    in_use = (identity, key)  # the largest holder's oldest session in use
+            if idle:
+                self._evict(identity, min(idle, key=lambda item: item[0])[1])
+                return True
+        if in_use is not None:
+            self._evict(*in_use)
             return True
         return False
+
+    def _evict(self, identity: str, key: Hashable) -> None:
+        session = self._sessions[key]
+        self.release(key)
+        session.close()
+        self.evicted += 1
+        # Under a flood of new sessions this happens per request: one line per interval, not per session.
+        now = time.monotonic()
+        if now >= self._next_log:
+            logger.warning(
+                "MCP sessions: %d open (the limit); closed %d sessions since the last report, now one of %s "
+                "(the caller holding the most)",
+                self.total,
+                self.evicted - self._logged_evictions,
+                identity,
+            )
+            self._logged_evictions = self.evicted
+            self._next_log = now + _LOG_EVERY
 
 
 def identity_of(scope: Scope) -> str:

@@ -69,8 +69,15 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
         kube.create_server(ns, "travel", {"url": server.url})
         process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=60,
-                             what="the operator indexed the server")
+            try:
+                # A new process loads the model and starts kopf: on a loaded 2-core machine that
+                # alone has taken most of a minute.
+                await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=120,
+                                 what="the operator indexed the server")
+            except AssertionError as exc:
+                log.flush()
+                tail = (tmp_path / "run.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{exc}\n--- mcp-optimizer run's log ---\n{tail}") from None
 
             await eventually(lambda: http_get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
                              what="liveness probe")

@@ -21,6 +21,7 @@ from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp.auth import build_token_table
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.mcp.sessions import SessionLimitReached, SessionLimits
 from mcp_optimizer.testing.mcp_servers import McpTestServerFarm
 from tests.mcp.server_env import connect, endpoint_settings, farm, payload, populate, running_endpoint
 
@@ -218,3 +219,44 @@ async def test_bad_session_limits_are_refused(world: Indexer, settings: Settings
         McpEndpoint(endpoint_settings(settings, sessions_per_identity=0), search)
     with pytest.raises(ValueError, match="idle timeout must be a positive number"):
         McpEndpoint(endpoint_settings(settings, session_idle_timeout=0), search)
+
+
+def test_which_session_makes_room() -> None:
+    """The longest idle session of the largest holder; else the next holder's idle one; a
+    session in use only when none is idle; one still opening never."""
+    limits = SessionLimits(per_identity=10, total=6, idle_timeout=300)
+    closed: list[str] = []
+    state: dict[str, float | None] = {}
+
+    def add(identity: str, key: str, since: float | None) -> None:
+        state[key] = since
+        limits.make_room(identity)
+        limits.add(identity, key, idle_since=lambda: state[key], close=lambda: closed.append(key))
+
+    inf = float("inf")
+    add("big", "big-busy", inf)
+    add("big", "big-idle-late", 20.0)
+    add("big", "big-idle-early", 10.0)
+    add("small", "small-idle", 1.0)
+    add("mid", "mid-busy", inf)
+    add("mid", "mid-opening", None)
+    add("new", "new-1", inf)  # full: "big" (3) loses its longest idle session
+    assert closed == ["big-idle-early"]
+    add("new", "new-2", inf)
+    assert closed[-1] == "big-idle-late"
+    # Now "big", "mid" and "new" hold 1-2 sessions each, none idle: the next idle one is "small"'s.
+    add("new", "new-3", inf)
+    assert closed[-1] == "small-idle"
+    # Nothing idle anywhere: the largest holder's ("new", 3) oldest session in use.
+    add("other", "other-1", inf)
+    assert closed[-1] == "new-1"
+    assert "mid-opening" not in closed and limits.count() == 6 and limits.evicted == 4
+
+    with pytest.raises(SessionLimitReached, match="Too many open MCP sessions for solo: 1 is the limit"):
+        capped = SessionLimits(per_identity=1, total=5, idle_timeout=60)
+        capped.add("solo", "s", idle_since=lambda: 1.0, close=lambda: None)
+        capped.make_room("solo")
+    capped.release("s")
+    capped.release("s")  # idempotent
+    capped.make_room("solo")
+    assert capped.count() == 0
