@@ -69,8 +69,8 @@ class Settings:
     log_level: str = "INFO"
 
     # --- The MCP endpoint (mcp_optimizer.mcp.server) ---
-    #: Address the MCP endpoint listens on.
-    mcp_host: str = "0.0.0.0"
+    #: Address the MCP endpoint listens on; ``None`` lets :func:`endpoint_host` decide from the auth mode.
+    mcp_host: str | None = None
     mcp_port: int = 8080
     #: Streamable HTTP path; SSE (older clients) is served at ``sse_path`` + ``messages_path``.
     mcp_path: str = "/mcp"
@@ -89,6 +89,41 @@ class Settings:
     #: Replacement descriptions for ``find_tool`` / ``call_tool``; ``None`` keeps the built-in text.
     find_tool_description: str | None = None
     call_tool_description: str | None = None
+
+    # --- Access control, catalog trust and sessions (issue 10 part B) ---
+    #: ``kubernetes`` (ServiceAccount tokens, TokenReview + SubjectAccessReview), ``tokens`` (the
+    #: static tokens document) or ``none``; ``None`` lets :func:`resolve_auth_mode` decide.
+    auth_mode: str | None = None
+    #: Audiences a caller's token must carry (TokenReview ``spec.audiences``). Empty: the API
+    #: server's own audiences, i.e. any ServiceAccount token, including ones meant for the API server.
+    auth_audiences: tuple[str, ...] = ("mcp-optimizer",)
+    #: ``resource.group`` a caller must be allowed to ``get`` in a namespace to see its servers
+    #: (SubjectAccessReview); e.g. ``mcpservers.toolhive.stacklok.dev`` to follow ToolHive's RBAC.
+    auth_access_resource: str = "mcpservers.mcp-optimizer.dev"
+    #: Seconds a TokenReview or SubjectAccessReview answer is reused: the delay before a revoked
+    #: token or RoleBinding takes effect.
+    auth_cache_ttl: float = 30.0
+    #: Tokens and identities remembered at most (least recently used forgotten first).
+    auth_cache_size: int = 4096
+    #: Seconds allowed for one review call to the API server; slower means 503, never open.
+    auth_review_timeout: float = 5.0
+    #: The operator's own namespace: always a trusted catalog namespace. Default: the pod's
+    #: namespace (from its ServiceAccount mount), unset outside a cluster.
+    operator_namespace: str | None = None
+    #: Further namespaces whose labelled ConfigMaps are catalogs. Nowhere else is read.
+    catalog_namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Seconds without a request after which an MCP session is closed (the SDK's default is 1800).
+    session_idle_timeout: float = 300.0
+    #: Open MCP sessions (streamable HTTP and SSE together) one caller identity may hold.
+    sessions_per_identity: int = 64
+    #: Open MCP sessions in all; when full, the largest holder's least recently used one is closed.
+    max_sessions: int = 1000
+
+    @property
+    def trusted_catalog_namespaces(self) -> tuple[str, ...]:
+        """The operator's namespace, then the listed ones: the only places catalogs are read from."""
+        own = (self.operator_namespace,) if self.operator_namespace else ()
+        return tuple(dict.fromkeys((*own, *self.catalog_namespaces)))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -110,7 +145,7 @@ class Settings:
             metrics_host=_env("METRICS_HOST", cls.metrics_host),
             log_format=_env("LOG_FORMAT", cls.log_format),
             log_level=_env("LOG_LEVEL", cls.log_level),
-            mcp_host=_env("MCP_HOST", cls.mcp_host),
+            mcp_host=_env("MCP_HOST", "") or None,
             mcp_port=int(_env_float("MCP_PORT", cls.mcp_port)),
             mcp_path=_env("MCP_PATH", cls.mcp_path),
             sse_path=_env("SSE_PATH", cls.sse_path),
@@ -122,8 +157,70 @@ class Settings:
             pinned_tools=_env_list("PINNED_TOOLS"),
             find_tool_description=_env("FIND_TOOL_DESCRIPTION", "") or None,
             call_tool_description=_env("CALL_TOOL_DESCRIPTION", "") or None,
+            auth_mode=_auth_mode(_env("AUTH_MODE", "")),
+            auth_audiences=(
+                _env_list("AUTH_AUDIENCES") if ENV_PREFIX + "AUTH_AUDIENCES" in os.environ else cls.auth_audiences
+            ),
+            auth_access_resource=_env("AUTH_ACCESS_RESOURCE", cls.auth_access_resource),
+            auth_cache_ttl=_env_float("AUTH_CACHE_TTL", cls.auth_cache_ttl),
+            auth_cache_size=int(_env_float("AUTH_CACHE_SIZE", cls.auth_cache_size)),
+            auth_review_timeout=_env_float("AUTH_REVIEW_TIMEOUT", cls.auth_review_timeout),
+            operator_namespace=_env("OPERATOR_NAMESPACE", "") or _pod_namespace(),
+            catalog_namespaces=_env_list("CATALOG_NAMESPACES"),
+            session_idle_timeout=_env_float("SESSION_IDLE_TIMEOUT", cls.session_idle_timeout),
+            sessions_per_identity=int(_env_float("SESSIONS_PER_IDENTITY", cls.sessions_per_identity)),
+            max_sessions=int(_env_float("MAX_SESSIONS", cls.max_sessions)),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored (unset CLI flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+# --- Access control (issue 10 part B): which auth, and where the endpoint listens ---
+
+AUTH_KUBERNETES = "kubernetes"
+AUTH_TOKENS = "tokens"
+AUTH_NONE = "none"
+AUTH_MODES = (AUTH_KUBERNETES, AUTH_TOKENS, AUTH_NONE)
+LOOPBACK_HOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+#: Where a pod's ServiceAccount mount says which namespace the pod runs in.
+_POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _auth_mode(raw: str) -> str | None:
+    mode = raw.strip().lower()
+    if not mode:
+        return None
+    if mode not in AUTH_MODES:
+        raise ValueError(f"{ENV_PREFIX}AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {raw!r}")
+    return mode
+
+
+def _pod_namespace() -> str | None:
+    try:
+        return _POD_NAMESPACE_FILE.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def resolve_auth_mode(settings: Settings, *, cluster: bool) -> str:
+    """The auth mode to run with: the configured one, else tokens when a tokens document is
+    configured, else Kubernetes auth when there is a cluster (``mcp-optimizer run``), else none
+    (``mcp-optimizer serve`` on a laptop, which then listens on loopback only)."""
+    if settings.auth_mode is not None:
+        mode = _auth_mode(settings.auth_mode)
+        assert mode is not None
+        return mode
+    if settings.auth_tokens_file is not None or settings.auth_tokens:
+        return AUTH_TOKENS
+    return AUTH_KUBERNETES if cluster else AUTH_NONE
+
+
+def endpoint_host(settings: Settings, auth_mode: str) -> str:
+    """Where the MCP endpoint listens: the configured host, else loopback when nobody is asked for
+    a credential (no auth must never be reachable from the network by default), else every interface."""
+    if settings.mcp_host:
+        return settings.mcp_host
+    return LOOPBACK_HOST if auth_mode == AUTH_NONE else ALL_INTERFACES

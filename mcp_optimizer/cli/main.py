@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     mcp_call.set_defaults(handler=cmd_mcp_call)
 
     serve = commands.add_parser("serve", help="serve the MCP endpoint over an existing index file")
-    serve.add_argument("--host")
+    serve.add_argument("--host", help="listen address (default: 127.0.0.1 without auth, else 0.0.0.0)")
     serve.add_argument("--port", type=int)
     serve.set_defaults(handler=cmd_serve)
     return parser

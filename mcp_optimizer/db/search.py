@@ -365,6 +365,13 @@ class ToolSearch:
         parsed = json.loads(details) if isinstance(details, str) else details
         schema = parsed.get("inputSchema") if isinstance(parsed, dict) else None
         return schema if isinstance(schema, dict) else None
+    async def workload_namespaces(self) -> set[str]:
+        """Every namespace that holds a workload (what Kubernetes auth asks a caller's access about)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT DISTINCT namespace FROM mcpservers_workload WHERE namespace IS NOT NULL")
+            )
+            return {str(ns) for ns in rows.scalars()}
 
     async def get_workload(self, workload_name: str) -> WorkloadInfo | None:
         async with self.engine.connect() as conn:

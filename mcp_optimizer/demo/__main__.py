@@ -40,8 +40,9 @@ DEMO_ALLOWED_DESTINATIONS = "127.0.0.1/32"
 DEMO_ENV = {
     # Read by the destination allow-list once it is wired (not read by this version).
     "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": DEMO_ALLOWED_DESTINATIONS,
-    # No bearer tokens: the endpoint listens on 127.0.0.1 only (--mcp-host below), and the MCP
-    # Inspector's CLI, which the demo points people to, cannot send an Authorization header.
+    # No auth, chosen explicitly: the endpoint listens on 127.0.0.1 only (--mcp-host below), and
+    # the MCP Inspector's CLI, which the demo points people to, cannot send an Authorization header.
+    "MCP_OPTIMIZER_AUTH_MODE": "none",
     "MCP_OPTIMIZER_AUTH_TOKENS_FILE": "",
     "MCP_OPTIMIZER_AUTH_TOKENS": "",
     "MCP_OPTIMIZER_RESYNC_INTERVAL": "60",

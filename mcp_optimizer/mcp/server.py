@@ -10,6 +10,10 @@ Routes (paths configurable in :class:`~mcp_optimizer.config.Settings`):
 * ``/sse`` and ``/messages/``: the older HTTP+SSE transport;
 * ``/healthz``: liveness, without a token.
 
+Every other request passes the auth middleware (:mod:`.auth`: Kubernetes, static tokens or
+none) and every session is counted per caller (:mod:`.sessions`). Where it listens follows the
+auth mode (:func:`~mcp_optimizer.config.endpoint_host`): without auth, loopback unless told otherwise.
+
 The SDK's low-level server is used rather than ``MCPServer`` because the tool list is not
 static: pinned tools appear and disappear with their workloads, per caller scope.
 """
@@ -23,27 +27,31 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import mcp_types as types
 import uvicorn
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from mcp_optimizer import __version__
-from mcp_optimizer.config import Settings
+from mcp_optimizer.config import AUTH_KUBERNETES, AUTH_NONE, Settings, endpoint_host
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.mcp.auth import BearerAuthMiddleware, TokenTable, load_token_table
+from mcp_optimizer.mcp.auth import Authenticator, BearerAuthMiddleware, StaticTokens, TokenTable, build_authenticator
 from mcp_optimizer.mcp.scope import current_scope
+from mcp_optimizer.mcp.sessions import BoundedSessionManager, SessionLimitResponses, SessionLimits, SseEndpoint
 from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, OptimizerTools
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +110,21 @@ def _transport_security(host: str) -> TransportSecuritySettings | None:
     )
 
 
-class _SseEndpoint:
-    """ASGI app for the SSE stream: one MCP session per open GET."""
-
-    def __init__(self, server: Server[Any], transport: SseServerTransport) -> None:
-        self.server = server
-        self.transport = transport
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with self.transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
-                await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
-        except ValueError:
-            # connect_sse has already answered a request that failed its security checks.
-            logger.debug("SSE connection refused", exc_info=True)
+def session_limits(settings: Settings) -> SessionLimits:
+    return SessionLimits(
+        per_identity=settings.sessions_per_identity,
+        total=settings.max_sessions,
+        idle_timeout=settings.session_idle_timeout,
+    )
 
 
-def build_app(settings: Settings, tools: OptimizerTools, tokens: TokenTable | None) -> ASGIApp:
-    """The whole ASGI app: MCP over streamable HTTP and SSE behind bearer-token scoping."""
+def build_app(
+    settings: Settings, tools: OptimizerTools, authenticator: Authenticator, *, host: str, limits: SessionLimits
+) -> ASGIApp:
+    """The whole ASGI app: MCP over streamable HTTP and SSE, bounded sessions, behind the auth middleware."""
     server = build_mcp_server(tools)
-    security = _transport_security(settings.mcp_host)
-    manager = StreamableHTTPSessionManager(app=server, security_settings=security)
+    security = _transport_security(host)
+    manager = BoundedSessionManager(server, limits=limits, security_settings=security)
     sse = SseServerTransport(settings.messages_path, security_settings=security)
 
     async def health(_: Request) -> Response:
@@ -135,12 +137,12 @@ def build_app(settings: Settings, tools: OptimizerTools, tokens: TokenTable | No
 
     routes: list[BaseRoute] = [
         Route(HEALTH_PATH, health, methods=["GET"]),
-        Route(settings.mcp_path, StreamableHTTPASGIApp(manager)),
-        Route(settings.sse_path, _SseEndpoint(server, sse), methods=["GET"]),
+        Route(settings.mcp_path, SessionLimitResponses(StreamableHTTPASGIApp(manager))),
+        Route(settings.sse_path, SseEndpoint(server, sse, limits), methods=["GET"]),
         Mount(settings.messages_path, app=sse.handle_post_message),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    return BearerAuthMiddleware(app, tokens, public_paths=[HEALTH_PATH])
+    return BearerAuthMiddleware(app, authenticator, public_paths=[HEALTH_PATH])
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -184,12 +186,24 @@ class McpEndpoint:
         *,
         call_backend: CallBackend | None = None,
         tokens: TokenTable | None = None,
+        authenticator: Authenticator | None = None,
+        kube_config: client.Configuration | None = None,
     ) -> None:
-        """``tokens`` overrides the tokens configured in ``settings`` (for tests)."""
+        """Auth: ``authenticator`` if given, else static ``tokens`` if given (tests), else what
+        ``settings`` choose (:func:`~mcp_optimizer.mcp.auth.build_authenticator`), with
+        ``kube_config`` as the cluster Kubernetes auth reviews tokens with."""
         self.settings = settings
         self.tools = OptimizerTools(search, settings, call_backend=call_backend)
-        self.tokens = tokens if tokens is not None else load_token_table(settings)
-        self.app = build_app(settings, self.tools, self.tokens)
+        if authenticator is None:
+            authenticator = (
+                StaticTokens(tokens)
+                if tokens is not None
+                else build_authenticator(settings, kube_config=kube_config, namespaces=search.workload_namespaces)
+            )
+        self.authenticator = authenticator
+        self.host = endpoint_host(settings, authenticator.mode)
+        self.sessions = session_limits(settings)
+        self.app = build_app(settings, self.tools, authenticator, host=self.host, limits=self.sessions)
         self._uvicorn: _EmbeddedUvicorn | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -204,7 +218,7 @@ class McpEndpoint:
 
     @property
     def base_url(self) -> str:
-        host = self.settings.mcp_host
+        host = self.host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
         elif host == "::":
@@ -226,7 +240,12 @@ class McpEndpoint:
         """Listen and return once requests are served; raises :class:`EndpointError`."""
         if self._task is not None:
             raise RuntimeError("the endpoint is already started")
-        self._socket = _bind(self.settings.mcp_host, self.settings.mcp_port)
+        if self.authenticator.mode == AUTH_NONE and self.host not in _LOOPBACK_HOSTS:
+            logger.warning(
+                "MCP endpoint without auth listens on %s: anyone who reaches it sees and calls every server",
+                self.host,
+            )
+        self._socket = _bind(self.host, self.settings.mcp_port)
         self._port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
             self.app,
@@ -243,7 +262,9 @@ class McpEndpoint:
                 await self._task  # raises the startup failure
                 raise EndpointError("the MCP endpoint stopped while starting")
             await asyncio.sleep(0.01)
-        logger.info("MCP endpoint listening on %s (SSE: %s)", self.url, self.sse_url)
+        logger.info(
+            "MCP endpoint listening on %s (SSE: %s), auth %s", self.url, self.sse_url, self.authenticator.mode
+        )
 
     @staticmethod
     async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
@@ -279,6 +300,7 @@ class McpEndpoint:
             self._task = None
             if self._socket is not None:
                 self._socket.close()
+            await self.authenticator.aclose()
             logger.info("MCP endpoint stopped")
 
     async def __aenter__(self) -> Self:
@@ -296,16 +318,17 @@ async def serve(
     search: ToolSearch,
     *,
     call_backend: CallBackend | None = None,
+    kube_config: client.Configuration | None = None,
     ready: Callable[[McpEndpoint], object] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve the MCP endpoint until ``stop`` is set or the calling task is cancelled.
 
-    ``ready`` is called once requests are served. Shutdown is clean either way: open
-    sessions are closed and the port is released before this returns (or re-raises the
-    cancellation).
+    ``kube_config``: the cluster, for Kubernetes auth. ``ready`` is called once requests are
+    served. Shutdown is clean either way: open sessions are closed and the port is released
+    before this returns (or re-raises the cancellation).
     """
-    async with McpEndpoint(settings, search, call_backend=call_backend) as endpoint:
+    async with McpEndpoint(settings, search, call_backend=call_backend, kube_config=kube_config) as endpoint:
         if ready is not None:
             ready(endpoint)
         await (stop or asyncio.Event()).wait()
@@ -324,6 +347,15 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
     from mcp_optimizer.db.engine import create_engine
     from mcp_optimizer.embeddings import FastEmbedder
 
+    kube_config = None
+    if settings.auth_mode == AUTH_KUBERNETES:
+        # Only when asked for: on a laptop `serve` needs no cluster (and then runs without auth, on loopback).
+        from mcp_optimizer.operator.cluster import load_client_config
+
+        try:
+            kube_config = load_client_config(None)
+        except Exception as exc:
+            raise EndpointError(f"auth mode 'kubernetes' needs a cluster, but none is configured: {exc}") from exc
     if not settings.db_path.is_file():
         raise EndpointError(
             f"no index at {settings.db_path}: create one with `mcp-optimizer catalog load` or "
@@ -346,7 +378,7 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
             await migrate.upgrade(engine)
             if not stop.is_set():
                 search = ToolSearch(engine, embedder, min_similarity=settings.min_similarity)
-                await serve(settings, search, ready=ready, stop=stop)
+                await serve(settings, search, kube_config=kube_config, ready=ready, stop=stop)
         finally:
             await engine.dispose()
     finally:

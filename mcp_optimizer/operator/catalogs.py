@@ -1,10 +1,18 @@
 """Registry catalogs: ConfigMaps labelled ``mcp-optimizer.dev/registry-catalog: "true"``.
 
-The catalog is the ``registry.json`` key; its name in the index is ``namespace/name``. ConfigMaps
-are only watched (``kopf.on.event``), never patched: the operator needs no write access to them
-and leaves no annotations on users' objects. That means kopf does not retry these handlers, so
-:meth:`CatalogSync.load` retries transient failures itself, and a hash of the last loaded text
-makes repeated events (re-lists, unrelated edits) cost nothing.
+The catalog is the ``registry.json`` key; its name in the index is ``namespace/name``.
+
+Catalogs are trusted input: a catalog entry decides which registry server a workload links to,
+and two entries matching one workload put that workload in ERROR. So they are read only from
+the operator's own namespace and an explicit list (``MCP_OPTIMIZER_CATALOG_NAMESPACES``); a
+labelled ConfigMap anywhere else is never read (the operator has no RBAC to read it either). kopf
+watches with one namespace scope for the whole operator, and MCPServers are often watched
+cluster-wide, so catalogs are watched beside kopf: one namespaced list + watch per trusted
+namespace (:class:`CatalogWatch`), over the operator's own aiohttp client.
+
+ConfigMaps are only read, never patched: the operator needs no write access to them and leaves
+no annotations on users' objects. :meth:`CatalogSync.load` retries transient failures itself,
+and a hash of the last loaded text makes repeated events (re-lists, unrelated edits) cost nothing.
 
 A catalog that fails to parse keeps its previous rows and gets a Warning Event. A deleted
 ConfigMap, or one whose label was removed, deletes the catalog. Either way the workloads the
@@ -15,14 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import random
+from collections.abc import Collection, Mapping
 from typing import Any
-
-import kopf
 
 from mcp_optimizer.catalog import CatalogParseError, parse_catalog
 from mcp_optimizer.embeddings.texts import text_hash
 from mcp_optimizer.ingest import CatalogLoadResult, Indexer
+from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.status import post_event
 from mcp_optimizer.operator.workloads import WorkloadReconciler, backoff
@@ -33,10 +41,18 @@ CATALOG_LABEL = "mcp-optimizer.dev/registry-catalog"
 CATALOG_KEY = "registry.json"
 #: Attempts for a catalog write that fails for a reason other than the catalog itself.
 LOAD_ATTEMPTS = 5
+#: Seconds one catalog watch request lasts before it is renewed (kopf's own watches: 600).
+WATCH_SECONDS = 300
+#: Longest wait between attempts to list or watch a namespace that fails (no RBAC, no namespace).
+MAX_RETRY_DELAY = 60.0
 
 
 def catalog_name(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
+
+
+def catalog_namespace(catalog: str) -> str:
+    return catalog.partition("/")[0]
 
 
 def is_catalog(labels: Mapping[str, str] | None) -> bool:
@@ -44,19 +60,27 @@ def is_catalog(labels: Mapping[str, str] | None) -> bool:
 
 
 class CatalogSync:
-    """Loads catalog ConfigMaps into the index and remembers what is loaded."""
+    """Loads catalog ConfigMaps of the trusted namespaces into the index and remembers what is loaded."""
 
-    def __init__(self, indexer: Indexer, reconciler: WorkloadReconciler) -> None:
+    def __init__(
+        self,
+        indexer: Indexer,
+        reconciler: WorkloadReconciler,
+        *,
+        trusted_namespaces: Collection[str],
+    ) -> None:
         self.indexer = indexer
         self.reconciler = reconciler
+        self.trusted = frozenset(trusted_namespaces)
         #: catalog -> hash of the registry.json text last loaded.
         self.loaded: dict[str, str] = {}
         #: Catalogs the index holds (seeded at startup), so a label removal is noticed.
         self.known: set[str] = set()
+        #: Untrusted ConfigMaps already logged about (once each).
+        self._ignored: set[str] = set()
 
-    def concerns(self, namespace: str, name: str, labels: Mapping[str, str] | None) -> bool:
-        """Whether an event about this ConfigMap matters: a catalog, or one that was a catalog."""
-        return is_catalog(labels) or catalog_name(namespace, name) in self.known
+    def is_trusted(self, catalog: str) -> bool:
+        return catalog_namespace(catalog) in self.trusted
 
     async def seed(self) -> None:
         self.known |= await self.indexer.catalog_names()
@@ -65,6 +89,13 @@ class CatalogSync:
         """Level-triggered: make the index hold what this ConfigMap says now."""
         meta = body.get("metadata") or {}
         catalog = catalog_name(meta.get("namespace") or "", meta.get("name") or "")
+        if not self.is_trusted(catalog):
+            # Never reached through the watches (they cover trusted namespaces only); a guard
+            # for any other path. Logged once, no Event: the namespace's owner did nothing wrong.
+            if catalog not in self._ignored:
+                self._ignored.add(catalog)
+                logger.info("Ignoring ConfigMap %s: not in a trusted catalog namespace", catalog)
+            return
         if deleted or not is_catalog(meta.get("labels")):
             await self.remove(catalog)
             return
@@ -147,20 +178,86 @@ class CatalogSync:
         post_event(body, type_="Warning", reason=reason, message=message)
 
 
-def concerns_catalog(*, namespace: str | None, name: str, labels: kopf.Labels, memo: Any, **_: Any) -> bool:
-    """kopf ``when=`` filter: catalog ConfigMaps, and ConfigMaps that were catalogs."""
-    catalogs: CatalogSync = memo.catalogs
-    return catalogs.concerns(namespace or "", name, labels)
+class CatalogWatch:
+    """List, then watch, the catalog ConfigMaps of one trusted namespace, for ever.
 
+    Level-triggered like kopf: every list applies each catalog and removes the namespace's
+    catalogs that are gone, then one watch request (``WATCH_SECONDS``) follows from the list's
+    resourceVersion; when it ends (or its version is too old: 410 Gone) the namespace is listed
+    again, so a change whose loading failed is retried at the latest then (unchanged catalogs
+    cost a hash). Failures (no RBAC for the namespace, API server away) are logged and retried
+    with backoff; the catalogs already loaded stay.
+    """
 
-async def catalog_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Any event of a (former) catalog ConfigMap, including the initial listing."""
-    catalogs: CatalogSync = memo.catalogs
-    await catalogs.apply(body, deleted=type == "DELETED")
+    def __init__(self, sync: CatalogSync, api: KubeApi, namespace: str) -> None:
+        self.sync = sync
+        self.api = api
+        self.namespace = namespace
+        self.path = f"/api/v1/namespaces/{namespace}/configmaps"
+        self.selector = f"{CATALOG_LABEL}=true"
 
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                version = await self._relist()
+                failures = 0
+                await self._watch(version)
+            except KubeApiError as exc:
+                failures += 1
+                delay = min(MAX_RETRY_DELAY, 2.0 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+                hint = " (has the operator a Role to list and watch ConfigMaps there?)" if exc.status == 403 else ""
+                logger.warning(
+                    "Catalog watch in namespace %s failed: %s%s; retrying in %.0fs", self.namespace, exc, hint, delay
+                )
+                await asyncio.sleep(delay)
 
-def register(registry: kopf.OperatorRegistry) -> None:
-    """Register the ConfigMap handler in ``registry``."""
-    kopf.on.event("", "v1", "configmaps", id="registry-catalog", when=concerns_catalog, registry=registry)(
-        catalog_event
-    )
+    async def _relist(self) -> str:
+        """Apply every catalog of the namespace; return the resourceVersion to watch from."""
+        items: list[dict[str, Any]] = []
+        params = {"labelSelector": self.selector, "limit": "500"}
+        while True:
+            page = await self.api.get(self.path, params)
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            params = {**params, "continue": str(meta["continue"])}
+        present = set()
+        for item in items:
+            # List items carry no apiVersion/kind (watch events do); Events about them need both.
+            item.setdefault("apiVersion", "v1")
+            item.setdefault("kind", "ConfigMap")
+            item.setdefault("metadata", {}).setdefault("namespace", self.namespace)
+            present.add(catalog_name(self.namespace, item["metadata"].get("name") or ""))
+            await self._apply(item, deleted=False)
+        for catalog in sorted(self.sync.known - present):
+            if catalog_namespace(catalog) == self.namespace:
+                logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
+                await self.sync.remove(catalog)
+        return str(meta.get("resourceVersion") or "")
+
+    async def _watch(self, version: str) -> None:
+        """One watch request, until the API server ends it or says the version is too old."""
+        params = {"labelSelector": self.selector, "resourceVersion": version, "allowWatchBookmarks": "true"}
+        try:
+            async for event in self.api.watch(self.path, params, timeout_seconds=WATCH_SECONDS):
+                kind, body = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if body.get("code") == 410:
+                        return  # the version is too old: list again
+                    raise KubeApiError(body.get("code"), str(body.get("message") or body)[:300])
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    # A ConfigMap whose label is removed leaves the selector: the watch says DELETED.
+                    await self._apply(body, deleted=kind == "DELETED")
+        except KubeApiError as exc:
+            if exc.status != 410:
+                raise
+
+    async def _apply(self, body: dict[str, Any], *, deleted: bool) -> None:
+        try:
+            await self.sync.apply(body, deleted=deleted)
+        except Exception:
+            # The next list (after WATCH_SECONDS at the latest) tries again.
+            meta = body.get("metadata") or {}
+            logger.exception("Applying catalog %s/%s failed", meta.get("namespace"), meta.get("name"))

@@ -3,7 +3,8 @@
 kopf authenticates through login handlers; :func:`connection_info` is ours, built from the same
 kubeconfig (or in-cluster config) the kubernetes client uses for status writes, so both talk to
 the same cluster as the same user. :class:`ClusterLister` lists what exists now, for the
-garbage collector (kopf's indices are not complete until its first listing finishes).
+garbage collector (kopf's indices are not complete until its first listing finishes): MCPServers
+in the watched namespaces, catalog ConfigMaps in the trusted catalog namespaces only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -58,23 +60,35 @@ def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
     )
 
 
-class ClusterLister:
-    """Lists MCPServers and catalog ConfigMaps in the operator's namespaces (all when empty)."""
+@dataclass
+class CatalogListing:
+    """The catalog ConfigMaps of the trusted namespaces, and the namespaces that could not be
+    listed (their catalogs are neither loaded nor removed: nothing is known about them)."""
 
-    def __init__(self, api_client: client.ApiClient, namespaces: Sequence[str]) -> None:
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreadable: set[str] = field(default_factory=set)
+
+
+class ClusterLister:
+    """Lists MCPServers in the watched namespaces (all when empty) and catalog ConfigMaps in the
+    trusted catalog namespaces."""
+
+    def __init__(
+        self, api_client: client.ApiClient, namespaces: Sequence[str], catalog_namespaces: Sequence[str]
+    ) -> None:
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._namespaces = tuple(namespaces)
+        self._catalog_namespaces = tuple(catalog_namespaces)
 
     async def workload_names(self) -> set[str]:
         """``namespace/name`` of every MCPServer (including those being deleted)."""
         items = await asyncio.to_thread(self._list_servers)
         return {workload_name(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
 
-    async def catalogs(self) -> dict[str, dict[str, Any]]:
-        """catalog name -> ConfigMap body (as a dict) of every labelled catalog ConfigMap."""
-        items = await asyncio.to_thread(self._list_catalogs)
-        return {catalog_name(i["metadata"]["namespace"], i["metadata"]["name"]): i for i in items}
+    async def catalogs(self) -> CatalogListing:
+        """Every labelled ConfigMap of the trusted namespaces, by catalog name."""
+        return await asyncio.to_thread(self._list_catalogs)
 
     def _list_servers(self) -> list[dict[str, Any]]:
         try:
@@ -93,22 +107,26 @@ class ClusterLister:
                 return []
             raise
 
-    def _list_catalogs(self) -> list[dict[str, Any]]:
+    def _list_catalogs(self) -> CatalogListing:
         selector = f"{CATALOG_LABEL}=true"
         sanitize = self._core.api_client.sanitize_for_serialization
-        if not self._namespaces:
-            pages = _paged(
-                lambda **kw: self._core.list_config_map_for_all_namespaces(label_selector=selector, **kw),
-                typed=True,
-            )
-        else:
-            pages = []
-            for ns in self._namespaces:
-                pages += _paged(
+        listing = CatalogListing()
+        for ns in self._catalog_namespaces:
+            try:
+                items = _paged(
                     lambda ns=ns, **kw: self._core.list_namespaced_config_map(ns, label_selector=selector, **kw),
                     typed=True,
                 )
-        return [sanitize(item) for item in pages]
+            except client.ApiException as exc:
+                # One namespace without a Role must not stop the others (nor the operator).
+                logger.warning("Cannot list catalog ConfigMaps in namespace %s: %s %s", ns, exc.status, exc.reason)
+                listing.unreadable.add(ns)
+                continue
+            for item in items:
+                # List items carry no apiVersion/kind; Events about them need both.
+                body = {"apiVersion": "v1", "kind": "ConfigMap", **sanitize(item)}
+                listing.bodies[catalog_name(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+        return listing
 
 
 def _paged(call: Callable[..., Any], *, typed: bool = False) -> list[Any]:

@@ -6,7 +6,8 @@ so that tests can start and stop operators in-process with a stop flag and a rea
 after another, against a test control plane.
 
 On start the operator reconciles everything: a startup handler deletes index rows whose
-MCPServer or catalog ConfigMap is gone and loads the catalogs; then kopf lists every watched
+MCPServer or catalog ConfigMap is gone and loads the catalogs, then starts one catalog watch
+per trusted catalog namespace (beside kopf: see :mod:`.catalogs`); kopf lists every watched
 resource and resumes each MCPServer (kopf fills its pod and MCPServer indices first). The same
 garbage collection repeats every resync interval, catching rows a released finalizer left behind.
 
@@ -31,11 +32,12 @@ from kubernetes import client
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.operator import catalogs, mcpservers, pods
-from mcp_optimizer.operator.catalogs import CatalogSync
+from mcp_optimizer.kubeapi import KubeApi
+from mcp_optimizer.operator import mcpservers, pods
+from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
 from mcp_optimizer.operator.cluster import ClusterLister, connection_info, load_client_config
 from mcp_optimizer.operator.mapping import GROUP
-from mcp_optimizer.operator.status import StatusWriter
+from mcp_optimizer.operator.status import EventPoster, StatusWriter, event_sink
 from mcp_optimizer.operator.workloads import ListTools, WorkloadReconciler
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class OperatorContext:
     reconciler: WorkloadReconciler
     catalogs: CatalogSync
     lister: ClusterLister
+    #: The API client of the catalog watches.
+    kube: KubeApi
+    #: Events posted outside kopf's handlers (catalog watches, start-up, garbage collection).
+    events: EventPoster
     background: set[asyncio.Task[None]] = field(default_factory=set)
     #: Run first when the operator stops (the process's other servers), see :func:`run_operator`.
     on_stop: Callable[[], Awaitable[None]] | None = None
@@ -101,10 +107,24 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
         context: OperatorContext = memo
         # kopf passes its indices by their ids; they are empty now and filled before any handler runs.
         context.reconciler.attach(pods=kwargs["pods_by_namespace"], servers=kwargs["mcpservers_by_namespace"])
+        # kopf posts Events only from resource handlers; this task and those it starts post their own.
+        event_sink.set(context.events.post_soon)
         await context.catalogs.seed()
         await collect_garbage(context, load_catalogs=True)
         task = asyncio.create_task(_garbage_collector(context), name="index garbage collector")
         context.background.add(task)
+        trusted = context.settings.trusted_catalog_namespaces
+        if not trusted:
+            logger.warning(
+                "No catalog namespace: set MCP_OPTIMIZER_CATALOG_NAMESPACES (or MCP_OPTIMIZER_OPERATOR_NAMESPACE); "
+                "no catalog is read"
+            )
+        else:
+            logger.info("Catalogs are read from namespaces %s only; labelled ConfigMaps elsewhere are ignored",
+                        ", ".join(trusted))
+        for namespace in trusted:
+            watch = CatalogWatch(context.catalogs, context.kube, namespace)
+            context.background.add(asyncio.create_task(watch.run(), name=f"catalog watch {namespace}"))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(*, memo: Any, **_: Any) -> None:
@@ -120,7 +140,6 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
 
     pods.register(registry)
     mcpservers.register(registry, resync_interval=settings.resync_interval)
-    catalogs.register(registry)
     return registry
 
 
@@ -140,15 +159,21 @@ async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = Fal
     removed = await context.reconciler.remove_stale(sorted(indexed_workloads - present_workloads))
     for name in removed:
         logger.info("Removed workload %s: its MCPServer is gone", name)
-    for catalog in sorted(indexed_catalogs - set(present_catalogs)):
-        logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
+    for catalog in sorted(indexed_catalogs - set(present_catalogs.bodies)):
+        if catalog_namespace(catalog) in present_catalogs.unreadable:
+            continue  # not listed this time: unknown, not gone
+        if not context.catalogs.is_trusted(catalog):
+            # E.g. loaded by an earlier version that read every namespace: logged once, as it goes.
+            logger.info("Removing catalog %s: its namespace is not a trusted catalog namespace", catalog)
+        else:
+            logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
         await context.catalogs.remove(catalog)
     if load_catalogs:
-        for catalog, body in sorted(present_catalogs.items()):
+        for catalog, body in sorted(present_catalogs.bodies.items()):
             try:
                 await context.catalogs.apply(body, deleted=False)
             except Exception:
-                # The ConfigMap handler will try again (and report) when kopf lists it.
+                # The catalog watch will try again (and report) when it lists the namespace.
                 logger.exception("Loading catalog %s at start failed", catalog)
 
 
@@ -199,15 +224,19 @@ async def run_operator(
     if indexer is None:
         indexer = await Indexer.open(settings, embedder)
     api_client = client.ApiClient(kube_config)
+    kube = KubeApi(kube_config, timeout=settings.mcp_timeout)
     reconciler = WorkloadReconciler(
         indexer, StatusWriter(api_client), mcp_timeout=settings.mcp_timeout, list_tools=list_tools
     )
+    trusted = settings.trusted_catalog_namespaces
     context = OperatorContext(
         settings=settings,
         indexer=indexer,
         reconciler=reconciler,
-        catalogs=CatalogSync(indexer, reconciler),
-        lister=ClusterLister(api_client, settings.namespaces),
+        catalogs=CatalogSync(indexer, reconciler, trusted_namespaces=trusted),
+        lister=ClusterLister(api_client, settings.namespaces, trusted),
+        kube=kube,
+        events=EventPoster(kube),
         on_stop=on_stop,
     )
     try:
@@ -224,6 +253,7 @@ async def run_operator(
     finally:
         with contextlib.suppress(Exception):
             await _stop_background(context)
+        await kube.close()
         api_client.close()  # type: ignore[no-untyped-call]
         if own_indexer:
             await indexer.close()
@@ -258,7 +288,8 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
             )
         search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
         # Serving before kopf starts: kopf adopts every task created after it starts.
-        endpoint = McpEndpoint(settings, search)
+        # The endpoint reviews callers' tokens against the cluster the operator watches.
+        endpoint = McpEndpoint(settings, search, kube_config=load_client_config(kubeconfig))
         await endpoint.start()
         ready = asyncio.Event()
         stop = asyncio.Event()

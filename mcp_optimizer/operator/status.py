@@ -14,8 +14,9 @@ filtered on ``spec``) and cannot start a reconcile loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from kubernetes import client
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import RegistryNote
+from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
 
 logger = logging.getLogger(__name__)
@@ -252,15 +254,26 @@ def warnings(facts: ServerFacts) -> list[tuple[str, str]]:
     return found
 
 
+#: Posts an Event where kopf's poster is not available: set by the operator's startup handler
+#: for itself and the tasks it starts (catalog watches, garbage collection). Unset: logged only.
+event_sink: contextvars.ContextVar[Callable[[Mapping[str, Any], str, str, str], None] | None] = (
+    contextvars.ContextVar("mcp_optimizer_event_sink", default=None)
+)
+
+
 def post_event(ref: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
-    """Post a Kubernetes Event through kopf's poster; log instead outside kopf's handler context.
+    """Post a Kubernetes Event through kopf's poster, else through :data:`event_sink`, else log it.
 
     kopf keeps its event queue in a context variable that is set for resource handlers and the
-    tasks they start; startup handlers run without it.
+    tasks they start; startup handlers (and the catalog watches they start) run without it.
     """
     try:
         kopf.event(ref, type=type_, reason=reason, message=message[:1024])  # type: ignore[arg-type]
     except LookupError:
+        sink = event_sink.get()
+        if sink is not None:
+            sink(ref, type_, reason, message[:1024])
+            return
         meta = ref.get("metadata") or {}
         level = logging.WARNING if type_ == "Warning" else logging.INFO
         logger.log(level, "%s/%s: %s: %s", meta.get("namespace"), meta.get("name"), reason, message)
@@ -290,3 +303,46 @@ class StatusWriter:
                 return False
             raise
         return True
+
+
+class EventPoster:
+    """Posts Events itself (one POST each, in the background) for :data:`event_sink`."""
+
+    def __init__(self, api: KubeApi, component: str = "mcp-optimizer") -> None:
+        self.api = api
+        self.component = component
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def post_soon(self, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.post(ref, type_, reason, message), name="post Event")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def post(self, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = ref.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": ref.get("apiVersion"),
+                "kind": ref.get("kind"),
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.post(f"/api/v1/namespaces/{namespace}/events", event)
+        except KubeApiError as exc:
+            logger.warning("Cannot post Event %s about %s/%s: %s", reason, namespace, name, exc)

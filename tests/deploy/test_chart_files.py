@@ -69,7 +69,49 @@ def test_rbac_has_no_wildcards_and_only_the_verbs_used():
         ("", "configmaps", "list"),
         ("", "configmaps", "watch"),
         ("", "events", "create"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
     }
+
+
+def test_configmaps_are_readable_only_in_the_catalog_namespace():
+    """Catalog trust: no ClusterRole touches ConfigMaps; one Role does, in the release namespace."""
+    docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
+    for role in by_kind(docs, "ClusterRole"):
+        assert all("configmaps" not in rule["resources"] for rule in role["rules"]), role["metadata"]["name"]
+    readers = [r for r in by_kind(docs, "Role") if any("configmaps" in rule["resources"] for rule in r["rules"])]
+    assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in readers] == [
+        ("mcp-optimizer-catalogs", "mcp-optimizer-system")
+    ]
+
+
+def test_default_install_is_secure():
+    """Kubernetes auth on, the endpoint on the network only behind it, a NetworkPolicy in front."""
+    docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
+    (deployment,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MCP_OPTIMIZER_AUTH_MODE"] == "kubernetes"
+    assert env["MCP_OPTIMIZER_AUTH_AUDIENCES"] == "mcp-optimizer"
+    assert "MCP_OPTIMIZER_MCP_HOST" not in env  # chosen by the auth mode: every interface, behind auth
+    assert "MCP_OPTIMIZER_AUTH_TOKENS_FILE" not in env
+    (auth_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "mcp-optimizer-auth"]
+    assert [(rule["resources"], rule["verbs"]) for rule in auth_role["rules"]] == [
+        (["tokenreviews"], ["create"]),
+        (["subjectaccessreviews"], ["create"]),
+    ]
+
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in spec["ingress"]}
+    assert set(by_port) == {"mcp", "metrics"}
+    assert by_port["mcp"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"mcp-optimizer.dev/client": "true"}}}
+    ]
+    assert by_port["metrics"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert set(by_port) <= container_ports
 
 
 def test_deployment_is_hardened():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from mcp_optimizer.config import Settings
+from mcp_optimizer.config import Settings, endpoint_host, resolve_auth_mode
 from mcp_optimizer.mcp.auth import parse_tokens
 from tests.deploy.support import HelmError, env_of, kubectl, objects
 
@@ -72,14 +72,25 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
         assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions)
         assert crd.spec.names.short_names == ["mcps"]
 
-        # Cluster scope: a ClusterRole bound to the release's ServiceAccount, no Roles.
+        # Cluster scope: a ClusterRole bound to the release's ServiceAccount; ConfigMaps only
+        # through a Role in the release namespace; the auth ClusterRole (reviews only).
         rbac = _rbac(kube_api)
         role = rbac.read_cluster_role(fullname)
         assert {tuple(r.resources) for r in role.rules} >= {("mcpservers",), ("mcpservers/status",), ("pods",)}
+        assert all("configmaps" not in r.resources for r in role.rules)
         binding = rbac.read_cluster_role_binding(fullname)
         assert binding.role_ref.name == fullname
         assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", fullname, namespace)]
-        assert rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items == []
+        roles = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        assert [(r.metadata.name, [tuple(rule.resources) for rule in r.rules]) for r in roles] == [
+            (f"{fullname}-catalogs", [("configmaps",)])
+        ]
+        auth_role = rbac.read_cluster_role(f"{fullname}-auth")
+        assert {(r.resources[0], tuple(r.verbs)) for r in auth_role.rules} == {
+            ("tokenreviews", ("create",)),
+            ("subjectaccessreviews", ("create",)),
+        }
+        assert rbac.read_cluster_role_binding(f"{fullname}-auth").subjects[0].name == fullname
         core = client.CoreV1Api(kube_api)
         core.read_namespaced_service_account(fullname, namespace)
 
@@ -98,6 +109,21 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
         assert settings.auth_tokens_file is None
         assert settings.peering_name is None
         assert (settings.mcp_port, settings.mcp_path) == (8080, "/mcp")
+        # Secure by default: Kubernetes auth, so the endpoint may listen on every interface.
+        assert resolve_auth_mode(settings, cluster=True) == "kubernetes"
+        assert (settings.auth_audiences, settings.auth_access_resource) == (
+            ("mcp-optimizer",),
+            "mcpservers.mcp-optimizer.dev",
+        )
+        assert endpoint_host(settings, "kubernetes") == "0.0.0.0"
+        assert settings.trusted_catalog_namespaces == (namespace,)
+        assert (settings.session_idle_timeout, settings.sessions_per_identity, settings.max_sessions) == (
+            300,
+            64,
+            1000,
+        )
+        policy = client.NetworkingV1Api(kube_api).read_namespaced_network_policy(fullname, namespace)
+        assert [p.port for rule in policy.spec.ingress for p in rule.ports] == ["mcp", "metrics"]
 
         # Service: the MCP endpoint and metrics.
         service = core.read_namespaced_service(fullname, namespace)
@@ -130,23 +156,56 @@ def test_install_listed_namespaces(helm, kube_api, namespace, namespaces, monkey
     values = {"watchNamespaces": namespaces, "exampleCatalog": {"enabled": True}}
     with helm.installed(release, namespace, values):
         rbac = _rbac(kube_api)
-        # No cluster-wide access at all.
-        assert rbac.list_cluster_role(label_selector=_labels(release)).items == []
-        assert rbac.list_cluster_role_binding(label_selector=_labels(release)).items == []
+        # No cluster-wide access to any object: the one ClusterRole grants reviews only.
+        cluster_roles = rbac.list_cluster_role(label_selector=_labels(release)).items
+        assert [r.metadata.name for r in cluster_roles] == [f"{fullname}-auth"]
+        assert {r.resources[0] for r in cluster_roles[0].rules} == {"tokenreviews", "subjectaccessreviews"}
         for ns in namespaces:
             role = rbac.read_namespaced_role(fullname, ns)
-            assert {tuple(r.resources) for r in role.rules} >= {("mcpservers",), ("configmaps",), ("events",)}
+            assert {tuple(r.resources) for r in role.rules} >= {("mcpservers",), ("pods",), ("events",)}
+            assert all("configmaps" not in r.resources for r in role.rules)
             binding = rbac.read_namespaced_role_binding(fullname, ns)
             assert binding.role_ref.kind == "Role"
             assert [(s.name, s.namespace) for s in binding.subjects] == [(fullname, namespace)]
-        # Nothing in the release namespace itself, which is not watched.
-        assert rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items == []
+        # The release namespace, not watched, is the catalog namespace: ConfigMaps, and Events on them.
+        (catalogs,) = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        assert catalogs.metadata.name == f"{fullname}-catalogs"
+        assert [(tuple(r.resources), tuple(r.verbs)) for r in catalogs.rules] == [
+            (("configmaps",), ("list", "watch")),
+            (("events",), ("create",)),
+        ]
 
         settings = _settings_from(_deployment(kube_api, namespace, fullname), monkeypatch)
         assert settings.namespaces == tuple(namespaces)
-        # The example catalog goes where the operator looks: the first watched namespace.
+        assert settings.trusted_catalog_namespaces == (namespace,)
+        # The example catalog goes where the operator reads catalogs: the release namespace.
         core = client.CoreV1Api(kube_api)
-        core.read_namespaced_config_map("example-registry-catalog", namespaces[0])
+        core.read_namespaced_config_map("example-registry-catalog", namespace)
+
+
+def test_install_with_catalog_namespaces(helm, kube_api, namespace, namespaces, monkeypatch):
+    """catalogNamespaces: a Role for ConfigMaps in each listed namespace (Events too where no
+    watched-namespace Role grants them), never a ClusterRole; the example catalog may go there."""
+    release = _release()
+    fullname = f"{release}-mcp-optimizer"
+    watched, platform = namespaces
+    values = {
+        "watchNamespaces": [watched],
+        "catalogNamespaces": [watched, platform],
+        "exampleCatalog": {"enabled": True, "namespace": platform},
+    }
+    with helm.installed(release, namespace, values):
+        rbac = _rbac(kube_api)
+        for ns, events in ((namespace, True), (watched, False), (platform, True)):
+            role = rbac.read_namespaced_role(f"{fullname}-catalogs", ns)
+            resources = [r.resources[0] for r in role.rules]
+            assert resources == (["configmaps", "events"] if events else ["configmaps"]), ns
+        settings = _settings_from(_deployment(kube_api, namespace, fullname), monkeypatch)
+        assert settings.trusted_catalog_namespaces == (namespace, watched, platform)
+        client.CoreV1Api(kube_api).read_namespaced_config_map("example-registry-catalog", platform)
+
+    with pytest.raises(HelmError, match=r"exampleCatalog\.namespace elsewhere is not a catalog namespace"):
+        helm.install(_release(), namespace, {"exampleCatalog": {"enabled": True, "namespace": "elsewhere"}})
 
 
 def test_install_with_persistence(helm, kube_api, namespace):
@@ -183,7 +242,7 @@ def test_install_with_auth_tokens(helm, kube_api, namespace, monkeypatch):
         {"name": "team-a", "token": "a-very-secret-token", "groups": ["team-a"], "namespaces": ["team-a"]},
         {"name": "ops", "token_sha256": "ab" * 32},
     ]
-    with helm.installed(release, namespace, {"auth": {"enabled": True, "tokens": tokens}}):
+    with helm.installed(release, namespace, {"auth": {"mode": "tokens", "tokens": tokens}}):
         core = client.CoreV1Api(kube_api)
         secret = core.read_namespaced_secret(f"{fullname}-auth", namespace)
         document = base64.b64decode(secret.data["tokens.yaml"]).decode()
@@ -202,12 +261,17 @@ def test_install_with_auth_tokens(helm, kube_api, namespace, monkeypatch):
 
         # The mounted file is one the MCP endpoint accepts.
         assert len(parse_tokens(document, source="secret")) == 2
+        assert resolve_auth_mode(settings, cluster=True) == "tokens"
+        # No review rights in tokens mode.
+        assert [r.metadata.name for r in _rbac(kube_api).list_cluster_role(label_selector=_labels(release)).items] == [
+            fullname
+        ]
 
     # An existing Secret: none created, the Deployment mounts it.
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     with helm.installed(
-        release, namespace, {"auth": {"enabled": True, "existingSecret": "my-tokens", "key": "t.yaml"}}
+        release, namespace, {"auth": {"mode": "tokens", "existingSecret": "my-tokens", "key": "t.yaml"}}
     ):
         core = client.CoreV1Api(kube_api)
         assert core.list_namespaced_secret(namespace, label_selector=_labels(release)).items == []
@@ -222,9 +286,60 @@ def test_install_with_auth_tokens(helm, kube_api, namespace, monkeypatch):
         assert env_of(deployment)["MCP_OPTIMIZER_AUTH_TOKENS_FILE"] == "/etc/mcp-optimizer/auth/t.yaml"
 
 
-def test_auth_without_tokens_is_refused(helm, namespace):
-    with pytest.raises(HelmError, match=r"auth\.enabled needs auth\.existingSecret"):
-        helm.install(_release(), namespace, {"auth": {"enabled": True}})
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ({"mode": "tokens"}, r"auth\.mode=tokens needs auth\.existingSecret or at least one entry in auth\.tokens"),
+        ({"enabled": True}, r"auth\.enabled was replaced by auth\.mode: kubernetes"),
+        ({"enabled": False}, r"auth\.enabled was replaced by auth\.mode"),
+        ({"mode": "open"}, r'auth\.mode must be kubernetes, tokens or none, not "open"'),
+    ],
+)
+def test_auth_values_that_cannot_work_are_refused(helm, namespace, auth, message):
+    with pytest.raises(HelmError, match=message):
+        helm.install(_release(), namespace, {"auth": auth})
+
+
+def test_no_auth_must_be_chosen_and_then_listens_on_loopback(helm, kube_api, namespace, monkeypatch):
+    release = _release()
+    fullname = f"{release}-mcp-optimizer"
+    with helm.installed(release, namespace, {"auth": {"mode": "none"}}) as result:
+        deployment = _deployment(kube_api, namespace, fullname)
+        assert "MCP_OPTIMIZER_MCP_HOST" not in env_of(deployment)
+        settings = _settings_from(deployment, monkeypatch)
+        assert resolve_auth_mode(settings, cluster=True) == "none"
+        assert endpoint_host(settings, "none") == "127.0.0.1"
+        assert "Auth: NONE" in result["notes"] and "port-forward deploy/" in result["notes"]
+        assert _rbac(kube_api).list_cluster_role(label_selector=_labels(release)).items[0].metadata.name == fullname
+    # Told otherwise: the network, and the notes say what that means.
+    release = _release()
+    fullname = f"{release}-mcp-optimizer"
+    with helm.installed(release, namespace, {"auth": {"mode": "none"}, "mcp": {"host": "0.0.0.0"}}) as result:
+        settings = _settings_from(_deployment(kube_api, namespace, fullname), monkeypatch)
+        assert endpoint_host(settings, "none") == "0.0.0.0"
+        assert "Anyone who reaches 0.0.0.0:8080 sees and calls every server" in result["notes"]
+
+
+def test_network_policy_values(helm, kube_api, namespace):
+    networking = client.NetworkingV1Api(kube_api)
+    release = _release()
+    agents = {"namespaceSelector": {"matchLabels": {"team": "agents"}}}
+    values = {"networkPolicy": {"mcpFrom": [agents], "metricsFrom": []}}
+    with helm.installed(release, namespace, values):
+        (policy,) = networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items
+        (rule,) = policy.spec.ingress
+        assert [p.port for p in rule.ports] == ["mcp"]
+        assert rule._from[0].namespace_selector.match_labels == {"team": "agents"}
+
+    # Nobody at all: an explicit empty ingress (deny), never a rule with an empty "from" (allow all).
+    release = _release()
+    with helm.installed(release, namespace, {"networkPolicy": {"mcpFrom": [], "metricsFrom": []}}):
+        (policy,) = networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items
+        assert policy.spec.policy_types == ["Ingress"] and not policy.spec.ingress
+
+    release = _release()
+    with helm.installed(release, namespace, {"networkPolicy": {"enabled": False}}):
+        assert networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items == []
 
 
 def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces, monkeypatch):

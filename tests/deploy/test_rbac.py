@@ -7,9 +7,12 @@ load a catalog, index a remote and a container server, follow a pod, link to the
 status, post Events, and release its finalizer on deletion.
 
 Then each rule is removed from the role in turn, and the part of the job that rule exists for is
-shown to fail: every rule is needed, not just sufficient. Finally, a table of SubjectAccessReviews
-shows what the operator may *not* do (no reads of Secrets, no writes to ConfigMaps or pods, no
-deletes, no cluster-scoped access beyond its resources).
+shown to fail: every rule is needed, not just sufficient. Catalog ConfigMaps are read through a
+Role in the catalog namespace only, and the MCP endpoint reviews callers' tokens with the auth
+ClusterRole (TokenReview, SubjectAccessReview), each rule of which is needed too. Finally, a table
+of SubjectAccessReviews shows what the operator may *not* do (no reads of Secrets, no ConfigMaps
+outside catalog namespaces, no writes to ConfigMaps or pods, no deletes, no cluster-scoped access
+beyond its resources and the reviews).
 """
 
 from __future__ import annotations
@@ -23,10 +26,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from kubernetes import client
 
 from mcp_optimizer.config import Settings
+from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.ingest import WorkloadSpec
+from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.operator.cluster import load_client_config
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
@@ -34,6 +43,7 @@ from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_
 pytest.register_assert_rewrite("tests.k8s.harness")
 from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog  # noqa: E402
 from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from tests.mcp.server_env import connect, payload  # noqa: E402
 
 pytestmark = pytest.mark.kube
 
@@ -143,8 +153,19 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool
 
 
 @pytest.fixture
-def op_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return replace(settings, db_path=tmp_path / "index.db", mcp_timeout=3.0, resync_interval=3600.0)
+def op_settings(settings: Settings, tmp_path: Path, namespace: str) -> Settings:
+    """The job's namespace is also its catalog namespace (the chart: catalogNamespaces)."""
+    return replace(
+        settings,
+        db_path=tmp_path / "index.db",
+        mcp_timeout=3.0,
+        resync_interval=3600.0,
+        catalog_namespaces=(namespace,),
+    )
+
+
+def chart_values(job_namespace: str, **values: Any) -> dict[str, Any]:
+    return {"catalogNamespaces": [job_namespace], **values}
 
 
 @pytest.fixture
@@ -245,8 +266,9 @@ def can(
 async def test_operator_does_its_whole_job_with_the_shipped_cluster_role(
     helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
 ):
-    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpservers", group="mcp-optimizer.dev")
+        wait_until_authorized(kube_api, True, verb="watch", resource="configmaps", namespace=job.ns)
         job.create()
         with operator_as_service_account(op_settings, operator_kubeconfig, embedder):
             for name in Job.CHECKS:
@@ -256,32 +278,47 @@ async def test_operator_does_its_whole_job_with_the_shipped_cluster_role(
             assert await wait_for(job.deleted, 30)
 
 
-#: Rule index in the shipped ClusterRole -> the check that must fail without it.
+#: (role, rule index) in the shipped RBAC -> the check that must fail without it. "" is the
+#: ClusterRole; "catalogs" the Role in the catalog namespace (here the job's).
 RULE_CHECKS = {
-    0: ("mcpservers list/watch", "sees_servers"),
-    1: ("mcpservers patch", "finalizer"),
-    2: ("mcpservers/status patch", "status"),
-    3: ("pods list/watch", "pods"),
-    4: ("configmaps list/watch", "catalog"),
-    5: ("events create", "events"),
+    ("", 0): ("mcpservers list/watch", "sees_servers"),
+    ("", 1): ("mcpservers patch", "finalizer"),
+    ("", 2): ("mcpservers/status patch", "status"),
+    ("", 3): ("pods list/watch", "pods"),
+    ("", 4): ("events create", "events"),
+    ("catalogs", 0): ("configmaps list/watch", "catalog"),
 }
 
 
+def _read_role(kube_api: client.ApiClient, which: str, namespace: str) -> Any:
+    if which == "":
+        return rbac(kube_api).read_cluster_role(OPERATOR_RELEASE)
+    return rbac(kube_api).read_namespaced_role(f"{OPERATOR_RELEASE}-{which}", namespace)
+
+
+def _replace_role(kube_api: client.ApiClient, which: str, namespace: str, role: Any) -> None:
+    if which == "":
+        rbac(kube_api).replace_cluster_role(OPERATOR_RELEASE, role)
+    else:
+        rbac(kube_api).replace_namespaced_role(f"{OPERATOR_RELEASE}-{which}", namespace, role)
+
+
 @pytest.mark.parametrize(
-    "index", sorted(RULE_CHECKS), ids=[v[0].replace(" ", "-") for _, v in sorted(RULE_CHECKS.items())]
+    "rule", sorted(RULE_CHECKS), ids=[v[0].replace(" ", "-") for _, v in sorted(RULE_CHECKS.items())]
 )
 async def test_each_rule_is_needed(
-    index, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
+    rule, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
 ):
-    what, check = RULE_CHECKS[index]
-    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
-        role = rbac(kube_api).read_cluster_role(OPERATOR_RELEASE)
-        assert len(role.rules) == len(RULE_CHECKS), "a rule was added: give it a check here"
+    what, check = RULE_CHECKS[rule]
+    which, index = rule
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
+        role = _read_role(kube_api, which, job.ns)
+        assert len(role.rules) == sum(1 for w, _ in RULE_CHECKS if w == which), "a rule was added: give it a check"
         removed = role.rules[index]
         label = f"{'/'.join(removed.resources)} {'/'.join(removed.verbs)}"
         assert label.replace("/", " ") == what.replace("/", " "), f"rule {index} is {label}, expected {what}"
         role.rules = [r for i, r in enumerate(role.rules) if i != index]
-        rbac(kube_api).replace_cluster_role(OPERATOR_RELEASE, role)
+        _replace_role(kube_api, which, job.ns, role)
         wait_until_authorized(
             kube_api,
             False,
@@ -315,12 +352,11 @@ async def test_operator_does_its_job_with_roles_in_listed_namespaces(
     helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job, monkeypatch
 ):
     """watchNamespaces: Roles in the listed namespaces only; the operator watches just those."""
-    values = {"watchNamespaces": [job.ns]}
+    values = chart_values(job.ns, watchNamespaces=[job.ns])
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
-        assert (
-            rbac(kube_api).list_cluster_role_binding(label_selector="app.kubernetes.io/instance=mcp-optimizer").items
-            == []
-        )
+        # The only cluster-wide binding is the auth one: reviews, no objects.
+        bindings = rbac(kube_api).list_cluster_role_binding(label_selector="app.kubernetes.io/instance=mcp-optimizer")
+        assert [b.metadata.name for b in bindings.items] == [f"{OPERATOR_RELEASE}-auth"]
         wait_until_authorized(kube_api, True, verb="watch", resource="pods", namespace=job.ns)
         assert not can(kube_api, "list", "pods")  # not cluster-wide
         assert not can(kube_api, "list", "mcpservers", group="mcp-optimizer.dev", namespace="default")
@@ -338,11 +374,15 @@ ALLOWED = [
     ("patch", "mcpservers/status", "mcp-optimizer.dev", ""),
     ("list", "pods", "", ""),
     ("watch", "pods", "", ""),
-    ("list", "configmaps", "", ""),
-    ("watch", "configmaps", "", ""),
     ("create", "events", "", ""),
+    ("create", "tokenreviews", "authentication.k8s.io", ""),
+    ("create", "subjectaccessreviews", "authorization.k8s.io", ""),
 ]
 DENIED = [
+    # ConfigMaps only in catalog namespaces (the release namespace by default), not in any other.
+    ("list", "configmaps", "", ""),
+    ("watch", "configmaps", "", ""),
+    ("get", "configmaps", "", ""),
     ("get", "secrets", "", ""),
     ("list", "secrets", "", ""),
     ("create", "mcpservers", "mcp-optimizer.dev", ""),
@@ -365,9 +405,11 @@ DENIED = [
 
 
 def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace):
-    """What the shipped ClusterRole allows, and a sample of what it must not."""
+    """What the shipped RBAC allows in a namespace that holds no catalogs, and a sample of what
+    it must not; ConfigMaps are readable in the release namespace only."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
         wait_until_authorized(kube_api, True, verb="create", resource="events", namespace=namespace)
+        wait_until_authorized(kube_api, True, verb="list", resource="configmaps", namespace=OPERATOR_NAMESPACE)
         decisions = {}
         for verb, resource, group, _ in ALLOWED + DENIED:
             res, _, sub = resource.partition("/")
@@ -375,6 +417,9 @@ def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace
         assert {k for k, v in decisions.items() if v} == {(v, r) for v, r, _, _ in ALLOWED}, json.dumps(
             {f"{v} {r}": ok for (v, r), ok in decisions.items()}, indent=1
         )
+        assert can(kube_api, "watch", "configmaps", namespace=OPERATOR_NAMESPACE)
+        assert not can(kube_api, "list", "configmaps")  # never cluster-wide
+        assert not can(kube_api, "get", "configmaps", namespace=OPERATOR_NAMESPACE)
 
 
 async def test_operator_runs_with_peering_rules(
@@ -387,7 +432,7 @@ async def test_operator_runs_with_peering_rules(
     kubectl(kubeconfig, "apply", "-f", str(MANIFESTS / "optional" / "kopf-peering-crds.yaml"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
     objects = client.CustomObjectsApi(kube_api)
-    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"peering": {"enabled": True}}):
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns, peering={"enabled": True})):
         wait_until_authorized(kube_api, True, verb="watch", resource="clusterkopfpeerings", group="kopf.dev")
         job.create()
         settings = replace(op_settings, peering_name=OPERATOR_RELEASE, peering_priority=100)
@@ -400,3 +445,69 @@ async def test_operator_runs_with_peering_rules(
             assert await wait_for(heartbeat, 30), "kopf's keep-alive never reached the peering object"
             for name in Job.CHECKS:
                 assert await wait_for(getattr(job, name), 30), f"{name} failed with peering on"
+
+
+#: Rules of the shipped auth ClusterRole, in order.
+AUTH_RULES = ["tokenreviews", "subjectaccessreviews"]
+
+
+@pytest.mark.parametrize("removed", [None, *AUTH_RULES], ids=["full-role", *(f"without-{r}" for r in AUTH_RULES)])
+async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
+    removed, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, settings, indexer, namespace
+):
+    """As the operator's ServiceAccount, with the chart's auth ClusterRole, the MCP endpoint
+    checks a caller's token and scopes it; without either rule every caller gets 503, never data."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "agent"}})
+    rbac(kube_api).create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "read"}, "rules": [
+            {"apiGroups": ["mcp-optimizer.dev"], "resources": ["mcpservers"], "verbs": ["get"]}]},
+    )
+    rbac(kube_api).create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "read"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
+        },
+    )
+    await indexer.apply_workload(
+        WorkloadSpec(
+            f"{namespace}/weather", "weather", url="https://weather.example.com/mcp", status=WorkloadStatus.RUNNING,
+            namespace=namespace, tools=WEATHER_TOOLS,
+        )
+    )
+    token = core.create_namespaced_service_account_token(
+        "agent", namespace, {"spec": {"audiences": ["mcp-optimizer"], "expirationSeconds": 3600}}
+    ).status.token
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
+        auth_role = f"{OPERATOR_RELEASE}-auth"
+        group = {"tokenreviews": "authentication.k8s.io", "subjectaccessreviews": "authorization.k8s.io"}
+        for resource in AUTH_RULES:
+            wait_until_authorized(kube_api, True, verb="create", resource=resource, group=group[resource])
+        role = rbac(kube_api).read_cluster_role(auth_role)
+        assert [r.resources[0] for r in role.rules] == AUTH_RULES, "a rule was added: give it a case here"
+        if removed is not None:
+            role.rules = [r for r in role.rules if r.resources[0] != removed]
+            rbac(kube_api).replace_cluster_role(auth_role, role)
+            wait_until_authorized(kube_api, False, verb="create", resource=removed, group=group[removed])
+
+        configured = replace(settings, auth_mode="kubernetes", mcp_host="127.0.0.1", mcp_port=0)
+        search = ToolSearch(indexer.engine, indexer.embedder)
+        async with McpEndpoint(configured, search, kube_config=load_client_config(operator_kubeconfig)) as endpoint:
+            init = {
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "1"}},
+            }
+            headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
+            async with httpx2.AsyncClient(timeout=30) as http:
+                answer = await http.post(endpoint.url, json=init, headers=headers)
+            if removed is not None:
+                assert answer.status_code == 503, answer.text
+                return
+            assert answer.status_code == 200, answer.text
+            async with connect(endpoint.url, token=token) as session:
+                listed = payload(await session.call_tool("list_tools", {}))
+            assert [entry["server"] for entry in listed["servers"]] == [f"{namespace}/weather"]

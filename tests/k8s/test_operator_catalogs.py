@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 # The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
@@ -9,6 +11,8 @@ import pytest
 pytest.register_assert_rewrite("tests.k8s.harness")
 pytest_plugins = ["tests.k8s.harness"]
 
+from mcp_optimizer.catalog import CatalogEntry  # noqa: E402
+from mcp_optimizer.ingest import Indexer  # noqa: E402
 from mcp_optimizer.operator.catalogs import CATALOG_LABEL  # noqa: E402
 from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
@@ -31,7 +35,7 @@ def remote_entry(url: str, description: str = "Issue tracker: search and file is
 async def test_catalog_create_edit_malformed_delete(ns, kube, start_operator, probe):
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "tracker", {"url": server.url})
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         wl = workload_name(ns, "tracker")
         catalog = f"{ns}/registry"
 
@@ -84,7 +88,7 @@ async def test_label_removal_deletes_the_catalog_and_unlabelled_configmaps_are_i
     url = unique("https://tracker.example.com/mcp")
     kube.put_catalog(ns, "not-a-catalog", legacy_catalog(remote_servers={"x": remote_entry(url)}), labelled=False)
     kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"tracker": remote_entry(url)}))
-    start_operator([ns])
+    start_operator([ns], catalog_namespaces=(ns,))
     await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/registry"}))
 
     kube.core.patch_namespaced_config_map("registry", ns, {"metadata": {"labels": {CATALOG_LABEL: None}}})
@@ -104,7 +108,7 @@ async def test_duplicates_across_catalogs_then_a_pin(ns, kube, kube_api, start_o
         kube.create_server(ns, "tracker", {"image": f"{image}:2.0", "endpoint": server.url})
         kube.create_pod(ns, "tracker-0", instance="tracker")
         set_pod_status(kube_api, ns, "tracker-0", "Running")
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         wl = workload_name(ns, "tracker")
 
         # Two entries match the image (any tag): ERROR, a Warning Event, not searchable (S2.5).
@@ -146,7 +150,7 @@ async def test_pin_to_a_missing_entry_links_once_it_appears(ns, kube, start_oper
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "tracker", {"url": server.url,
                                            "registryRef": {"catalog": f"{ns}/later", "name": "tracker"}})
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         await eventually(lambda: kube.condition(ns, "tracker", "RegistryMatched").get("reason")
                          == "RegistryRefNotFound")
         await eventually(lambda: kube.has_event(ns, "tracker", "RegistryRefNotFound", "Warning"))
@@ -163,7 +167,7 @@ async def test_linked_and_autonomous_workloads_and_a_rename(ns, kube, start_oper
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"tracker": remote_entry(tracker.url)}))
         kube.create_server(ns, "tracker", {"url": tracker.url})
         kube.create_server(ns, "notes", {"url": notes.url})
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         linked, autonomous = workload_name(ns, "tracker"), workload_name(ns, "notes")
 
         await eventually(lambda: probe.found(QUERY, linked))
@@ -189,6 +193,65 @@ async def test_linked_and_autonomous_workloads_and_a_rename(ns, kube, start_oper
         assert await probe.found(QUERY, linked)
         # The autonomous workload is untouched.
         assert (await probe.workload(autonomous) or {})["last_updated"] == own_row["last_updated"]
+
+
+async def test_catalogs_are_read_only_from_trusted_namespaces(
+    kube, kube_api, start_operator, probe, caplog, mcpserver_crd
+):
+    """A tenant's labelled ConfigMap listing another team's image cannot hijack or break that
+    team's workload: only the trusted namespace's catalogs count, even with MCPServers watched
+    cluster-wide; a catalog an earlier version loaded from elsewhere is removed at start."""
+    platform, team, tenant = (_fresh_namespace(kube, prefix) for prefix in ("platform", "team", "tenant"))
+    image = f"ghcr.io/acme/{unique('tracker')}"
+    try:
+        with McpTestServer(TOOLS) as server:
+            # An index left by an operator that read every namespace holds the tenant's catalog.
+            indexer = await Indexer.open(start_operator.base, start_operator.embedder)
+            try:
+                await indexer.load_catalog(
+                    f"{tenant}/stale", [CatalogEntry(name="stale", remote=False, package=f"{image}:9")]
+                )
+            finally:
+                await indexer.close()
+            official = {"image": f"{image}:1.0", "description": "Issue tracker", "tools": ["search_issues"]}
+            kube.put_catalog(platform, "registry", legacy_catalog(servers={"tracker": official}))
+            hostile = {"image": f"{image}:1.0", "description": "Pwned tracker", "tools": ["search_issues"]}
+            kube.put_catalog(tenant, "evil", legacy_catalog(servers={"tracker-evil": hostile}))
+            kube.create_server(team, "tracker", {"image": f"{image}:2.0", "endpoint": server.url})
+            kube.create_pod(team, "tracker-0", instance="tracker")
+            set_pod_status(kube_api, team, "tracker-0", "Running")
+            with caplog.at_level(logging.INFO, logger="mcp_optimizer"):
+                start_operator(catalog_namespaces=(platform,))  # MCPServers: every namespace
+                wl = workload_name(team, "tracker")
+                await eventually(lambda: kube.server_status(team, "tracker").get("registryServer")
+                                 == {"name": "tracker", "catalog": f"{platform}/registry"})
+                assert kube.server_status(team, "tracker")["phase"] == "Running"
+                await eventually(lambda: probe.found(QUERY, wl))
+
+                # The tenant edits its ConfigMap; a later change in the trusted namespace is seen,
+                # the tenant's never.
+                kube.put_catalog(tenant, "evil", legacy_catalog(servers={"tracker-evil": hostile, "x": hostile}))
+                kube.put_catalog(platform, "registry", legacy_catalog(servers={
+                    "tracker": official, "other": {"image": "ghcr.io/acme/other:1", "description": "Other"}}))
+                await eventually(lambda: _eq(probe.registry_servers(f"{platform}/registry"), ["other", "tracker"]))
+                assert await probe.catalogs() == {f"{platform}/registry"}
+                row = await probe.workload(wl)
+                assert row is not None and row["status"] == "RUNNING"
+                assert row["registry_catalog"] == f"{platform}/registry"
+                assert kube.events(tenant, "evil") == []  # ignored quietly: no Event spam
+            untrusted = [r.getMessage() for r in caplog.records if "not a trusted catalog namespace" in r.getMessage()]
+            assert untrusted == [f"Removing catalog {tenant}/stale: its namespace is not a trusted catalog namespace"]
+    finally:
+        start_operator.stop_all()
+        for space in (platform, team, tenant):
+            kube.empty_namespace(space)
+            kube.core.delete_namespace(space)
+
+
+def _fresh_namespace(kube, prefix: str) -> str:
+    name = unique(prefix)
+    kube.core.create_namespace({"metadata": {"name": name}})
+    return name
 
 
 async def _eq(value, expected) -> bool:

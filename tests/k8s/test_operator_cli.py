@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from kubernetes import client
 
 # The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
 # rewrite its asserts although this module imports it first.
@@ -30,8 +31,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def agent_token(kube, ns: str) -> str:
+    """A ServiceAccount that may get MCPServers in ``ns``, and its token for the MCP endpoint."""
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "agent"}})
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    rule = {"apiGroups": ["mcp-optimizer.dev"], "resources": ["mcpservers"], "verbs": ["get"]}
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "agent"}, "rules": [rule]})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+    })
+    request = {"spec": {"audiences": ["mcp-optimizer"], "expirationSeconds": 3600}}
+    return str(kube.core.create_namespaced_service_account_token("agent", ns, request).status.token)
+
+
 async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
+    """`mcp-optimizer run` with no auth settings: Kubernetes auth, a caller needs its token."""
     mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    auth = {"Authorization": f"Bearer {agent_token(kube, ns)}"}
     env = {
         **os.environ,
         "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
@@ -55,8 +73,15 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
         kube.create_server(ns, "travel", {"url": server.url})
         process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=60,
-                             what="the operator indexed the server")
+            try:
+                # A new process loads the model and starts kopf: on a loaded 2-core machine that
+                # alone has taken most of a minute.
+                await eventually(lambda: kube.server_status(ns, "travel").get("phase") == "Running", timeout=120,
+                                 what="the operator indexed the server")
+            except AssertionError as exc:
+                log.flush()
+                tail = (tmp_path / "run.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{exc}\n--- mcp-optimizer run's log ---\n{tail}") from None
 
             await eventually(lambda: http_get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
                              what="liveness probe")
@@ -71,15 +96,19 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
 
             async def tools() -> list[str]:
                 try:
-                    return [t["name"] for t in await list_tools(endpoint, timeout=5)]
+                    return [t["name"] for t in await list_tools(endpoint, timeout=5, headers=auth)]
                 except McpClientError:
                     return []
 
             names = await eventually(tools, what="MCP endpoint")
             assert "find_tool" in names
             result = await call_tool(endpoint, "streamable-http", "find_tool",
-                                     {"tool_description": "book a flight", "tool_keywords": "flight"}, timeout=10)
+                                     {"tool_description": "book a flight", "tool_keywords": "flight"}, timeout=10,
+                                     headers=auth)
             assert "book_flight" in str(result["content"])
+            # Without a token: 401 before MCP.
+            with pytest.raises(McpClientError, match="401"):
+                await list_tools(endpoint, timeout=5)
         finally:
             process.send_signal(signal.SIGTERM)
             try:

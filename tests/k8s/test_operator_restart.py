@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -45,7 +46,7 @@ async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, sta
         kube.create_server(ns, "f", {"url": other.url, "group": "f"})
         kube.create_pod(ns, "d-0", instance="d")
         set_pod_status(kube_api, ns, "d-0", "Running")
-        first = start_operator([ns])
+        first = start_operator([ns], catalog_namespaces=(ns,))
         a, b, d, e, f = (workload_name(ns, n) for n in "abdef")
 
         await eventually(lambda: _eq(probe.workload_names(), {a, b, d, f}))
@@ -69,7 +70,7 @@ async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, sta
         kube.delete_server(ns, "f")
         await eventually(lambda: kube.server(ns, "f") is None)
 
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         await eventually(lambda: kube.server(ns, "b") is None, what="b's finalizer released")
         await eventually(lambda: _eq(probe.workload_names(), {a, d, e}))
         await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/c3"}))
@@ -93,7 +94,7 @@ async def test_final_state_does_not_depend_on_order(kube, start_operator, probe,
 
         kube.put_catalog(before_start, "registry", catalog(2))
         kube.create_server(before_start, "translator", {"url": servers[2].url})
-        start_operator(spaces)
+        start_operator(spaces, catalog_namespaces=tuple(spaces))
 
         kube.put_catalog(catalog_first, "registry", catalog(0))
         await eventually(lambda: _eq(probe.registry_servers(f"{catalog_first}/registry"), ["translator"]))
@@ -135,7 +136,7 @@ async def test_watched_namespaces_only(kube, start_operator, probe, mcpserver_cr
                 kube.create_server(space, "translator", {"url": server.url})
                 kube.put_catalog(space, "registry", legacy_catalog(
                     remote_servers={f"translator-{space[-8:]}": entry(f"https://{space}.example.com/mcp")}))
-            start_operator(watched)
+            start_operator(watched, catalog_namespaces=tuple(watched))
             expected = {workload_name(space, "translator") for space in watched}
             await eventually(lambda: _eq(probe.workload_names(), expected))
             await eventually(lambda: _eq(probe.catalogs(), {f"{space}/registry" for space in watched}))
@@ -159,16 +160,20 @@ async def test_watched_namespaces_only(kube, start_operator, probe, mcpserver_cr
 OPERATOR_RULES = [
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
-    {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+#: ConfigMaps only where catalogs are trusted: a Role there, never cluster-wide.
+CATALOG_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
 
 
 @pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 async def test_least_privilege_as_the_operators_service_account(
-    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope
+    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope, caplog
 ):
-    """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced."""
+    """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced, and ConfigMap
+    access only in its catalog namespace. A listed catalog namespace it has no Role in is
+    reported and skipped; nothing else suffers."""
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-test-{ns[-8:]}"
     rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
@@ -177,15 +182,31 @@ async def test_least_privilege_as_the_operators_service_account(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
     })
+    rbac.create_namespaced_role(ns, {"metadata": {"name": role}, "rules": CATALOG_RULES})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
+    })
+    forbidden = _fresh_namespace(kube, "no-role")
     try:
-        with McpTestServer(TOOLS) as server:
+        with McpTestServer(TOOLS) as server, caplog.at_level(logging.WARNING, logger="mcp_optimizer"):
             kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(server.url)}))
+            kube.put_catalog(forbidden, "registry", legacy_catalog(remote_servers={"other": entry(server.url)}))
             kube.create_server(ns, "translator", {"url": server.url})
             kube.create_server(ns, "broken", {"image": "ghcr.io/acme/x:1"})
-            settings = replace(start_operator.base, namespaces=(ns,) if scope == "namespaced" else ())
+            settings = replace(
+                start_operator.base,
+                namespaces=(ns,) if scope == "namespaced" else (),
+                catalog_namespaces=(ns, forbidden),
+            )
             operator = OperatorThread(settings, kubeconfig=operator_kubeconfig, embedder=start_operator.embedder)
             start_operator.started.append(operator)
             operator.start()
+            await eventually(lambda: any(
+                f"Catalog watch in namespace {forbidden} failed" in r.getMessage()
+                and "has the operator a Role" in r.getMessage() for r in caplog.records))
+            assert await probe.catalogs() == {f"{ns}/registry"}
             wl = workload_name(ns, "translator")
             await eventually(lambda: probe.found("translate text", wl))
             await eventually(lambda: kube.server_status(ns, "translator").get("registryServer", {}).get("name")
@@ -197,6 +218,8 @@ async def test_least_privilege_as_the_operators_service_account(
     finally:
         rbac.delete_cluster_role_binding(role)
         rbac.delete_cluster_role(role)
+        kube.empty_namespace(forbidden)
+        kube.core.delete_namespace(forbidden)
 
 
 def _fresh_namespace(kube, prefix: str) -> str:

@@ -13,11 +13,12 @@ import httpx2
 import pytest
 from mcp.client.client import Client
 
-from mcp_optimizer.config import Settings
+from mcp_optimizer.config import Settings, endpoint_host, resolve_auth_mode
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp.auth import AuthConfigError, load_token_table, parse_tokens
+from mcp_optimizer.mcp.kube_auth import AccessResource
 from mcp_optimizer.mcp.pinned import PinnedToolsError, exposed_name, parse_pins
 from mcp_optimizer.mcp.scope import NO_ACCESS, UNRESTRICTED, AccessScope
 from mcp_optimizer.mcp.server import EndpointError, McpEndpoint, build_mcp_server, run_endpoint, serve
@@ -289,3 +290,85 @@ async def test_sql_token_total_matches_the_per_tool_estimate(world: Indexer) -> 
         expected = sum(tool_tokens(hit.tool, hit.description, hit.input_schema) for hit in tools)
         assert await running_tools_tokens(world.engine, scope) == expected, scope.name
     assert await running_tools_tokens(world.engine, NO_ACCESS) == 0
+
+
+# ------------------------------------------------------------------- auth modes, listen address
+
+
+@pytest.mark.parametrize(
+    ("changes", "cluster", "mode", "host"),
+    [
+        ({}, False, "none", "127.0.0.1"),  # `serve` on a laptop: open, but loopback only
+        ({}, True, "kubernetes", "0.0.0.0"),  # `run` in a cluster: secure by default
+        ({"auth_tokens": "[{name: a, token: b}]"}, True, "tokens", "0.0.0.0"),  # today's tokens keep working
+        ({"auth_tokens": "[{name: a, token: b}]"}, False, "tokens", "0.0.0.0"),
+        ({"auth_mode": "none"}, True, "none", "127.0.0.1"),  # no auth must be chosen, then loopback
+        ({"auth_mode": "none", "mcp_host": "0.0.0.0"}, True, "none", "0.0.0.0"),  # ... unless told otherwise
+        ({"auth_mode": "kubernetes", "mcp_host": "10.0.0.5"}, False, "kubernetes", "10.0.0.5"),
+    ],
+)
+def test_auth_mode_and_listen_address(changes: dict[str, str], cluster: bool, mode: str, host: str) -> None:
+    settings = Settings(**changes)  # type: ignore[arg-type]
+    assert resolve_auth_mode(settings, cluster=cluster) == mode
+    assert endpoint_host(settings, mode) == host
+
+
+def test_access_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AUTH_MODE": "Kubernetes",
+        "AUTH_AUDIENCES": "mcp-optimizer, other",
+        "AUTH_ACCESS_RESOURCE": "mcpservers.toolhive.stacklok.dev",
+        "AUTH_CACHE_TTL": "5",
+        "AUTH_CACHE_SIZE": "10",
+        "AUTH_REVIEW_TIMEOUT": "2",
+        "OPERATOR_NAMESPACE": "ops",
+        "CATALOG_NAMESPACES": "platform, ops ,shared",
+    }.items():
+        monkeypatch.setenv(f"MCP_OPTIMIZER_{name}", value)
+    settings = Settings.from_env()
+    assert settings.auth_mode == "kubernetes" and settings.mcp_host is None
+    assert settings.auth_audiences == ("mcp-optimizer", "other")
+    assert (settings.auth_cache_ttl, settings.auth_cache_size, settings.auth_review_timeout) == (5.0, 10, 2.0)
+    assert settings.auth_access_resource == "mcpservers.toolhive.stacklok.dev"
+    assert settings.trusted_catalog_namespaces == ("ops", "platform", "shared")
+    # Set but empty: the API server's own audiences (any ServiceAccount token).
+    monkeypatch.setenv("MCP_OPTIMIZER_AUTH_AUDIENCES", "")
+    assert Settings.from_env().auth_audiences == ()
+    monkeypatch.delenv("MCP_OPTIMIZER_AUTH_AUDIENCES")
+    assert Settings.from_env().auth_audiences == ("mcp-optimizer",)
+    monkeypatch.setenv("MCP_OPTIMIZER_AUTH_MODE", "open")
+    with pytest.raises(ValueError, match="MCP_OPTIMIZER_AUTH_MODE must be one of kubernetes, tokens, none, got 'open'"):
+        Settings.from_env()
+
+
+def test_access_resource_parsing() -> None:
+    assert AccessResource.parse("mcpservers.mcp-optimizer.dev") == AccessResource("mcpservers", "mcp-optimizer.dev")
+    assert AccessResource.parse("mcpservers.toolhive.stacklok.dev").group == "toolhive.stacklok.dev"
+    assert AccessResource.parse("pods") == AccessResource("pods", "")
+    with pytest.raises(ValueError, match=r"resource\.group"):
+        AccessResource.parse(".dev")
+
+
+async def test_a_mode_that_cannot_work_refuses_to_start(world: Indexer, settings: Settings) -> None:
+    search = ToolSearch(world.engine, world.embedder)
+    with pytest.raises(AuthConfigError, match="auth mode 'kubernetes' needs a cluster"):
+        McpEndpoint(endpoint_settings(settings, auth_mode="kubernetes"), search)
+    with pytest.raises(AuthConfigError, match="auth mode 'tokens' needs MCP_OPTIMIZER_AUTH_TOKENS_FILE"):
+        McpEndpoint(endpoint_settings(settings, auth_mode="tokens"), search)
+
+
+async def test_serve_without_a_cluster_is_open_on_loopback_only(
+    world: Indexer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    search = ToolSearch(world.engine, world.embedder)
+    local = endpoint_settings(settings, mcp_host=None)
+    async with McpEndpoint(local, search) as endpoint:
+        assert endpoint.authenticator.mode == "none" and endpoint.host == "127.0.0.1"
+        assert endpoint.url.startswith("http://127.0.0.1:")
+        async with connect(endpoint.url) as client:  # no token needed
+            assert payload(await client.call_tool("list_tools", {}))["servers"]
+    # Told to listen everywhere without auth: it does, and says so in the log.
+    with caplog.at_level("WARNING", logger="mcp_optimizer.mcp.server"):
+        async with McpEndpoint(endpoint_settings(settings, mcp_host="0.0.0.0"), search) as endpoint:
+            assert endpoint.host == "0.0.0.0"
+    assert any("without auth listens on 0.0.0.0" in r.getMessage() for r in caplog.records)

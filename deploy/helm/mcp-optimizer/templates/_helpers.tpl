@@ -79,13 +79,36 @@ which part of the operator's job then fails.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# Registry catalog ConfigMaps (read-only; RBAC cannot select by label, the operator filters on
-# mcp-optimizer.dev/registry-catalog=true and never writes ConfigMaps).
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["list", "watch"]
-# Events on MCPServers and catalogs (InvalidSpec, ToolsListFailed, CatalogLoaded, ...).
+# Events on MCPServers (InvalidSpec, ToolsListFailed, RegistryLinked, ...).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/*
+The namespaces whose catalog ConfigMaps are read: the release namespace, then catalogNamespaces
+(comma-separated, as MCP_OPTIMIZER_CATALOG_NAMESPACES and for splitList).
+*/}}
+{{- define "mcp-optimizer.catalogNamespaces" -}}
+{{- prepend .Values.catalogNamespaces .Release.Namespace | uniq | join "," }}
+{{- end }}
+
+{{/*
+Values that cannot work are refused at install time, with what to do instead.
+*/}}
+{{- define "mcp-optimizer.validate" -}}
+{{- if hasKey .Values.auth "enabled" }}
+{{- fail "auth.enabled was replaced by auth.mode: kubernetes (the default: ServiceAccount tokens), tokens (static tokens, as auth.enabled=true was) or none" }}
+{{- end }}
+{{- if not (has .Values.auth.mode (list "kubernetes" "tokens" "none")) }}
+{{- fail (printf "auth.mode must be kubernetes, tokens or none, not %q" (toString .Values.auth.mode)) }}
+{{- end }}
+{{- if and (eq .Values.auth.mode "tokens") (not .Values.auth.existingSecret) (not .Values.auth.tokens) }}
+{{- fail "auth.mode=tokens needs auth.existingSecret or at least one entry in auth.tokens" }}
+{{- end }}
+{{- if and .Values.exampleCatalog.enabled .Values.exampleCatalog.namespace }}
+{{- if not (has .Values.exampleCatalog.namespace (splitList "," (include "mcp-optimizer.catalogNamespaces" .))) }}
+{{- fail (printf "exampleCatalog.namespace %s is not a catalog namespace: add it to catalogNamespaces" .Values.exampleCatalog.namespace) }}
+{{- end }}
+{{- end }}
 {{- end }}
