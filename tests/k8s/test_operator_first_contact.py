@@ -115,7 +115,7 @@ async def test_a_registry_ref_of_the_wrong_kind_keeps_a_working_server_in_search
         # A remote server pinned to a container entry: a mistake no reconcile can make right.
         kube.create_server(ns, "wiki", {"url": server.url,
                                         "registryRef": {"catalog": f"{ns}/catalog", "name": "wiki-image"}})
-        start_operator([ns])
+        start_operator([ns], catalog_namespaces=(ns,))
         await eventually(lambda: kube.server_status(ns, "wiki").get("phase") == "Running", timeout=60)
         status = kube.server_status(ns, "wiki")
         matched = conditions(kube, ns, "wiki")["RegistryMatched"]
