@@ -43,7 +43,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.mcp.auth import BearerAuthMiddleware, TokenTable, load_token_table
 from mcp_optimizer.mcp.scope import current_scope
-from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, OptimizerTools
+from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, CallFailureListener, OptimizerTools
 
 logger = logging.getLogger(__name__)
 
@@ -181,11 +181,13 @@ class McpEndpoint:
         search: ToolSearch,
         *,
         call_backend: CallBackend | None = None,
+        call_failures: CallFailureListener | None = None,
         tokens: TokenTable | None = None,
     ) -> None:
-        """``tokens`` overrides the tokens configured in ``settings`` (for tests)."""
+        """``tokens`` overrides the tokens configured in ``settings`` (for tests); ``call_failures``
+        hears of every forwarded call that got no answer (the operator, in ``mcp-optimizer run``)."""
         self.settings = settings
-        self.tools = OptimizerTools(search, settings, call_backend=call_backend)
+        self.tools = OptimizerTools(search, settings, call_backend=call_backend, call_failures=call_failures)
         self.tokens = tokens if tokens is not None else load_token_table(settings)
         self.app = build_app(settings, self.tools, self.tokens)
         self._uvicorn: _EmbeddedUvicorn | None = None
@@ -288,6 +290,7 @@ async def serve(
     search: ToolSearch,
     *,
     call_backend: CallBackend | None = None,
+    call_failures: CallFailureListener | None = None,
     ready: Callable[[McpEndpoint], object] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -297,7 +300,7 @@ async def serve(
     sessions are closed and the port is released before this returns (or re-raises the
     cancellation).
     """
-    async with McpEndpoint(settings, search, call_backend=call_backend) as endpoint:
+    async with McpEndpoint(settings, search, call_backend=call_backend, call_failures=call_failures) as endpoint:
         if ready is not None:
             ready(endpoint)
         await (stop or asyncio.Event()).wait()

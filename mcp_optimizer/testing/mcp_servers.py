@@ -58,6 +58,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 __all__ = [
+    "LOOPBACK",
     "AsgiTestServer",
     "HangingServer",
     "McpHostApp",
@@ -73,6 +74,10 @@ __all__ = [
     "make_tool",
     "refused_url",
 ]
+
+#: The allow-list entries that admit these servers: the operator refuses loopback by default, so
+#: every test and benchmark that talks to them says so explicitly.
+LOOPBACK: Final[tuple[str, ...]] = ("127.0.0.0/8", "::1")
 
 ToolDef = Mapping[str, Any]
 """A tool definition as MCP puts it on the wire: ``name``, ``description``, ``inputSchema`` (+ optional fields)."""

@@ -18,8 +18,11 @@ import httpx2
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from mcp_optimizer.mcp.client import McpClientError, call_tool, list_tools
+from mcp_optimizer.mcp import client
+from mcp_optimizer.mcp.client import ClientPolicy, McpClientError
+from mcp_optimizer.mcp.destinations import DestinationPolicy, parse_allow_list
 from mcp_optimizer.testing.mcp_servers import (
+    LOOPBACK,
     AsgiTestServer,
     HangingServer,
     McpTestServer,
@@ -29,6 +32,19 @@ from mcp_optimizer.testing.mcp_servers import (
     make_tool,
     refused_url,
 )
+
+#: The servers here run on loopback, which the default policy refuses (tests/mcp/test_bounds.py
+#: shows that); these tests admit it explicitly.
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy(allowed_networks=parse_allow_list(LOOPBACK)[1]))
+
+
+def list_tools(*args: Any, **kwargs: Any) -> Any:
+    return client.list_tools(*args, policy=LOOPBACK_POLICY, **kwargs)
+
+
+def call_tool(*args: Any, **kwargs: Any) -> Any:
+    return client.call_tool(*args, policy=LOOPBACK_POLICY, **kwargs)
+
 
 TRANSPORTS = ["streamable-http", "sse"]
 MODES = ["auto", "legacy"]
