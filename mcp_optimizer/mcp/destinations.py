@@ -32,6 +32,7 @@ The same code checks ``tools/list`` and forwarded ``tools/call``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -155,10 +156,8 @@ class DestinationPolicy:
         domain = _DEFAULT_CLUSTER_DOMAIN
         if in_cluster:
             # kubelet maps the pod's hostname to its IP in /etc/hosts.
-            try:
+            with contextlib.suppress(OSError):
                 own.update(a for a in map(_address, socket.gethostbyname_ex(socket.gethostname())[2]) if a)
-            except OSError:
-                pass
             namespace = env.get("POD_NAMESPACE") or _read_text(_SERVICE_ACCOUNT_NAMESPACE)
             domain = _cluster_domain(_read_text(_RESOLV_CONF) or "") or domain
         return cls(

@@ -42,6 +42,7 @@ from mcp_optimizer import __version__
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.mcp.auth import BearerAuthMiddleware, TokenTable, load_token_table
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.mcp.scope import current_scope
 from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, CallFailureListener, OptimizerTools
 
@@ -182,12 +183,15 @@ class McpEndpoint:
         *,
         call_backend: CallBackend | None = None,
         call_failures: CallFailureListener | None = None,
+        policy: ClientPolicy | None = None,
         tokens: TokenTable | None = None,
     ) -> None:
         """``tokens`` overrides the tokens configured in ``settings`` (for tests); ``call_failures``
         hears of every forwarded call that got no answer (the operator, in ``mcp-optimizer run``)."""
         self.settings = settings
-        self.tools = OptimizerTools(search, settings, call_backend=call_backend, call_failures=call_failures)
+        self.tools = OptimizerTools(
+            search, settings, call_backend=call_backend, call_failures=call_failures, policy=policy
+        )
         self.tokens = tokens if tokens is not None else load_token_table(settings)
         self.app = build_app(settings, self.tools, self.tokens)
         self._uvicorn: _EmbeddedUvicorn | None = None
@@ -291,6 +295,7 @@ async def serve(
     *,
     call_backend: CallBackend | None = None,
     call_failures: CallFailureListener | None = None,
+    policy: ClientPolicy | None = None,
     ready: Callable[[McpEndpoint], object] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -300,7 +305,9 @@ async def serve(
     sessions are closed and the port is released before this returns (or re-raises the
     cancellation).
     """
-    async with McpEndpoint(settings, search, call_backend=call_backend, call_failures=call_failures) as endpoint:
+    async with McpEndpoint(
+        settings, search, call_backend=call_backend, call_failures=call_failures, policy=policy
+    ) as endpoint:
         if ready is not None:
             ready(endpoint)
         await (stop or asyncio.Event()).wait()

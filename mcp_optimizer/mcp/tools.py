@@ -40,6 +40,7 @@ from mcp_optimizer.mcp.pinned import PinnedTool, parse_pins
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.tokens import running_tools_tokens, token_report, tool_tokens
 from mcp_optimizer.metrics import METRICS
+from mcp_optimizer.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class OptimizerTools:
                 "catalog": hit.catalog,
                 "description": hit.description,
                 "remote": hit.remote,
-                **({"url": hit.url} if hit.remote else {"package": hit.package}),
+                **({"url": redact_url(hit.url or "")} if hit.remote else {"package": hit.package}),
                 "transport": hit.transport,
                 "matching_tools": hit.tools,
             }

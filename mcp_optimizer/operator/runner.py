@@ -30,6 +30,8 @@ from kubernetes import client
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
+from mcp_optimizer.mcp import McpClientError
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.operator import catalogs, mcpservers, pods
 from mcp_optimizer.operator.catalogs import CatalogSync
 from mcp_optimizer.operator.cluster import ClusterLister, connection_info, load_client_config
@@ -43,6 +45,25 @@ FINALIZER = f"{GROUP}/finalizer"
 
 #: What kopf accepts as a stop or ready flag.
 Flag = asyncio.Future[Any] | asyncio.Event | concurrent.futures.Future[Any] | threading.Event
+
+
+class CallFailureRelay:
+    """The endpoint's :class:`~mcp_optimizer.mcp.tools.CallFailureListener` in ``mcp-optimizer run``.
+
+    The endpoint starts before the operator (kopf adopts tasks created after it starts), so it is
+    handed this relay, which the operator attaches its reconciler to once it runs. Failures
+    reported before that, or after it stopped, are dropped: the next probe finds them too.
+    """
+
+    def __init__(self) -> None:
+        self._reconciler: WorkloadReconciler | None = None
+
+    def attach(self, reconciler: WorkloadReconciler | None) -> None:
+        self._reconciler = reconciler
+
+    def call_failed(self, workload_name: str, error: McpClientError) -> None:
+        if self._reconciler is not None:
+            self._reconciler.call_failed(workload_name, error)
 
 
 @dataclass
@@ -109,7 +130,9 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
         await _stop_background(context)
 
     pods.register(registry)
-    mcpservers.register(registry, resync_interval=settings.resync_interval)
+    mcpservers.register(
+        registry, resync_interval=settings.resync_interval, probe_interval=settings.remote_probe_interval
+    )
     catalogs.register(registry)
     return registry
 
@@ -168,6 +191,8 @@ async def run_operator(
     indexer: Indexer | None = None,
     embedder: Embedder | None = None,
     list_tools: ListTools | None = None,
+    policy: ClientPolicy | None = None,
+    call_failures: CallFailureRelay | None = None,
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
 ) -> None:
@@ -178,17 +203,30 @@ async def run_operator(
     ``settings.db_path`` with ``embedder`` (or the model from ``settings``). ``ready_flag`` is
     set once the startup handler (garbage collection, catalogs) has finished.
 
+    ``policy``: bounds and destination rules for ``tools/list`` (default: from ``settings``, with
+    the apiserver this operator talks to refused). ``call_failures``: the endpoint's relay, which
+    this operator's reconciler is attached to while it runs.
+
     kopf treats every task created in this loop after it starts as its own and cancels those
     left at exit: start other long-running tasks of the process (the MCP endpoint) first.
     """
     kube_config = load_client_config(kubeconfig)
+    if policy is None:
+        policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
     own_indexer = indexer is None
     if indexer is None:
         indexer = await Indexer.open(settings, embedder)
     api_client = client.ApiClient(kube_config)
     reconciler = WorkloadReconciler(
-        indexer, StatusWriter(api_client), mcp_timeout=settings.mcp_timeout, list_tools=list_tools
+        indexer,
+        StatusWriter(api_client),
+        mcp_timeout=settings.mcp_timeout,
+        list_tools=list_tools,
+        policy=policy,
+        probe_interval=settings.remote_probe_interval,
     )
+    if call_failures is not None:
+        call_failures.attach(reconciler)
     context = OperatorContext(
         settings=settings,
         indexer=indexer,
@@ -208,6 +246,8 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
+        if call_failures is not None:
+            call_failures.attach(None)
         with contextlib.suppress(Exception):
             await _stop_background(context)
         api_client.close()  # type: ignore[no-untyped-call]
@@ -239,6 +279,9 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     stop_endpoint = asyncio.Event()
     search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
     ready = asyncio.Event()
+    # One policy for the operator's tools/list and the endpoint's forwarded calls.
+    policy = ClientPolicy.from_settings(settings, apiserver_url=load_client_config(kubeconfig).host)
+    call_failures = CallFailureRelay()
 
     async def report_ready() -> None:
         # /readyz turns 200 once the startup pass (garbage collection, catalogs) is done.
@@ -247,10 +290,20 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         logger.info("Operator ready: the first reconcile pass is done")
 
     # Started before kopf: kopf adopts (and cancels at its exit) every task created after it starts.
-    endpoint = asyncio.create_task(serve(settings, search, stop=stop_endpoint), name="mcp endpoint")
+    endpoint = asyncio.create_task(
+        serve(settings, search, stop=stop_endpoint, policy=policy, call_failures=call_failures), name="mcp endpoint"
+    )
     readiness = asyncio.create_task(report_ready(), name="readiness")
     operator = asyncio.create_task(
-        run_operator(settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready), name="operator"
+        run_operator(
+            settings,
+            kubeconfig=kubeconfig,
+            indexer=indexer,
+            policy=policy,
+            call_failures=call_failures,
+            ready_flag=ready,
+        ),
+        name="operator",
     )
     try:
         await asyncio.wait({endpoint, operator}, return_when=asyncio.FIRST_COMPLETED)

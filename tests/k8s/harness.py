@@ -40,9 +40,11 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolHit, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.mcp import list_tools
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.catalogs import CATALOG_KEY, CATALOG_LABEL
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION
+from mcp_optimizer.testing.mcp_servers import LOOPBACK
 from tests.k8s.conftest import REPO
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
@@ -104,10 +106,12 @@ class ListToolsCounter:
         self._lock = threading.Lock()
         self.calls: dict[str, int] = {}
 
-    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+    async def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: ClientPolicy
+    ) -> list[dict[str, Any]]:
         with self._lock:
             self.calls[endpoint] = self.calls.get(endpoint, 0) + 1
-        return await list_tools(endpoint, transport=transport, timeout=timeout)
+        return await list_tools(endpoint, transport=transport, timeout=timeout, namespace=namespace, policy=policy)
 
     def count(self, endpoint: str) -> int:
         with self._lock:
@@ -479,8 +483,16 @@ def ns(namespace: str, kube: Kube, mcpserver_crd: str) -> Iterator[str]:
 
 @pytest.fixture
 def op_settings(tmp_path: Path, settings: Settings) -> Settings:
-    """Operator settings for tests: a fresh index, short timeouts, a slow resync (tests drive it)."""
-    return replace(settings, db_path=tmp_path / "index.db", mcp_timeout=3.0, resync_interval=3600.0)
+    """Operator settings for tests: a fresh index, short timeouts, a slow resync and remote probe
+    (tests drive them), and loopback admitted: the test MCP servers run there."""
+    return replace(
+        settings,
+        db_path=tmp_path / "index.db",
+        mcp_timeout=3.0,
+        resync_interval=3600.0,
+        remote_probe_interval=3600.0,
+        allowed_destinations=LOOPBACK,
+    )
 
 
 @pytest.fixture

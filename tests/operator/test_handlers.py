@@ -15,7 +15,7 @@ import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.mcp import McpClientError
-from mcp_optimizer.operator import mcpservers
+from mcp_optimizer.operator import mcpservers, workloads
 from mcp_optimizer.operator.mapping import PodState, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 
@@ -38,7 +38,9 @@ class ScriptedTools:
         self.error = error
         self.calls = 0
 
-    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+    async def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: Any
+    ) -> list[dict[str, Any]]:
         self.calls += 1
         if self.error:
             raise McpClientError(self.error, endpoint=endpoint, transport=transport, reason="connect")
@@ -112,7 +114,9 @@ def test_backoff_is_exponential_and_capped():
 # ------------------------------------------------------------------------------ reconciler
 
 
-async def test_remote_sync_reads_tools_and_reports(indexer, writer):
+async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch):
+    # lastSyncTime has a resolution of one second: both syncs must happen within the same one.
+    monkeypatch.setattr(workloads, "now_rfc3339", lambda: "2026-12-01T00:00:00Z")
     tools = ScriptedTools()
     rec = reconciler(indexer, writer, tools)
     assert await rec.sync(parse_server(body()), read_tools=True) is Outcome.OK
