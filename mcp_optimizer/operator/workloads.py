@@ -373,6 +373,9 @@ class WorkloadReconciler:
                 logger.exception("Reading the tools of %s failed", name)
                 outcome = Outcome.TOOLS_FAILED
             if outcome is not Outcome.TOOLS_FAILED:
+                if tracked.wake.is_set() and outcome is Outcome.OK:
+                    attempt = 0
+                    continue  # asked again (a refresh) while this read ran: read once more
                 return
             if not view.remote and self._pods(view).status is not WorkloadStatus.RUNNING:
                 return  # the next Running starts a new read
