@@ -112,6 +112,8 @@ class Settings:
     max_schema_bytes: int = 64 * 1024
     #: Bytes of a call result returned to the caller; a larger one is refused.
     max_call_result_bytes: int = 1024 * 1024
+    #: tools/list answers over 256 KiB parsed at the same time; more wait for a turn.
+    max_concurrent_large_lists: int = 4
     #: Destinations admitted despite the rules (mcp_optimizer.mcp.destinations): host names,
     #: ``*.suffix`` names, addresses and CIDR networks. Empty: loopback, link-local, metadata,
     #: the apiserver, the operator's pod and other namespaces' Services are all refused.
@@ -156,6 +158,7 @@ class Settings:
             max_description_chars=_env_int("MAX_DESCRIPTION_CHARS", cls.max_description_chars),
             max_schema_bytes=_env_int("MAX_SCHEMA_BYTES", cls.max_schema_bytes),
             max_call_result_bytes=_env_int("MAX_CALL_RESULT_BYTES", cls.max_call_result_bytes),
+            max_concurrent_large_lists=_env_int("MAX_CONCURRENT_LARGE_LISTS", cls.max_concurrent_large_lists),
             allowed_destinations=_env_list("ALLOWED_DESTINATIONS"),
             remote_probe_interval=_env_float("REMOTE_PROBE_INTERVAL", cls.remote_probe_interval),
         )

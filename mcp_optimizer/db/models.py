@@ -169,7 +169,12 @@ class RegistryTool(_ToolColumns, Base):
 
 class WorkloadTool(_ToolColumns, Base):
     __tablename__ = "tools_workload"
-    __table_args__ = (UniqueConstraint("server_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("server_id", "name"),
+        # Covers find_tool's token sum: token_count comes after the (possibly long) details in
+        # the row, and reading it from the table walks details' overflow pages first.
+        Index("ix_tools_workload_server_tokens", "server_id", "token_count"),
+    )
 
     server_id: Mapped[str] = mapped_column(String(36), ForeignKey("mcpservers_workload.id", ondelete="CASCADE"))
     #: Estimated tokens of the tool's definition (:data:`TOOL_TOKENS_SQL`), summed by find_tool.

@@ -31,6 +31,7 @@ import logging
 import math
 import re
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from pydantic import ValidationError
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.mcp.destinations import DestinationPolicy, DestinationRefused
-from mcp_optimizer.mcp.limits import ClientLimits, LimitExceeded, clip_tool
+from mcp_optimizer.mcp.limits import LARGE_LIST_BYTES, ClientLimits, LimitExceeded, clip_tool
 from mcp_optimizer.redaction import redact_url, redact_urls, split_userinfo
 
 __all__ = [
@@ -128,6 +129,7 @@ class ClientPolicy:
                 description_chars=settings.max_description_chars,
                 schema_bytes=settings.max_schema_bytes,
                 call_result_bytes=settings.max_call_result_bytes,
+                concurrent_large_lists=settings.max_concurrent_large_lists,
             ),
             destinations=DestinationPolicy.from_environment(settings.allowed_destinations, apiserver_url=apiserver_url),
         )
@@ -174,6 +176,22 @@ class _Budget:
     #: What the bounds are, for messages: ("one tools/list page", "MCP_OPTIMIZER_MAX_PAGE_BYTES").
     response_bound: tuple[str, str]
     total_bound: tuple[str, str]
+    #: Turns for large answers (listings only): a semaphore per event loop, sized so.
+    large_turns: int | None = None
+
+
+#: Process-wide turns for large listings: one semaphore per event loop (tests run several loops)
+#: and number of turns (a process normally has one policy).
+_LARGE_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _large_turns(size: int) -> asyncio.Semaphore:
+    by_size = _LARGE_TURNS.setdefault(asyncio.get_running_loop(), {})
+    if size not in by_size:
+        by_size[size] = asyncio.Semaphore(size)
+    return by_size[size]
 
 
 class _Exchange:
@@ -189,6 +207,22 @@ class _Exchange:
         #: The operation's deadline scope: a broken bound ends the whole operation at once,
         #: whichever SDK task met it (some of them log and swallow errors).
         self.scope: anyio.CancelScope | None = None
+        #: The turn this operation holds for a large answer, released when it ends.
+        self.turn: asyncio.Semaphore | None = None
+
+    async def take_turn_if_large(self) -> None:
+        """Wait for a turn once the answer is large (reading pauses meanwhile: backpressure)."""
+        size = self.budget.large_turns
+        if size is None or self.turn is not None or self.received < LARGE_LIST_BYTES:
+            return
+        turns = _large_turns(size)
+        await turns.acquire()
+        self.turn = turns
+
+    def release_turn(self) -> None:
+        if self.turn is not None:
+            self.turn.release()
+            self.turn = None
 
     def fail(self, exc: LimitExceeded | DestinationRefused) -> None:
         if self.violation is None:
@@ -225,6 +259,7 @@ class _CountingStream(httpx2.AsyncByteStream):
         async for chunk in self._inner:
             self._received += len(chunk)
             self._exchange.count(self._received, len(chunk), self._limit, self._what)
+            await self._exchange.take_turn_if_large()
             yield chunk
 
     async def aclose(self) -> None:
@@ -571,9 +606,12 @@ async def _run_bounded(
         # would not bound a server that trickles bytes or never answers the handshake.
         with anyio.move_on_after(timeout) as scope:
             exchange.scope = scope
-            async with AsyncExitStack() as stack:
-                client = await _open_client(stack, endpoint, transport, timeout, headers, mode, exchange)
-                results.append(await action(client))
+            try:
+                async with AsyncExitStack() as stack:
+                    client = await _open_client(stack, endpoint, transport, timeout, headers, mode, exchange)
+                    results.append(await action(client))
+            finally:
+                exchange.release_turn()
     except BaseException as exc:
         leaves = _leaves(exc)
         if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in leaves):
@@ -725,6 +763,7 @@ async def list_tools(
         total=limits.list_bytes,
         response_bound=("one tools/list page", "MCP_OPTIMIZER_MAX_PAGE_BYTES"),
         total_bound=("one whole tools/list", "MCP_OPTIMIZER_MAX_LIST_BYTES"),
+        large_turns=limits.concurrent_large_lists,
     )
     return await _run_bounded(
         "tools/list",

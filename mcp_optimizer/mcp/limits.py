@@ -54,6 +54,9 @@ MAX_TITLE_CHARS: Final = 1024
 MAX_ANNOTATIONS_BYTES: Final = 4 * KIB
 #: Per-property description kept when a schema has to be reduced to its top-level properties.
 _REDUCED_PROPERTY_DESCRIPTION: Final = 200
+#: A listing that has received this many bytes is large and needs a turn (see
+#: :attr:`ClientLimits.concurrent_large_lists`): 6x the largest real answer measured.
+LARGE_LIST_BYTES: Final = 256 * KIB
 #: How many tool names a clip note lists.
 _NAMES_IN_NOTE: Final = 5
 
@@ -80,6 +83,11 @@ class ClientLimits:
     #: Bytes of one call result (and of any one response while calling). A result over it is
     #: refused: 1 MiB of text is about 250,000 tokens, more than any model's context.
     call_result_bytes: int = 1 * MIB
+    #: Listings over :data:`LARGE_LIST_BYTES` read at the same time, process-wide; more wait for
+    #: a turn (within their deadline). Parsing is what costs memory (about 70 MiB per MiB of tiny
+    #: tools), so this bounds what several hostile servers at once can take; real listings (40 KB
+    #: at most, measured) never wait.
+    concurrent_large_lists: int = 4
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -898,13 +898,15 @@ Chunks = Callable[[str | None], Iterator[bytes]]
 """The JSON of a result (``ListToolsResult`` or ``CallToolResult``), in pieces, given the cursor."""
 
 _FILLER: Final = b"lorem ipsum dolor sit amet " * 2427  # 65,529 bytes of plain text
+#: Plain English: about one word piece per word, as real descriptions (lorem ipsum is about two).
+_ENGLISH: Final = b"the quick brown fox jumps over the lazy dog " * 1489
 
 
-def _text(size: int | None) -> Iterator[bytes]:
+def _text(size: int | None, filler: bytes = _FILLER) -> Iterator[bytes]:
     """``size`` bytes of JSON-safe text (None: without end), in 64 KiB pieces."""
     sent = 0
     while size is None or sent < size:
-        piece = _FILLER if size is None else _FILLER[: size - sent]
+        piece = filler if size is None else filler[: size - sent]
         sent += len(piece)
         yield piece
 
@@ -1023,7 +1025,7 @@ class Hostility:
                     schema,
                 )
                 yield b"email message %d " % i
-                yield from _text(description_size)
+                yield from _text(description_size, _ENGLISH)
                 yield b'"}'
             yield b"]" + (b',"nextCursor":"%d"' % end if end < tools else b"") + b"}"
 

@@ -9,7 +9,10 @@ and the server thread alike, so a peak far below the answer's size proves nothin
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -154,6 +157,36 @@ async def test_a_huge_call_result_is_refused_and_a_large_one_passes() -> None:
     with HostileMcpServer(Hostility.huge_result(600 * 1024)) as server:
         result = await client.call_tool(server.url, "streamable-http", "dump", {}, 10.0, policy=LOOPBACK_POLICY)
     assert len(result["content"][0]["text"]) == 600 * 1024
+
+
+async def test_large_listings_take_turns() -> None:
+    """A slow large answer holds one of the turns; another large listing waits for it, a small
+    one never does."""
+    slow = dataclasses.replace(Hostility.huge_description(2 * MIB), delay=0.5)
+    large = [make_tool(f"tool_{i:03d}", "x" * 400) for i in range(700)]  # about 320 KB
+    with HostileMcpServer(slow) as hostile, McpTestServer(large) as big, McpTestServer([make_tool("t", "T")]) as small:
+        async def timed(url: str, turns: int, timeout: float = 20.0) -> float:
+            policy = ClientPolicy(limits=ClientLimits(concurrent_large_lists=turns), destinations=ALLOW_LOOPBACK)
+            started = time.monotonic()
+            with contextlib.suppress(McpClientError):
+                await list_tools(url, policy=policy, timeout=timeout)
+            return time.monotonic() - started
+
+        async def race(turns: int) -> tuple[float, float]:
+            # The slow answer (64 KiB every 0.5 s) passes 256 KiB after about 2.5 s and then holds
+            # a turn until its deadline, 7 s after it started.
+            holder = asyncio.create_task(timed(hostile.url, turns, timeout=7.0))
+            await asyncio.sleep(3.5)
+            waiting, quick = await asyncio.gather(timed(big.url, turns), timed(small.url, turns))
+            await holder
+            return waiting, quick
+
+        waited, quick = await race(1)
+        alone, quick_too = await race(2)
+    # With one turn the large listing waits for the slow answer's deadline (3.5 s away); with
+    # two it does not wait. The small listing never waits.
+    assert waited - alone > 2.0, (waited, alone)
+    assert quick < waited - 2.0 and quick_too < waited - 2.0, (quick, quick_too, waited)
 
 
 # ------------------------------------------------------------------------ clipped tools

@@ -32,7 +32,10 @@ def upgrade() -> None:
     # A plain ALTER TABLE: the table keeps its rowids, which its FTS and vector rows share.
     op.add_column("tools_workload", sa.Column("token_count", sa.Integer(), nullable=True))
     op.execute(f"UPDATE tools_workload SET token_count = {_TOKENS}")
+    # The sum reads the index only: from the table, SQLite would walk each row's details first.
+    op.create_index("ix_tools_workload_server_tokens", "tools_workload", ["server_id", "token_count"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tools_workload_server_tokens", table_name="tools_workload")
     op.drop_column("tools_workload", "token_count")
