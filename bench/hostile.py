@@ -80,7 +80,7 @@ HOSTILE: dict[str, Callable[[], Hostility]] = {
     "100,000 tools in pages of 400": lambda: Hostility.many_tools(100_000, page_size=400),
     "a page without end": Hostility.endless_page,
     "pages without end": Hostility.endless_pages,
-    "bytes trickling in": Hostility.trickle,
+    "bytes trickling in, one every 0.2 s": lambda: Hostility.trickle(0.2),
     "gzip-compressed answer": Hostility.compressed,
     # Each of them is embedded (600 characters of it), which on 2 busy cores takes minutes.
     "300 tools at the bounds (indexed, clipped)": lambda: Hostility.bounded_but_big(tools=300),
@@ -266,7 +266,7 @@ async def running_counts(engine: Any, namespace: str) -> tuple[int, int]:
 
 async def hostile_servers(args: Any, report: Report) -> None:
     names = list(QUICK if args.quick else HOSTILE)
-    rounds = 30 if args.quick else 60
+    rounds = 30 if args.quick else 100
     plane = None if args.kubeconfig else ControlPlane()
     kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
     servers = Servers()
@@ -382,8 +382,13 @@ async def why_find_tool_slowed(args: Any, report: Report) -> None:
                 "JOIN mcpservers_workload s ON s.id = t.server_id WHERE s.status = 'RUNNING'")
 
             async def timings() -> dict[str, float]:
-                parts: dict[str, list[float]] = {"search": [], "tokens (stored)": [], "tokens (from JSON)": []}
+                parts: dict[str, list[float]] = {
+                    "search": [], "search matching it": [], "tokens (stored)": [], "tokens (from JSON)": []
+                }
                 for query in queries:
+                    t0 = time.perf_counter()
+                    await search.find_tools("send an email message to a colleague", limit=10)
+                    parts["search matching it"].append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     await search.find_tools(query, limit=10)
                     t1 = time.perf_counter()

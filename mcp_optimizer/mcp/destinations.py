@@ -120,6 +120,12 @@ class DestinationPolicy:
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
     @classmethod
+    def allowing(cls, entries: Iterable[str]) -> DestinationPolicy:
+        """The rules with these allow-list entries and nothing known about a cluster."""
+        hosts, networks = parse_allow_list(entries)
+        return cls(allowed_hosts=hosts, allowed_networks=networks)
+
+    @classmethod
     def from_environment(
         cls,
         allowed: Sequence[str] = (),

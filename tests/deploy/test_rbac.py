@@ -28,7 +28,7 @@ from kubernetes import client
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
 
 pytest.register_assert_rewrite("tests.k8s.harness")
@@ -144,7 +144,11 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool
 
 @pytest.fixture
 def op_settings(settings: Settings, tmp_path: Path) -> Settings:
-    return replace(settings, db_path=tmp_path / "index.db", mcp_timeout=3.0, resync_interval=3600.0)
+    # The MCP servers run on loopback, which the operator refuses unless it is admitted.
+    return replace(
+        settings, db_path=tmp_path / "index.db", mcp_timeout=3.0, resync_interval=3600.0,
+        remote_probe_interval=3600.0, allowed_destinations=LOOPBACK,
+    )
 
 
 @pytest.fixture

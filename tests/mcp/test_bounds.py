@@ -45,7 +45,7 @@ from mcp_optimizer.testing.mcp_servers import (
 
 MIB = 1024 * 1024
 #: Loopback admitted, everything else at its default.
-ALLOW_LOOPBACK = DestinationPolicy(allowed_networks=parse_allow_list(LOOPBACK)[1])
+ALLOW_LOOPBACK = DestinationPolicy.allowing(LOOPBACK)
 LOOPBACK_POLICY = ClientPolicy(destinations=ALLOW_LOOPBACK)
 
 
@@ -295,8 +295,7 @@ async def test_another_namespaces_service_is_refused_and_the_own_namespace_is_no
     # The MCPServer's own namespace passes the rule (and then fails to resolve: no cluster DNS here).
     await failure(client.list_tools(url, timeout=5.0, namespace="team-b"), reason="connect")
     # An allow-list entry admits a shared namespace.
-    admitted, _ = parse_allow_list(["*.team-b.svc.cluster.local"])
-    shared = ClientPolicy(destinations=DestinationPolicy(allowed_hosts=admitted))
+    shared = ClientPolicy(destinations=DestinationPolicy.allowing(["*.team-b.svc.cluster.local"]))
     await failure(client.list_tools(url, timeout=5.0, namespace="team-a", policy=shared), reason="connect")
 
 

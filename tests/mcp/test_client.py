@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_optimizer.mcp import client
 from mcp_optimizer.mcp.client import ClientPolicy, McpClientError
-from mcp_optimizer.mcp.destinations import DestinationPolicy, parse_allow_list
+from mcp_optimizer.mcp.destinations import DestinationPolicy
 from mcp_optimizer.testing.mcp_servers import (
     LOOPBACK,
     AsgiTestServer,
@@ -35,7 +35,7 @@ from mcp_optimizer.testing.mcp_servers import (
 
 #: The servers here run on loopback, which the default policy refuses (tests/mcp/test_bounds.py
 #: shows that); these tests admit it explicitly.
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy(allowed_networks=parse_allow_list(LOOPBACK)[1]))
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def list_tools(*args: Any, **kwargs: Any) -> Any:
