@@ -85,9 +85,14 @@ HOSTILE: dict[str, Callable[[], Hostility]] = {
     # Each of them is embedded (600 characters of it), which on 2 busy cores takes minutes.
     "300 tools at the bounds (indexed, clipped)": lambda: Hostility.bounded_but_big(tools=300),
     "50 MB call result": lambda: Hostility.huge_result(50 * MIB),
+    # Just under the page bound, so each listing is parsed whole before the tool count fails it
+    # (27 MiB at its peak): eight at once is what MCP_OPTIMIZER_MAX_CONCURRENT_LARGE_LISTS bounds.
+    "12,000 tiny tools in one page, 8 MCPServers at once": lambda: Hostility.many_tools(12_000),
 }
+#: How many MCPServers of a tenant point at the hostile server (1 unless named here).
+COPIES = {"12,000 tiny tools in one page, 8 MCPServers at once": 8}
 QUICK = ("50 MB description", "100,000 tools in pages of 400", "300 tools at the bounds (indexed, clipped)",
-         "50 MB call result")
+         "50 MB call result", "12,000 tiny tools in one page, 8 MCPServers at once")
 
 
 # ------------------------------------------------------------------------------ servers
@@ -265,7 +270,7 @@ async def running_counts(engine: Any, namespace: str) -> tuple[int, int]:
 
 
 async def hostile_servers(args: Any, report: Report) -> None:
-    names = list(QUICK if args.quick else HOSTILE)
+    names = [name for name in (QUICK if args.quick else HOSTILE) if not args.only or args.only in name]
     rounds = 30 if args.quick else 100
     plane = None if args.kubeconfig else ControlPlane()
     kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
@@ -302,20 +307,27 @@ async def hostile_servers(args: Any, report: Report) -> None:
             for n, name in enumerate(names):
                 before = await tenant.find_tool_ms(rounds)
                 operator.reset_peak()
-                server = f"hostile-{n}"
-                create_server(objects, attackers, server, servers.hostile[name])
+                copies = [f"hostile-{n}-{i}" for i in range(COPIES.get(name, 1))]
+                for server in copies:
+                    create_server(objects, attackers, server, servers.hostile[name])
                 # Indexing 300 tools runs the model 300 times: minutes on a loaded machine.
-                condition = await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
+                conditions = [
+                    await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
+                    for server in copies
+                ]
+                condition = conditions[0]
                 between = None
                 if name == "50 MB call result":
-                    async def between(s: str = server) -> None:
+                    async def between(s: str = copies[0]) -> None:
                         result = await session.call_tool("call_tool", {
                             "server_name": f"{attackers}/{s}", "tool_name": "dump", "parameters": {}})
                         assert result.is_error, "a 50 MB result must be refused"
                 during = await tenant.find_tool_ms(rounds, between=between)
                 peak = operator.memory()["VmHWM"]
-                objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
-                await wait_for(lambda s=server: _gone(engine, f"{attackers}/{s}"), f"{server} removed")
+                for server in copies:
+                    objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
+                for server in copies:
+                    await wait_for(lambda s=server: _gone(engine, f"{attackers}/{s}"), f"{server} removed")
                 after = await tenant.find_tool_ms(rounds)
                 # Normal is the p50 of the phases just before and just after: the machine's load
                 # drifts, and a ratio against one of them alone would carry that drift.
@@ -419,6 +431,7 @@ async def main() -> None:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
     parser.add_argument("--why", action="store_true", help="also measure why an unbounded 20 MB tool slowed find_tool")
+    parser.add_argument("--only", help="only the hostile servers whose name contains this")
     parser.add_argument("--servers-child", action="store_true", help=argparse_hidden())
     args = parser.parse_args()
     if args.servers_child:

@@ -18,8 +18,9 @@ Two kinds of bound:
 The defaults are far above real servers: on the 527 real tools of LiveMCPBench the longest
 description is 3,866 characters, the largest inputSchema 5,077 bytes, the largest whole
 ``tools/list`` answer 40 KB and the most tools on one server 35. Parsing is what costs memory:
-1 MiB of ``tools/list`` JSON made of tiny tools (20,560 of them) takes 70 MiB while the SDK
-parses it, 4 MiB took 288 MiB, hence the 1 MiB page (also the SDK's own SSE event limit).
+a 0.9 MiB page of 12,000 tiny tools peaks 27 MiB above the client's base while the SDK parses it
+(and parsing grows with the page), hence a 1 MiB page (also the SDK's own SSE event limit) and a
+bound on how many large listings are parsed at once.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class ClientLimits:
     #: refused: 1 MiB of text is about 250,000 tokens, more than any model's context.
     call_result_bytes: int = 1 * MIB
     #: Listings over :data:`LARGE_LIST_BYTES` read at the same time, process-wide; more wait for
-    #: a turn (within their deadline). Parsing is what costs memory (about 70 MiB per MiB of tiny
-    #: tools), so this bounds what several hostile servers at once can take; real listings (40 KB
-    #: at most, measured) never wait.
+    #: a turn (within their deadline). Parsing is what costs memory (27 MiB for a 0.9 MiB page of
+    #: tiny tools), so this bounds what several hostile servers at once can take; real listings
+    #: (40 KB at most, measured) never wait.
     concurrent_large_lists: int = 4
 
     def __post_init__(self) -> None:

@@ -117,7 +117,9 @@ async def _sync(
     if outcome is Outcome.INVALID:
         raise kopf.PermanentError(f"invalid spec: {view.spec_error or 'rejected by the index'}")
     if outcome is Outcome.TOOLS_FAILED and retrying:
-        raise kopf.TemporaryError("tools/list failed; see the ToolsIndexed condition", delay=backoff(retry))
+        raise kopf.TemporaryError(
+            "tools/list failed; see the ToolsIndexed condition", delay=reconciler.retry_delay(view, retry)
+        )
     return outcome
 
 

@@ -80,6 +80,11 @@ class ListTools(Protocol):
     ) -> Awaitable[list[dict[str, Any]]]: ...
 
 
+#: tools/list failures a quick retry cannot fix (a rule refused the URL, or the server sends more
+#: than a bound allows): retried at the probe interval, not with a fast backoff, so that a hostile
+#: server does not cost a full listing (and its parsing) every few seconds.
+_POLICY_FAILURES = frozenset({"DestinationRefused", "LimitExceeded"})
+
 #: Failure reasons of forwarded calls that say the server is gone or broken. A timeout may be a
 #: slow tool (a re-probe tells), a limit or config failure says nothing about the server.
 _DEAD_SERVER_REASONS = frozenset({"connect", "http", "protocol", "destination"})
@@ -381,12 +386,19 @@ class WorkloadReconciler:
                 return  # the next Running starts a new read
             # Until it answers again: 1, 2, 4, ... seconds, then every probe interval.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tracked.wake.wait(), backoff(attempt, cap=self.probe_interval))
+                await asyncio.wait_for(tracked.wake.wait(), self.retry_delay(view, attempt))
             attempt += 1
 
     # ----------------------------------------------------------------------------------------
     # Dead servers: failed calls, re-probes, forced re-reads
     # ----------------------------------------------------------------------------------------
+
+    def retry_delay(self, view: ServerView, attempt: int) -> float:
+        """Seconds before reading a server's tools again after ``attempt`` failures."""
+        tracked = self._tracked.get(view.workload_name)
+        if tracked is not None and tracked.facts.tools_error_code in _POLICY_FAILURES:
+            return max(self.probe_interval, backoff(attempt))
+        return backoff(attempt, cap=self.probe_interval)
 
     def probe(self, view: ServerView) -> None:
         """A failed ``tools/list`` outside the change handlers: keep re-probing it with backoff."""
