@@ -25,6 +25,18 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from exc
 
 
+def _env_int(name: str, default: int) -> int:
+    """A positive whole number (bounds: zero or negative would refuse everything or nothing)."""
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{ENV_PREFIX}{name} must be positive, got {value}")
+    return value
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in _env(name, "").split(",") if part.strip())
 
@@ -124,6 +136,28 @@ class Settings:
         """The operator's namespace, then the listed ones: the only places catalogs are read from."""
         own = (self.operator_namespace,) if self.operator_namespace else ()
         return tuple(dict.fromkeys((*own, *self.catalog_namespaces)))
+    # --- What MCP servers may send, where the operator may connect, dead servers (issue 10 A) ---
+    # Bounds on everything a server sends (mcp_optimizer.mcp.limits has the measurements).
+    #: Bytes of one response while listing tools (one tools/list page).
+    max_page_bytes: int = 1024 * 1024
+    #: Bytes of all responses of one tools/list (every page).
+    max_list_bytes: int = 8 * 1024 * 1024
+    #: Tools one server may offer; more fails its tools/list.
+    max_tools: int = 1000
+    #: Characters of a tool description; longer ones are stored clipped, with a marker.
+    max_description_chars: int = 8192
+    #: Bytes of a tool's inputSchema; larger ones are stored reduced, with a marker.
+    max_schema_bytes: int = 64 * 1024
+    #: Bytes of a call result returned to the caller; a larger one is refused.
+    max_call_result_bytes: int = 1024 * 1024
+    #: tools/list answers over 256 KiB parsed at the same time; more wait for a turn.
+    max_concurrent_large_lists: int = 4
+    #: Destinations admitted despite the rules (mcp_optimizer.mcp.destinations): host names,
+    #: ``*.suffix`` names, addresses and CIDR networks. Empty: loopback, link-local, metadata,
+    #: the apiserver, the operator's pod and other namespaces' Services are all refused.
+    allowed_destinations: tuple[str, ...] = field(default_factory=tuple)
+    #: Seconds between tools/list probes of remote servers (the resync covers container servers).
+    remote_probe_interval: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -170,6 +204,15 @@ class Settings:
             session_idle_timeout=_env_float("SESSION_IDLE_TIMEOUT", cls.session_idle_timeout),
             sessions_per_identity=int(_env_float("SESSIONS_PER_IDENTITY", cls.sessions_per_identity)),
             max_sessions=int(_env_float("MAX_SESSIONS", cls.max_sessions)),
+            max_page_bytes=_env_int("MAX_PAGE_BYTES", cls.max_page_bytes),
+            max_list_bytes=_env_int("MAX_LIST_BYTES", cls.max_list_bytes),
+            max_tools=_env_int("MAX_TOOLS", cls.max_tools),
+            max_description_chars=_env_int("MAX_DESCRIPTION_CHARS", cls.max_description_chars),
+            max_schema_bytes=_env_int("MAX_SCHEMA_BYTES", cls.max_schema_bytes),
+            max_call_result_bytes=_env_int("MAX_CALL_RESULT_BYTES", cls.max_call_result_bytes),
+            max_concurrent_large_lists=_env_int("MAX_CONCURRENT_LARGE_LISTS", cls.max_concurrent_large_lists),
+            allowed_destinations=_env_list("ALLOWED_DESTINATIONS"),
+            remote_probe_interval=_env_float("REMOTE_PROBE_INTERVAL", cls.remote_probe_interval),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

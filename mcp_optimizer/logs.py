@@ -1,4 +1,8 @@
-"""Logging for the long-running process: text for people or JSON lines for log pipelines."""
+"""Logging for the long-running process: text for people or JSON lines for log pipelines.
+
+Every line is written through :func:`~mcp_optimizer.redaction.redact_urls`, whoever logged it
+(our code, the MCP SDK, httpx, kopf): credentials in a URL never reach a log.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+
+from mcp_optimizer.redaction import redact_urls
 
 #: LogRecord attributes that are not user ``extra`` fields.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -28,7 +34,17 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return redact_urls(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message``, with URL credentials redacted (tracebacks included)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
 
 
 #: Libraries whose INFO lines are per-request or start-up chatter: they are DEBUG lines here.
@@ -77,10 +93,7 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(DemoteChatter(numeric))
     root = logging.getLogger()
     root.handlers[:] = [handler]

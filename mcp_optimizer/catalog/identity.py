@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, quote, urlsplit
 
+from mcp_optimizer.redaction import redact_url
+
 __all__ = ["normalize_image", "normalize_url"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -76,14 +78,14 @@ def normalize_url(url: str) -> str:
     if not text:
         raise ValueError("URL is empty")
     if _BAD_URL_CHARS.search(text):
-        raise ValueError(f"URL {text!r} contains whitespace or control characters")
+        raise ValueError(f"URL {redact_url(text)!r} contains whitespace or control characters")
     try:
         parts = urlsplit(text)
     except ValueError as exc:  # e.g. an unbalanced "[" in an IPv6 host
-        raise ValueError(f"URL {text!r} is malformed: {exc}") from exc
+        raise ValueError(f"URL {redact_url(text)!r} is malformed: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"URL {text!r} is not an absolute http(s) URL")
+        raise ValueError(f"URL {redact_url(text)!r} is not an absolute http(s) URL")
     host = _canonical_host(parts, text)
     port = _port(parts, text)
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
@@ -97,10 +99,10 @@ def _canonical_host(parts: SplitResult, original: str) -> str:
     # .hostname already strips userinfo, port and IPv6 brackets, and lowercases.
     host = parts.hostname
     if not host:
-        raise ValueError(f"URL {original!r} has no host")
+        raise ValueError(f"URL {redact_url(original)!r} has no host")
     if ":" in host:
         if not re.fullmatch(r"[0-9a-f:.]+(%[0-9a-z._~-]+)?", host):
-            raise ValueError(f"URL {original!r} has an invalid IPv6 host")
+            raise ValueError(f"URL {redact_url(original)!r} has an invalid IPv6 host")
         return f"[{host}]"
     if host.endswith("."):
         host = host[:-1]
@@ -108,9 +110,9 @@ def _canonical_host(parts: SplitResult, original: str) -> str:
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise ValueError(f"URL {original!r} has an invalid internationalised host: {exc}") from exc
+            raise ValueError(f"URL {redact_url(original)!r} has an invalid internationalised host: {exc}") from exc
     if not host or not _HOST_CHARS.fullmatch(host):
-        raise ValueError(f"URL {original!r} has an invalid host")
+        raise ValueError(f"URL {redact_url(original)!r} has an invalid host")
     return host
 
 
@@ -119,7 +121,7 @@ def _port(parts: SplitResult, original: str) -> int | None:
     try:
         return parts.port
     except ValueError as exc:
-        raise ValueError(f"URL {original!r} has an invalid port") from exc
+        raise ValueError(f"URL {redact_url(original)!r} has an invalid port") from exc
 
 
 def _normalize_escapes(component: str, safe: str) -> str:

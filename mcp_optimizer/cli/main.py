@@ -32,6 +32,8 @@ from mcp_optimizer.ingest import (
     RegistryRef,
     WorkloadSpec,
 )
+from mcp_optimizer.logs import configure_logging
+from mcp_optimizer.redaction import redact_url
 
 
 class CliError(Exception):
@@ -261,19 +263,24 @@ async def cmd_workload_delete(args: argparse.Namespace, settings: Settings) -> i
     return await _with_indexer(settings, action)
 
 
+def _shown(url: str | None) -> str | None:
+    """A URL as the CLI prints it: credentials in it are never shown."""
+    return redact_url(url) if url else url
+
+
 async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
     async def action(indexer: Indexer) -> int:
         items: list[dict[str, Any]] = []
         for row in await indexer.registry.list():
             items.append({
                 "kind": "registry", "name": row.name, "workload_name": None, "catalog": row.catalog,
-                "remote": bool(row.remote), "url": row.url, "package": row.package, "status": None,
+                "remote": bool(row.remote), "url": _shown(row.url), "package": row.package, "status": None,
                 "registry_server_name": None, "tool_count": await indexer.registry_tools.count_by_server(row.id),
             })
         for row in await indexer.workloads.list():
             items.append({
                 "kind": "workload", "name": row.name, "workload_name": row.workload_name, "catalog": None,
-                "remote": bool(row.remote), "url": row.url, "package": row.package, "status": row.status,
+                "remote": bool(row.remote), "url": _shown(row.url), "package": row.package, "status": row.status,
                 "status_reason": row.status_reason, "registry_server_name": row.registry_server_name,
                 "registry_catalog": row.registry_catalog, "group": row.group,
                 "tool_count": await indexer.workload_tools.count_by_server(row.id),
@@ -303,7 +310,7 @@ async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         if args.registry:
             items = [
                 {"server": h.name, "catalog": h.catalog, "tool": ", ".join(h.tools), "description": h.description,
-                 "remote": h.remote, "url": h.url, "package": h.package, "score": h.score}
+                 "remote": h.remote, "url": _shown(h.url), "package": h.package, "score": h.score}
                 for h in await search.find_registry_servers(args.query, limit=args.limit)
             ]
         else:
@@ -324,7 +331,6 @@ async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from mcp_optimizer.logs import configure_logging
     from mcp_optimizer.mcp.server import EndpointError
     from mcp_optimizer.operator.runner import main as run_operator
 
@@ -503,8 +509,7 @@ def _run_then_exit(coroutine: Awaitable[int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("text", "DEBUG" if args.verbose else "WARNING")
     try:
         settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
         if args.handler is cmd_run:

@@ -130,6 +130,7 @@ class ToolOps(Ops):
             removed = [row.id for name, row in existing.items() if name not in wanted]
             await self._delete_ids(c, removed)
             added = updated = unchanged = 0
+            written: list[int] = []
             now = utcnow()
             for tool in wanted.values():
                 old = existing.get(tool.name)
@@ -153,7 +154,12 @@ class ToolOps(Ops):
                     await self._delete_virtual(c, [tool_id])
                     updated += 1
                 await self._insert_virtual(c, tool_id, server_id, tool, metadata)
+                written.append(tool_id)
+            await self._after_write(c, written)
             return ToolSyncResult(added, updated, len(removed), unchanged)
+
+    async def _after_write(self, c: AsyncConnection, tool_ids: list[int]) -> None:
+        """Derived columns of the tools just inserted or updated (none on this side)."""
 
     async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
         async with self._tx(conn) as c:

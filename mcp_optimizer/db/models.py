@@ -169,9 +169,26 @@ class RegistryTool(_ToolColumns, Base):
 
 class WorkloadTool(_ToolColumns, Base):
     __tablename__ = "tools_workload"
-    __table_args__ = (UniqueConstraint("server_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("server_id", "name"),
+        # Covers find_tool's token sum: token_count comes after the (possibly long) details in
+        # the row, and reading it from the table walks details' overflow pages first.
+        Index("ix_tools_workload_server_tokens", "server_id", "token_count"),
+    )
 
     server_id: Mapped[str] = mapped_column(String(36), ForeignKey("mcpservers_workload.id", ondelete="CASCADE"))
+    #: Estimated tokens of the tool's definition (:data:`TOOL_TOKENS_SQL`), summed by find_tool.
+    token_count: Mapped[int | None] = mapped_column(Integer)
+
+
+#: ``ceil(len(compact JSON of name, description, inputSchema) / 4)`` of a stored tool's
+#: ``details``, computed by SQLite; ``json_object`` writes the same compact JSON as
+#: :func:`mcp_optimizer.mcp.tokens.tool_tokens` (a test holds them equal).
+TOOL_TOKENS_SQL = (
+    "(length(json_object('name', json_extract(details, '$.name'), "
+    "'description', coalesce(json_extract(details, '$.description'), ''), "
+    "'inputSchema', json(coalesce(json_extract(details, '$.inputSchema'), '{}')))) + 3) / 4"
+)
 
 
 # Core Table objects for the ops classes, which use SQL expressions rather than ORM sessions.

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
-from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
+from mcp_optimizer.db.models import TOOL_TOKENS_SQL, WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import own_description
@@ -190,6 +190,12 @@ class WorkloadToolOps(ToolOps):
     table = tools
     vector_table = WORKLOAD_TOOL_VECTORS
     fts_table = WORKLOAD_TOOL_FTS
+
+    async def _after_write(self, c: AsyncConnection, tool_ids: list[int]) -> None:
+        # Once per write, so find_tool sums integers instead of re-serialising every tool.
+        if tool_ids:
+            await c.execute(text(f"UPDATE tools_workload SET token_count = {TOOL_TOKENS_SQL} WHERE id = :id"),
+                            [{"id": i} for i in tool_ids])
 
     async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
         row = (await conn.execute(select(servers.c.status, servers.c.group, servers.c.namespace)

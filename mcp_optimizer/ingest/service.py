@@ -46,6 +46,7 @@ from mcp_optimizer.ingest.errors import (
     RegistryNote,
     WorkloadSpecError,
 )
+from mcp_optimizer.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,7 @@ class Indexer:
         matches = await self.registry.find_matching_servers(
             url=spec.url, package=spec.package, remote=spec.remote, conn=conn)
         if len(matches) > 1:
-            identifier = f"URL {spec.url}" if spec.remote else f"image {spec.package}"
+            identifier = f"URL {redact_url(spec.url or '')}" if spec.remote else f"image {spec.package}"
             return None, DuplicateRegistryServersError(
                 spec.workload_name, identifier, [(m.catalog, m.name) for m in matches]), note
         return (matches[0] if matches else None), None, note

@@ -46,9 +46,10 @@ from mcp_optimizer import __version__
 from mcp_optimizer.config import AUTH_KUBERNETES, AUTH_NONE, Settings, endpoint_host
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.mcp.auth import Authenticator, BearerAuthMiddleware, StaticTokens, TokenTable, build_authenticator
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.mcp.scope import current_scope
 from mcp_optimizer.mcp.sessions import BoundedSessionManager, SessionLimitResponses, SessionLimits, SseEndpoint
-from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, OptimizerTools
+from mcp_optimizer.mcp.tools import INSTRUCTIONS, CallBackend, CallFailureListener, OptimizerTools
 
 if TYPE_CHECKING:
     from kubernetes import client
@@ -185,15 +186,21 @@ class McpEndpoint:
         search: ToolSearch,
         *,
         call_backend: CallBackend | None = None,
+        call_failures: CallFailureListener | None = None,
+        policy: ClientPolicy | None = None,
         tokens: TokenTable | None = None,
         authenticator: Authenticator | None = None,
         kube_config: client.Configuration | None = None,
     ) -> None:
         """Auth: ``authenticator`` if given, else static ``tokens`` if given (tests), else what
         ``settings`` choose (:func:`~mcp_optimizer.mcp.auth.build_authenticator`), with
-        ``kube_config`` as the cluster Kubernetes auth reviews tokens with."""
+        ``kube_config`` as the cluster Kubernetes auth reviews tokens with. ``call_failures``
+        hears of every forwarded call that got no answer (the operator, in ``mcp-optimizer run``);
+        ``policy``: bounds and destination rules for forwarded calls (default: from ``settings``)."""
         self.settings = settings
-        self.tools = OptimizerTools(search, settings, call_backend=call_backend)
+        self.tools = OptimizerTools(
+            search, settings, call_backend=call_backend, call_failures=call_failures, policy=policy
+        )
         if authenticator is None:
             authenticator = (
                 StaticTokens(tokens)
@@ -319,6 +326,8 @@ async def serve(
     *,
     call_backend: CallBackend | None = None,
     kube_config: client.Configuration | None = None,
+    call_failures: CallFailureListener | None = None,
+    policy: ClientPolicy | None = None,
     ready: Callable[[McpEndpoint], object] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -328,7 +337,10 @@ async def serve(
     served. Shutdown is clean either way: open sessions are closed and the port is released
     before this returns (or re-raises the cancellation).
     """
-    async with McpEndpoint(settings, search, call_backend=call_backend, kube_config=kube_config) as endpoint:
+    async with McpEndpoint(
+        settings, search, call_backend=call_backend, kube_config=kube_config,
+        call_failures=call_failures, policy=policy,
+    ) as endpoint:
         if ready is not None:
             ready(endpoint)
         await (stop or asyncio.Event()).wait()

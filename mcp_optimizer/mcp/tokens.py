@@ -7,9 +7,11 @@ about four characters per token is the usual rule of thumb for English and JSON 
 GPT and Claude tokenizers. It needs no tokenizer and no network; it is meant for "what did
 ``find_tool`` save", not for billing.
 
-The total over every running tool is computed inside SQLite (``json_object`` writes the same
-compact JSON as :func:`tool_tokens`), about four times faster than loading every tool into
-Python, which matters because ``find_tool`` reports it on every call.
+The total over every running tool is a sum of each tool's estimate, stored when the tool is
+written (``tools_workload.token_count``, computed by SQLite: ``json_object`` writes the same
+compact JSON as :func:`tool_tokens`). ``find_tool`` reports it on every call; computing it from
+the stored JSON instead cost 10.5 ms of a 17 ms call over 527 real tools, and 275 ms once one
+server had stored a 20 MB description.
 """
 
 from __future__ import annotations
@@ -41,18 +43,8 @@ async def running_tools_tokens(engine: AsyncEngine, scope: AccessScope) -> int:
     if scope.is_empty:
         return 0
     tools, servers = WorkloadTool.__table__, WorkloadServer.__table__
-    details = tools.c.details
-    definition = func.json_object(
-        "name",
-        func.json_extract(details, "$.name"),
-        "description",
-        func.coalesce(func.json_extract(details, "$.description"), ""),
-        "inputSchema",
-        func.json(func.coalesce(func.json_extract(details, "$.inputSchema"), "{}")),
-    )
-    # Integer division of (n + 3) by 4 is ceil(n / 4).
     query = (
-        select(func.coalesce(func.sum((func.length(definition) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN), 0))
+        select(func.coalesce(func.sum(tools.c.token_count), 0))
         .select_from(tools.join(servers, servers.c.id == tools.c.server_id))
         .where(servers.c.status == WorkloadStatus.RUNNING.value)
     )

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -35,17 +35,39 @@ from mcp_optimizer.mcp.arguments import (
     describe_validation_error,
     input_schema,
 )
-from mcp_optimizer.mcp.client import McpClientError
+from mcp_optimizer.mcp.client import ClientPolicy, McpClientError
 from mcp_optimizer.mcp.client import call_tool as client_call_tool
 from mcp_optimizer.mcp.pinned import PinnedTool, parse_pins
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.tokens import running_tools_tokens, token_report, tool_tokens
 from mcp_optimizer.metrics import METRICS
+from mcp_optimizer.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
-#: ``(endpoint, transport, tool_name, arguments, timeout) -> CallToolResult as a wire dict``.
-CallBackend = Callable[[str, str, str, dict[str, Any], float], Awaitable[dict[str, Any]]]
+class CallBackend(Protocol):
+    """Makes one forwarded ``tools/call``; returns the CallToolResult as a wire dict.
+
+    ``namespace`` is the workload's, for the destination rule that keeps it within its namespace.
+    Raises :class:`McpClientError` when the server cannot be reached or answers wrongly.
+    """
+
+    def __call__(
+        self, endpoint: str, transport: str, tool_name: str, arguments: dict[str, Any], timeout: float,
+        *, namespace: str | None,
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+class CallFailureListener(Protocol):
+    """Told when a forwarded call could not get an answer from its server.
+
+    The endpoint and the operator share a process in ``mcp-optimizer run``, but ``serve`` runs
+    without an operator: this is all the endpoint knows of whoever keeps the index. The operator
+    implements it (:meth:`~mcp_optimizer.operator.workloads.WorkloadReconciler.call_failed`) and
+    decides what a failure means for the server's status. Must return at once and not raise.
+    """
+
+    def call_failed(self, workload_name: str, error: McpClientError) -> None: ...
 
 FIND_TOOL = "find_tool"
 SEARCH_REGISTRY = "search_registry"
@@ -111,10 +133,21 @@ def _unknown_server(name: str) -> _Refusal:
 class OptimizerTools:
     """The tools one endpoint serves, over one index. Stateless between calls; safe to share."""
 
-    def __init__(self, search: ToolSearch, settings: Settings, *, call_backend: CallBackend | None = None) -> None:
+    def __init__(
+        self,
+        search: ToolSearch,
+        settings: Settings,
+        *,
+        call_backend: CallBackend | None = None,
+        call_failures: CallFailureListener | None = None,
+        policy: ClientPolicy | None = None,
+    ) -> None:
         self.search = search
         self.settings = settings
-        self._call_backend: CallBackend = call_backend or client_call_tool
+        #: Bounds and destination rules of forwarded calls: the same as the operator's tools/list.
+        self.policy = policy or ClientPolicy.from_settings(settings)
+        self._call_backend: CallBackend = call_backend or self._call_server
+        self._call_failures = call_failures
         meta: list[tuple[str, str, type[BaseModel], bool]] = [
             (FIND_TOOL, settings.find_tool_description or FIND_TOOL_DESCRIPTION, FindToolArgs, True),
             (SEARCH_REGISTRY, SEARCH_REGISTRY_DESCRIPTION, SearchRegistryArgs, True),
@@ -255,7 +288,7 @@ class OptimizerTools:
                 "catalog": hit.catalog,
                 "description": hit.description,
                 "remote": hit.remote,
-                **({"url": hit.url} if hit.remote else {"package": hit.package}),
+                **({"url": redact_url(hit.url or "")} if hit.remote else {"package": hit.package}),
                 "transport": hit.transport,
                 "matching_tools": hit.tools,
             }
@@ -305,13 +338,32 @@ class OptimizerTools:
         # An audit trail of who ran what: scope names are token names, never the tokens.
         logger.info("scope %s calls tool %r of server %r", scope.name, tool, server)
         try:
-            raw = await self._call_backend(info.endpoint, info.transport, tool, parameters, self.settings.call_timeout)
+            raw = await self._call_backend(
+                info.endpoint, info.transport, tool, parameters, self.settings.call_timeout, namespace=info.namespace
+            )
         except McpClientError as exc:
+            self._report_failure(info.workload_name, exc)
             raise _Refusal(f"Calling '{tool}' on server '{server}' failed ({exc.reason}): {exc}") from None
         try:
             return types.CallToolResult.model_validate(raw)
         except ValidationError:
             raise _Refusal(f"Server '{server}' answered '{tool}' with a result that is not valid MCP.") from None
+
+    async def _call_server(
+        self, endpoint: str, transport: str, tool_name: str, arguments: dict[str, Any], timeout: float,
+        *, namespace: str | None,
+    ) -> dict[str, Any]:
+        return await client_call_tool(
+            endpoint, transport, tool_name, arguments, timeout, policy=self.policy, namespace=namespace
+        )
+
+    def _report_failure(self, workload_name: str, error: McpClientError) -> None:
+        if self._call_failures is None:
+            return
+        try:
+            self._call_failures.call_failed(workload_name, error)
+        except Exception:  # the caller's answer must not depend on the listener
+            logger.exception("Reporting the failed call to %s failed", workload_name)
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -14,11 +14,14 @@ from typing import Any
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import RegistryRef, WorkloadSpec
+from mcp_optimizer.redaction import redact_url
 
 GROUP = "mcp-optimizer.dev"
 VERSION = "v1alpha1"
 PLURAL = "mcpservers"
 KIND = "MCPServer"
+#: Set it to any new value (e.g. a timestamp) to make the operator read the server's tools now.
+REFRESH_ANNOTATION = f"{GROUP}/refresh"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 #: The label a container server's pods carry by default (as Helm and most charts set it).
@@ -173,6 +176,8 @@ class ServerView:
     #: True once the object has a deletionTimestamp: it must not be (re-)indexed.
     deleting: bool = False
     spec_error: str | None = None
+    #: The value of the ``mcp-optimizer.dev/refresh`` annotation: any new value forces a re-read.
+    refresh: str | None = None
 
     @property
     def workload_name(self) -> str:
@@ -220,14 +225,14 @@ def _parse_spec(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise SpecError(f"spec.transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     endpoint = _optional_str(spec, "endpoint")
     if url and not url.lower().startswith(("http://", "https://")):
-        raise SpecError(f"spec.url must be an http:// or https:// URL, got {url!r}")
+        raise SpecError(f"spec.url must be an http:// or https:// URL, got {redact_url(url)!r}")
     if image and not endpoint:
         raise SpecError(
             "spec.endpoint is required for a container server (spec.image): the URL its MCP "
             "endpoint is reached at, e.g. http://<service>.<namespace>.svc:8080/mcp"
         )
     if endpoint and not endpoint.lower().startswith(("http://", "https://")):
-        raise SpecError(f"spec.endpoint must be an http:// or https:// URL, got {endpoint!r}")
+        raise SpecError(f"spec.endpoint must be an http:// or https:// URL, got {redact_url(endpoint)!r}")
     raw_selector = spec.get("podSelector")
     selector = LabelSelector.for_instance(name) if raw_selector is None else LabelSelector.parse(raw_selector)
     group = spec.get("group") or DEFAULT_GROUP
@@ -267,6 +272,7 @@ def parse_server(body: Mapping[str, Any]) -> ServerView:
         "uid": meta.get("uid") or "",
         "generation": int(meta.get("generation") or 0),
         "deleting": meta.get("deletionTimestamp") is not None,
+        "refresh": (meta.get("annotations") or {}).get(REFRESH_ANNOTATION),
     }
     spec = body.get("spec")
     try:
@@ -455,6 +461,7 @@ def tools_listed(tool_count: int) -> RuntimeStatus:
     return RuntimeStatus(WorkloadStatus.RUNNING, "ToolsListed", f"tools/list answered with {tool_count} tools")
 
 
-def tools_failed(message: str) -> RuntimeStatus:
-    """A server whose ``tools/list`` failed (unreachable, timed out, not MCP): it is ERROR."""
-    return RuntimeStatus(WorkloadStatus.ERROR, "ToolsListFailed", message)
+def tools_failed(message: str, code: str = "ToolsListFailed") -> RuntimeStatus:
+    """A server whose ``tools/list`` failed (unreachable, timed out, not MCP, refused, over a
+    bound) or whose forwarded call failed: it is ERROR."""
+    return RuntimeStatus(WorkloadStatus.ERROR, code, message)

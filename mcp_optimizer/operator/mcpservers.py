@@ -15,6 +15,12 @@ kopf's error semantics:
 
 The update handler is filtered on ``spec``: status writes (ours) and metadata changes do not
 re-run it, so writing status cannot start a reconcile loop.
+
+Dead servers: remote servers are probed (``tools/list``) every ``remote_probe_interval`` seconds
+by a timer of their own, besides the slower resync of every server; a probe or resync that
+fails starts the reconciler's re-probe with backoff. The annotation ``mcp-optimizer.dev/refresh``
+forces a re-read: it is seen on the watch stream (kopf's own diff ignores annotations under its
+storage prefix, which this one shares), so any new value works, however it was written.
 """
 
 from __future__ import annotations
@@ -44,13 +50,31 @@ async def reconcile_server(*, body: kopf.Body, memo: Any, retry: int, **_: Any) 
 
 
 async def resync_server(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Periodic resync: re-read tools (unchanged tools are not re-embedded) and pod status."""
+    """Periodic resync: re-read tools (unchanged tools are not re-embedded) and pod status; a
+    server that does not answer is re-probed with backoff from then on."""
+    await _periodic(body, memo.reconciler, logger, probe=False)
+
+
+async def probe_server(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """A remote server's probe: as the resync, on its own short interval."""
+    await _periodic(body, memo.reconciler, logger, probe=True)
+
+
+async def _periodic(body: kopf.Body, reconciler: WorkloadReconciler, logger: kopf.Logger, *, probe: bool) -> None:
     try:
-        await _sync(body, memo.reconciler, retry=0, retrying=False)
+        outcome = await _sync(body, reconciler, retry=0, retrying=False, probe=probe)
     except kopf.PermanentError:
-        pass  # already reported by the change handlers
+        return  # already reported by the change handlers
     except Exception as exc:  # the timer must keep ticking; the next tick retries
         logger.warning("Resync failed: %s", exc)
+        return
+    if outcome is Outcome.TOOLS_FAILED:
+        reconciler.probe(parse_server(body))
+
+
+def is_remote(spec: kopf.Spec, **_: Any) -> bool:
+    """kopf filter: a remote server (spec.url), probed on its own short interval."""
+    return bool(spec.get("url"))
 
 
 async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.Logger, **_: Any) -> None:
@@ -70,17 +94,22 @@ async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.
         raise kopf.TemporaryError(f"removing the index rows failed: {exc}", delay=backoff(retry)) from exc
 
 
-async def server_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """An MCPServer vanished without our finalizer (it was stripped): remove its rows now."""
+async def server_event(*, type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Every watch event: a vanished MCPServer (its finalizer was stripped) loses its rows now;
+    a new value of the refresh annotation forces a re-read of its tools."""
+    reconciler: WorkloadReconciler = memo.reconciler
     if type == "DELETED":
-        reconciler: WorkloadReconciler = memo.reconciler
         await reconciler.forget(parse_server(body))
+    elif type is not None:  # None: the initial listing, which the resume handlers cover
+        reconciler.refresh_requested(parse_server(body))
 
 
-async def _sync(body: kopf.Body, reconciler: WorkloadReconciler, *, retry: int, retrying: bool) -> None:
+async def _sync(
+    body: kopf.Body, reconciler: WorkloadReconciler, *, retry: int, retrying: bool, probe: bool = False
+) -> Outcome:
     view = parse_server(body)
     try:
-        outcome = await reconciler.sync(view, read_tools=True, current_status=body.get("status"))
+        outcome = await reconciler.sync(view, read_tools=True, current_status=body.get("status"), probe=probe)
     except (kopf.PermanentError, kopf.TemporaryError):
         raise
     except Exception as exc:
@@ -88,14 +117,17 @@ async def _sync(body: kopf.Body, reconciler: WorkloadReconciler, *, retry: int, 
     if outcome is Outcome.INVALID:
         raise kopf.PermanentError(f"invalid spec: {view.spec_error or 'rejected by the index'}")
     if outcome is Outcome.TOOLS_FAILED and retrying:
-        raise kopf.TemporaryError("tools/list failed; see the ToolsIndexed condition", delay=backoff(retry))
+        raise kopf.TemporaryError(
+            "tools/list failed; see the ToolsIndexed condition", delay=reconciler.retry_delay(view, retry)
+        )
+    return outcome
 
 
 def _is_deletion(*, type: str, **_: Any) -> bool:
     return type == "DELETED"
 
 
-def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None:
+def register(registry: kopf.OperatorRegistry, *, resync_interval: float, probe_interval: float) -> None:
     """Register the MCPServer handlers in ``registry``."""
     resource = (GROUP, VERSION, PLURAL)
     kopf.index(*resource, id="mcpservers_by_namespace", registry=registry)(index_server)
@@ -116,3 +148,11 @@ def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None
         initial_delay=resync_interval,
         registry=registry,
     )(resync_server)
+    kopf.timer(
+        *resource,
+        id="probe-remote",
+        interval=probe_interval,
+        initial_delay=probe_interval,
+        when=is_remote,
+        registry=registry,
+    )(probe_server)

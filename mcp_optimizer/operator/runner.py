@@ -33,6 +33,8 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.kubeapi import KubeApi
+from mcp_optimizer.mcp import McpClientError
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.operator import mcpservers, pods
 from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
 from mcp_optimizer.operator.cluster import ClusterLister, connection_info, load_client_config
@@ -46,6 +48,25 @@ FINALIZER = f"{GROUP}/finalizer"
 
 #: What kopf accepts as a stop or ready flag.
 Flag = asyncio.Future[Any] | asyncio.Event | concurrent.futures.Future[Any] | threading.Event
+
+
+class CallFailureRelay:
+    """The endpoint's :class:`~mcp_optimizer.mcp.tools.CallFailureListener` in ``mcp-optimizer run``.
+
+    The endpoint starts before the operator (kopf adopts tasks created after it starts), so it is
+    handed this relay, which the operator attaches its reconciler to once it runs. Failures
+    reported before that, or after it stopped, are dropped: the next probe finds them too.
+    """
+
+    def __init__(self) -> None:
+        self._reconciler: WorkloadReconciler | None = None
+
+    def attach(self, reconciler: WorkloadReconciler | None) -> None:
+        self._reconciler = reconciler
+
+    def call_failed(self, workload_name: str, error: McpClientError) -> None:
+        if self._reconciler is not None:
+            self._reconciler.call_failed(workload_name, error)
 
 
 @dataclass
@@ -139,7 +160,9 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
         await _stop_background(context)
 
     pods.register(registry)
-    mcpservers.register(registry, resync_interval=settings.resync_interval)
+    mcpservers.register(
+        registry, resync_interval=settings.resync_interval, probe_interval=settings.remote_probe_interval
+    )
     return registry
 
 
@@ -203,6 +226,8 @@ async def run_operator(
     indexer: Indexer | None = None,
     embedder: Embedder | None = None,
     list_tools: ListTools | None = None,
+    policy: ClientPolicy | None = None,
+    call_failures: CallFailureRelay | None = None,
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
@@ -214,21 +239,34 @@ async def run_operator(
     ``settings.db_path`` with ``embedder`` (or the model from ``settings``). ``ready_flag`` is
     set once the startup handler (garbage collection, catalogs) has finished.
 
+    ``policy``: bounds and destination rules for ``tools/list`` (default: from ``settings``, with
+    the apiserver this operator talks to refused). ``call_failures``: the endpoint's relay, which
+    this operator's reconciler is attached to while it runs.
+
     kopf treats every task created in this loop after it starts as its own: at exit it waits
     5 s for those still running, then cancels them. ``on_stop`` runs as the operator begins to
     stop, before that: it must stop the process's other servers (the MCP endpoint), whose
     connections are such tasks.
     """
     kube_config = load_client_config(kubeconfig)
+    if policy is None:
+        policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
     own_indexer = indexer is None
     if indexer is None:
         indexer = await Indexer.open(settings, embedder)
     api_client = client.ApiClient(kube_config)
     kube = KubeApi(kube_config, timeout=settings.mcp_timeout)
     reconciler = WorkloadReconciler(
-        indexer, StatusWriter(api_client), mcp_timeout=settings.mcp_timeout, list_tools=list_tools
+        indexer,
+        StatusWriter(api_client),
+        mcp_timeout=settings.mcp_timeout,
+        list_tools=list_tools,
+        policy=policy,
+        probe_interval=settings.remote_probe_interval,
     )
     trusted = settings.trusted_catalog_namespaces
+    if call_failures is not None:
+        call_failures.attach(reconciler)
     context = OperatorContext(
         settings=settings,
         indexer=indexer,
@@ -251,6 +289,8 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
+        if call_failures is not None:
+            call_failures.attach(None)
         with contextlib.suppress(Exception):
             await _stop_background(context)
         await kube.close()
@@ -281,6 +321,10 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     metrics_server = None
     endpoint: McpEndpoint | None = None
     readiness: asyncio.Task[None] | None = None
+    # One policy for the operator's tools/list and the endpoint's forwarded calls.
+    kube_config = load_client_config(kubeconfig)
+    policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
+    call_failures = CallFailureRelay()
     try:
         if settings.metrics_port:
             metrics_server = await start_metrics_server(
@@ -289,7 +333,9 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
         # Serving before kopf starts: kopf adopts every task created after it starts.
         # The endpoint reviews callers' tokens against the cluster the operator watches.
-        endpoint = McpEndpoint(settings, search, kube_config=load_client_config(kubeconfig))
+        endpoint = McpEndpoint(
+            settings, search, kube_config=kube_config, policy=policy, call_failures=call_failures
+        )
         await endpoint.start()
         ready = asyncio.Event()
         stop = asyncio.Event()
@@ -316,8 +362,8 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         watcher = asyncio.create_task(watch_endpoint(endpoint), name="mcp endpoint watcher")
         try:
             await run_operator(
-                settings, kubeconfig=kubeconfig, indexer=indexer, ready_flag=ready, stop_flag=stop,
-                on_stop=stop_serving,
+                settings, kubeconfig=kubeconfig, indexer=indexer, policy=policy, call_failures=call_failures,
+                ready_flag=ready, stop_flag=stop, on_stop=stop_serving,
             )
         finally:
             watcher.cancel()

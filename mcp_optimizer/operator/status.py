@@ -72,8 +72,12 @@ class ServerFacts:
     tool_count: int = 0
     #: The generation whose tools were last read successfully; None when never read.
     tools_generation: int | None = None
-    #: The last tools/list failure, cleared by the next success.
+    #: The last tools/list failure (or failed forwarded call), cleared by the next success.
     tools_error: str | None = None
+    #: Its CamelCase reason: ToolsListFailed, DestinationRefused, LimitExceeded or CallFailed.
+    tools_error_code: str = "ToolsListFailed"
+    #: Which tools were stored clipped to the bounds, as a sentence; None when none were.
+    clip_note: str | None = None
     #: (catalog, name) of the linked registry entry.
     registry: tuple[str, str] | None = None
     #: Why a pinned registry entry is not what the server links to (missing, or of the other kind).
@@ -120,7 +124,7 @@ def _tools_indexed(facts: ServerFacts) -> Condition:
     if facts.spec_error is not None:
         return Condition("ToolsIndexed", "False", "InvalidSpec", "the spec must be fixed first")
     if facts.tools_error is not None:
-        return Condition("ToolsIndexed", "False", "ToolsListFailed", facts.tools_error)
+        return Condition("ToolsIndexed", "False", facts.tools_error_code, facts.tools_error)
     if facts.tools_generation is not None and facts.tools_generation == facts.generation:
         message = f"{facts.tool_count} tools indexed"
         if facts.task_only_tools:
@@ -131,6 +135,8 @@ def _tools_indexed(facts: ServerFacts) -> Condition:
         if facts.repeated_tools:
             message += f"; {repeated_tools_message(facts)}"
             return Condition("ToolsIndexed", "True", "DuplicateToolNames", message)
+        if facts.clip_note is not None:
+            return Condition("ToolsIndexed", "True", "ToolsClipped", f"{message}; {facts.clip_note}")
         return Condition("ToolsIndexed", "True", "ToolsListed", message)
     if facts.tools_generation is not None:
         return Condition(
@@ -244,7 +250,9 @@ def warnings(facts: ServerFacts) -> list[tuple[str, str]]:
     if facts.index_problem is not None:
         found.append((facts.index_problem.code, facts.index_problem.message))
     if facts.tools_error is not None:
-        found.append(("ToolsListFailed", facts.tools_error))
+        found.append((facts.tools_error_code, facts.tools_error))
+    elif facts.clip_note is not None:
+        found.append(("ToolsClipped", facts.clip_note))
     if facts.repeated_tools and facts.spec_error is None:
         found.append(("DuplicateToolNames", repeated_tools_message(facts)))
     if facts.registry_note is not None and facts.spec_error is None:

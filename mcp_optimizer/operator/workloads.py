@@ -8,17 +8,27 @@ Concurrency: writes for one workload are serialised by a per-workload lock, and 
 reads the *current* pod index and MCPServer index under that lock, so whichever write comes
 last leaves the index matching the cluster (level-triggered), whatever order events came in.
 ``tools/list`` runs outside the lock: a slow MCP server must not delay its pod events.
+
+Dead servers leave search fast. A failed ``tools/list`` marks the server ERROR at once; so does a
+forwarded ``tools/call`` that got no answer from a remote server (the endpoint reports it through
+:meth:`WorkloadReconciler.call_failed`). Either way the server is then re-probed with backoff
+until it answers again. A container server's status belongs to its pods: a failed call does not
+make it ERROR by itself (the call may have failed for reasons of its own, and its pods say
+whether it runs), it only starts a re-probe, whose failure then does (ToolsListFailed, as for
+any container server whose pods run but whose ``tools/list`` fails).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import EmbeddingError
@@ -30,6 +40,8 @@ from mcp_optimizer.ingest import (
 )
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp import list_tools as mcp_list_tools
+from mcp_optimizer.mcp.client import ClientPolicy
+from mcp_optimizer.mcp.limits import clip_note
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.mapping import (
     PodState,
@@ -51,13 +63,31 @@ from mcp_optimizer.operator.status import (
     same_status,
     warnings,
 )
+from mcp_optimizer.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
-ListTools = Callable[[str, str, float], Awaitable[list[dict[str, Any]]]]
 
-#: Attempts of the background tools read started by a pod turning Running (then the resync timer).
-TOOLS_READ_ATTEMPTS = 6
+
+class ListTools(Protocol):
+    """``tools/list`` of one server (:func:`mcp_optimizer.mcp.list_tools`, or a test's stand-in).
+
+    ``namespace`` is the MCPServer's (for the destination rules), ``policy`` the operator's.
+    """
+
+    def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: ClientPolicy
+    ) -> Awaitable[list[dict[str, Any]]]: ...
+
+
+#: tools/list failures a quick retry cannot fix (a rule refused the URL, or the server sends more
+#: than a bound allows): retried at the probe interval, not with a fast backoff, so that a hostile
+#: server does not cost a full listing (and its parsing) every few seconds.
+_POLICY_FAILURES = frozenset({"DestinationRefused", "LimitExceeded"})
+
+#: Failure reasons of forwarded calls that say the server is gone or broken. A timeout may be a
+#: slow tool (a re-probe tells), a limit or config failure says nothing about the server.
+_DEAD_SERVER_REASONS = frozenset({"connect", "http", "protocol", "destination"})
 #: How many deleted uids are remembered, to drop late writes for objects already deleted.
 _GONE_MEMORY = 10_000
 
@@ -77,6 +107,11 @@ class Outcome(Enum):
     INVALID = "invalid"
     #: The object changed or went away meanwhile; a newer sync takes over.
     STALE = "stale"
+
+
+def failure_code(error: McpClientError) -> str:
+    """The status reason for a failed ``tools/list``."""
+    return {"destination": "DestinationRefused", "limit": "LimitExceeded"}.get(error.reason, "ToolsListFailed")
 
 
 def problem_from(error: BaseException | None) -> IndexProblem | None:
@@ -103,6 +138,14 @@ class _Tracked:
     warned: set[tuple[str, str]] = field(default_factory=set)
     announced_registry: tuple[str, str] | None = None
     tools_task: asyncio.Task[None] | None = None
+    #: Cuts the re-probe loop's backoff short (a refresh was asked for).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The value of the refresh annotation last seen: a new value forces a re-read.
+    refresh_seen: str | None = None
+    #: The context of the last sync (a kopf handler's, or a task it started): tasks started from
+    #: outside kopf (a failed call reported by the endpoint) run in a copy of it, so that
+    #: kopf.event can post their Events.
+    context: contextvars.Context | None = None
 
 
 class WorkloadReconciler:
@@ -115,11 +158,16 @@ class WorkloadReconciler:
         *,
         mcp_timeout: float,
         list_tools: ListTools | None = None,
+        policy: ClientPolicy | None = None,
+        probe_interval: float = 60.0,
     ) -> None:
         self.indexer = indexer
         self.writer = writer
         self.mcp_timeout = mcp_timeout
-        self._list_tools = list_tools or _default_list_tools
+        self.policy = policy or ClientPolicy()
+        #: The longest wait between re-probes of a server that does not answer.
+        self.probe_interval = probe_interval
+        self._list_tools: ListTools = list_tools or mcp_list_tools
         #: kopf's in-memory indices, attached at startup: namespace -> pods / MCPServer views.
         self.pods: Mapping[str, Iterable[PodState]] = {}
         self.servers: Mapping[str, Iterable[ServerView]] = {}
@@ -127,6 +175,8 @@ class WorkloadReconciler:
         self._tracked: dict[str, _Tracked] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gone: OrderedDict[str, None] = OrderedDict()
+        #: Tasks marking servers whose forwarded call failed (kept so they are not collected).
+        self._marking: set[asyncio.Task[None]] = set()
 
     def attach(self, *, pods: Mapping[str, Iterable[PodState]], servers: Mapping[str, Iterable[ServerView]]) -> None:
         """Use kopf's live indices (kopf fills them from its watches before any handler runs)."""
@@ -144,15 +194,18 @@ class WorkloadReconciler:
         *,
         read_tools: bool,
         current_status: Mapping[str, Any] | None = None,
+        probe: bool = False,
     ) -> Outcome:
         """Bring one MCPServer's workload row and status in line with the cluster.
 
         ``read_tools``: call ``tools/list`` if the server runs (on create, spec change, resume
         and resync). ``current_status`` is the object's status as found, used after a restart to
-        keep condition transition times and to skip writing an unchanged status.
+        keep condition transition times and to skip writing an unchanged status. ``probe``: a
+        remote server's periodic probe, which leaves ``lastSyncTime`` alone when nothing changed
+        (a status write a minute per remote server would be load on the apiserver for nothing).
         """
         with METRICS.reconcile("MCPServer", view.workload_name) as timer:
-            outcome = await self._sync(view, read_tools=read_tools, current_status=current_status)
+            outcome = await self._sync(view, read_tools=read_tools, current_status=current_status, probe=probe)
             timer.outcome = outcome.value
             tracked = self._tracked.get(view.workload_name)
             if tracked is not None and outcome is not Outcome.STALE:
@@ -167,6 +220,7 @@ class WorkloadReconciler:
         *,
         read_tools: bool,
         current_status: Mapping[str, Any] | None = None,
+        probe: bool = False,
     ) -> Outcome:
         if view.deleting or view.uid in self._gone:
             return Outcome.STALE
@@ -181,6 +235,7 @@ class WorkloadReconciler:
         tools: list[dict[str, Any]] | None = None
         repeated: list[str] = []
         tools_error: str | None = None
+        error_code = "ToolsListFailed"
         attempted = read_tools and (view.remote or self._pods(view).status is WorkloadStatus.RUNNING)
         if attempted:
             endpoint = view.tools_endpoint
@@ -188,9 +243,17 @@ class WorkloadReconciler:
             try:
                 # The declared transport, as stored for call_tool: the client alone decides what
                 # is spoken for it (a stdio server is reached through its HTTP bridge).
-                tools, repeated = distinct_tools(await self._list_tools(endpoint, view.transport, self.mcp_timeout))
+                tools, repeated = distinct_tools(
+                    await self._list_tools(
+                        endpoint, view.transport, self.mcp_timeout, namespace=view.namespace, policy=self.policy
+                    )
+                )
             except McpClientError as exc:
+                error_code = failure_code(exc)
                 tools_error = str(exc)
+                if error_code != "ToolsListFailed":
+                    # A rule or a bound the user must act on: say which object it is about.
+                    tools_error = f"MCPServer {view.workload_name}: {tools_error}"
 
         async with self._locks[name]:
             if self._superseded(view):
@@ -202,14 +265,23 @@ class WorkloadReconciler:
                 facts.tools_error = None
             facts.generation = view.generation
             facts.spec_error = None
-            facts.identifier = f"url {view.url}" if view.remote else f"image {view.image}"
+            facts.identifier = f"url {redact_url(view.url or '')}" if view.remote else f"image {view.image}"
             if attempted:
                 if tools_error is not None:
                     facts.tools_error = tools_error
+                    facts.tools_error_code = error_code
                 else:
+                    assert tools is not None
+                    unchanged = (
+                        facts.tools_error is None
+                        and facts.tools_generation == view.generation
+                        and facts.tool_count == len(tools)
+                    )
                     facts.tools_error = None
+                    facts.clip_note = clip_note(tools, self.policy.limits)
                     facts.tools_generation = view.generation
-                    facts.last_sync_time = now_rfc3339()
+                    if not (probe and unchanged and facts.last_sync_time):
+                        facts.last_sync_time = now_rfc3339()
                     facts.repeated_tools = tuple(repeated)
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
@@ -286,31 +358,108 @@ class WorkloadReconciler:
             if pods.status is WorkloadStatus.RUNNING and needs_tools:
                 self._start_tools_read(tracked)
 
-    def _start_tools_read(self, tracked: _Tracked) -> None:
+    def _start_tools_read(self, tracked: _Tracked, *, context: contextvars.Context | None = None) -> None:
+        """Read the tools now and re-probe with backoff until the server answers (one loop per object)."""
         if tracked.tools_task is not None and not tracked.tools_task.done():
+            tracked.wake.set()  # the running loop reads again at once
             return
-        # The task inherits this handler's context, so kopf.event works inside it.
-        tracked.tools_task = asyncio.create_task(
+        tracked.wake.clear()
+        # The task inherits the handler's context (or the given one), so kopf.event works in it.
+        tracked.tools_task = asyncio.get_running_loop().create_task(
             self._read_tools(tracked.view.workload_name, tracked.view.uid),
             name=f"tools/list {tracked.view.workload_name}",
+            context=context,
         )
 
     async def _read_tools(self, name: str, uid: str) -> None:
-        for attempt in range(TOOLS_READ_ATTEMPTS):
+        attempt = 0
+        while True:
             tracked = self._tracked.get(name)
             view = self._latest(name) or (tracked.view if tracked else None)
-            if view is None or view.uid != uid or view.deleting:
+            if tracked is None or view is None or view.uid != uid or view.deleting:
                 return
+            tracked.wake.clear()
             try:
                 outcome = await self.sync(view, read_tools=True)
             except Exception:
                 logger.exception("Reading the tools of %s failed", name)
                 outcome = Outcome.TOOLS_FAILED
             if outcome is not Outcome.TOOLS_FAILED:
+                if tracked.wake.is_set() and outcome is Outcome.OK:
+                    attempt = 0
+                    continue  # asked again (a refresh) while this read ran: read once more
                 return
-            if self._pods(view).status is not WorkloadStatus.RUNNING:
+            if not view.remote and self._pods(view).status is not WorkloadStatus.RUNNING:
                 return  # the next Running starts a new read
-            await asyncio.sleep(backoff(attempt))
+            # Until it answers again: 1, 2, 4, ... seconds, then every probe interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracked.wake.wait(), self.retry_delay(view, attempt))
+            attempt += 1
+
+    # ----------------------------------------------------------------------------------------
+    # Dead servers: failed calls, re-probes, forced re-reads
+    # ----------------------------------------------------------------------------------------
+
+    def retry_delay(self, view: ServerView, attempt: int) -> float:
+        """Seconds before reading a server's tools again after ``attempt`` failures."""
+        tracked = self._tracked.get(view.workload_name)
+        if tracked is not None and tracked.facts.tools_error_code in _POLICY_FAILURES:
+            return max(self.probe_interval, backoff(attempt))
+        return backoff(attempt, cap=self.probe_interval)
+
+    def probe(self, view: ServerView) -> None:
+        """A failed ``tools/list`` outside the change handlers: keep re-probing it with backoff."""
+        tracked = self._tracked.get(view.workload_name)
+        if tracked is not None and tracked.view.uid == view.uid:
+            self._start_tools_read(tracked)
+
+    def refresh_requested(self, view: ServerView) -> None:
+        """A watch event: a new value of the refresh annotation forces a re-read of the tools."""
+        tracked = self._tracked.get(view.workload_name)
+        if tracked is None or tracked.view.uid != view.uid or view.deleting or view.spec_error is not None:
+            return  # not synced yet: its first sync reads the tools anyway
+        if view.refresh == tracked.refresh_seen:
+            return
+        tracked.refresh_seen = view.refresh
+        logger.info("MCPServer %s: refresh requested, reading its tools again", view.workload_name)
+        self._start_tools_read(tracked)
+
+    def call_failed(self, workload_name: str, error: McpClientError) -> None:
+        """:class:`~mcp_optimizer.mcp.tools.CallFailureListener`: a forwarded call got no answer.
+
+        A remote server that cannot be reached is marked ERROR at once (find_tool stops offering
+        it) and re-probed until it answers; a container server is only re-probed (its pods
+        decide its status). Runs in the endpoint's task: it only schedules work.
+        """
+        tracked = self._tracked.get(workload_name)
+        if tracked is None or tracked.view.spec_error is not None:
+            return  # not an object of this operator (or of this replica)
+        context = tracked.context.copy() if tracked.context is not None else None
+        if tracked.view.remote and error.reason in _DEAD_SERVER_REASONS:
+            task = asyncio.get_running_loop().create_task(
+                self._mark_dead(tracked, error), name=f"mark {workload_name}", context=context
+            )
+            self._marking.add(task)
+            task.add_done_callback(self._marking.discard)
+        else:
+            self._start_tools_read(tracked, context=context)
+
+    async def _mark_dead(self, tracked: _Tracked, error: McpClientError) -> None:
+        view = tracked.view
+        name = view.workload_name
+        async with self._locks[name]:
+            if self._tracked.get(name) is not tracked or self._superseded(view):
+                return
+            facts = tracked.facts
+            facts.tools_error = f"MCPServer {name}: a forwarded tools/call got no answer ({error.reason}): {error}"
+            facts.tools_error_code = "CallFailed"
+            runtime = self._runtime(view, facts)
+            with METRICS.reconcile("MCPServer", name) as timer:
+                await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                facts.runtime = runtime
+                await self._publish(tracked)
+                timer.changes = f"status {runtime.status.value} ({runtime.code}): a forwarded call failed"
+        self._start_tools_read(tracked)
 
     # ----------------------------------------------------------------------------------------
     # Catalog changes, deletion, garbage
@@ -355,6 +504,7 @@ class WorkloadReconciler:
 
     async def close(self) -> None:
         tasks = [t.tools_task for t in self._tracked.values() if t.tools_task is not None]
+        tasks += self._marking
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -366,6 +516,7 @@ class WorkloadReconciler:
     def _track(self, view: ServerView, current_status: Mapping[str, Any] | None) -> _Tracked:
         tracked = self._tracked.get(view.workload_name)
         if tracked is not None and tracked.view.uid == view.uid:
+            tracked.context = contextvars.copy_context()
             return tracked
         facts = ServerFacts(generation=view.generation)
         written: dict[str, Any] | None = None
@@ -373,7 +524,9 @@ class WorkloadReconciler:
             # After a restart: keep what the status says that cannot be re-derived for free.
             facts.last_sync_time = current_status.get("lastSyncTime")
             written = dict(current_status)
-        tracked = _Tracked(view=view, facts=facts, written=written)
+        tracked = _Tracked(
+            view=view, facts=facts, written=written, refresh_seen=view.refresh, context=contextvars.copy_context()
+        )
         self._tracked[view.workload_name] = tracked
         return tracked
 
@@ -405,14 +558,14 @@ class WorkloadReconciler:
         """The status the cluster gives the server: pods (container) or tools/list (remote)."""
         if view.remote:
             if facts.tools_error is not None:
-                return tools_failed(facts.tools_error)
+                return tools_failed(facts.tools_error, facts.tools_error_code)
             if tool_count is not None or facts.tools_generation is not None:
                 return tools_listed(tool_count if tool_count is not None else facts.tool_count)
             return facts.runtime or RuntimeStatus(WorkloadStatus.STOPPED, "NotRead", "tools/list not called yet")
         tracked = self._tracked.get(view.workload_name)
         pods = self._pods(view, tracked)
         if pods.status is WorkloadStatus.RUNNING and facts.tools_error is not None:
-            return tools_failed(facts.tools_error)
+            return tools_failed(facts.tools_error, facts.tools_error_code)
         return pods
 
     @staticmethod
@@ -461,6 +614,3 @@ class WorkloadReconciler:
                 )
             tracked.announced_registry = registry
 
-
-async def _default_list_tools(endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
-    return await mcp_list_tools(endpoint, transport=transport, timeout=timeout)

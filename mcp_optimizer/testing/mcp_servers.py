@@ -14,6 +14,11 @@ exercised against the same wire behaviour a real workload would show:
   at ``/s/<name>/mcp`` and ``/s/<name>/sse`` (benchmarks need hundreds).
 * :class:`HangingServer`, :func:`closed_port`, :func:`refused_url`: endpoints
   that never answer or refuse connections.
+* :class:`HostileMcpServer`: a server that speaks MCP over streamable HTTP but answers
+  ``tools/list`` and ``tools/call`` with what a hostile tenant would serve (a 50 MB
+  description, 100,000 tools, a page that never ends, bytes trickling in, a huge call result,
+  a compressed answer); the answers are generated while they are sent, so the server itself
+  holds none of them (:class:`Hostility` has the catalogue).
 
 Run one server standalone with
 ``python -m mcp_optimizer.testing.mcp_servers --tools tools.json --port 8000``.
@@ -31,6 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import gzip
+import itertools
 import json
 import re
 import select
@@ -38,8 +46,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -58,8 +66,11 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 __all__ = [
+    "LOOPBACK",
     "AsgiTestServer",
     "HangingServer",
+    "HostileMcpServer",
+    "Hostility",
     "McpHostApp",
     "McpTestServer",
     "McpTestServerFarm",
@@ -73,6 +84,10 @@ __all__ = [
     "make_tool",
     "refused_url",
 ]
+
+#: The allow-list entries that admit these servers: the operator refuses loopback by default, so
+#: every test and benchmark that talks to them says so explicitly.
+LOOPBACK: Final[tuple[str, ...]] = ("127.0.0.0/8", "::1")
 
 ToolDef = Mapping[str, Any]
 """A tool definition as MCP puts it on the wire: ``name``, ``description``, ``inputSchema`` (+ optional fields)."""
@@ -938,6 +953,292 @@ class HangingServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile servers
+# --------------------------------------------------------------------------------------------
+
+Chunks = Callable[[str | None], Iterator[bytes]]
+"""The JSON of a result (``ListToolsResult`` or ``CallToolResult``), in pieces, given the cursor."""
+
+_FILLER: Final = b"lorem ipsum dolor sit amet " * 2427  # 65,529 bytes of plain text
+#: Plain English: about one word piece per word, as real descriptions (lorem ipsum is about two).
+_ENGLISH: Final = b"the quick brown fox jumps over the lazy dog " * 1489
+
+
+def _text(size: int | None, filler: bytes = _FILLER) -> Iterator[bytes]:
+    """``size`` bytes of JSON-safe text (None: without end), in 64 KiB pieces."""
+    sent = 0
+    while size is None or sent < size:
+        piece = filler if size is None else filler[: size - sent]
+        sent += len(piece)
+        yield piece
+
+
+@dataclass(frozen=True)
+class Hostility:
+    """What a :class:`HostileMcpServer` answers. Build one with the class methods."""
+
+    name: str
+    #: ``tools/list`` result for a cursor.
+    tools_list: Chunks
+    #: ``tools/call`` result (for any tool and arguments).
+    call_result: Chunks = field(default=lambda cursor: iter([b'{"content":[{"type":"text","text":"ok"}]}']))
+    #: Seconds between pieces (a trickling server).
+    delay: float = 0.0
+    #: ``Content-Encoding`` to send the answers with (``gzip``), or None.
+    encoding: str | None = None
+    #: A ``Content-Length`` to announce (a lie is fine: the client must stop on the announcement).
+    announced_length: int | None = None
+
+    @classmethod
+    def huge_description(cls, size: int = 50 * 1024 * 1024) -> Hostility:
+        """One tool whose description is ``size`` bytes (the issue's 50 MB answer)."""
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            yield b'{"tools":[{"name":"huge","inputSchema":{"type":"object"},"description":"'
+            yield from _text(size)
+            yield b'"}]}'
+
+        return cls(f"description of {size:,} bytes", chunks)
+
+    @classmethod
+    def endless_page(cls) -> Hostility:
+        """A tools/list page that never ends."""
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            yield b'{"tools":[{"name":"endless","inputSchema":{"type":"object"},"description":"'
+            yield from _text(None)
+
+        return cls("a tools/list page without end", chunks)
+
+    @classmethod
+    def huge_schema(cls, size: int = 20 * 1024 * 1024, *, properties: int = 2000) -> Hostility:
+        """One tool whose inputSchema is about ``size`` bytes: ``properties`` properties with long
+        descriptions."""
+        each = max(1, size // properties)
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            yield b'{"tools":[{"name":"deep","description":"A tool with a huge schema",'
+            yield b'"inputSchema":{"type":"object","properties":{'
+            for i in range(properties):
+                yield (b"," if i else b"") + b'"p%06d":{"type":"string","description":"' % i
+                yield from _text(each)
+                yield b'"}'
+            yield b"}}}]}"
+
+        return cls(f"inputSchema of {size:,} bytes", chunks)
+
+    @classmethod
+    def many_tools(
+        cls, count: int = 100_000, *, page_size: int | None = None, description: str = "A tool"
+    ) -> Hostility:
+        """``count`` small tools, in one page or in pages of ``page_size``."""
+        text = json.dumps(description).encode()
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            start = int(cursor or 0)
+            end = count if page_size is None else min(count, start + page_size)
+            yield b'{"tools":['
+            for batch in range(start, end, 1000):  # a thousand tools a piece: sending is not the test
+                yield b",".join(
+                    b'{"name":"tool_%06d","description":%s,"inputSchema":{"type":"object"}}' % (i, text)
+                    for i in range(batch, min(end, batch + 1000))
+                ) + (b"," if batch + 1000 < end else b"")
+            yield b"]" + (b',"nextCursor":"%d"' % end if end < count else b"") + b"}"
+
+        return cls(f"{count:,} tools", chunks)
+
+    @classmethod
+    def endless_pages(cls, *, description_size: int = 512 * 1024) -> Hostility:
+        """Pages without end, each with one tool with a ``description_size``-byte description and a
+        new cursor: a listing that only a bound on all pages together stops."""
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            page = int(cursor or 0)
+            yield b'{"tools":[{"name":"page_%06d","inputSchema":{"type":"object"},"description":"' % page
+            yield from _text(description_size)
+            yield b'"}],"nextCursor":"%d"}' % (page + 1)
+
+        return cls("pages without end", chunks)
+
+    @classmethod
+    def bounded_but_big(
+        cls, *, tools: int = 600, page_size: int = 80, description_size: int = 9000, schema_properties: int = 40
+    ) -> Hostility:
+        """As much as fits the default bounds: ``tools`` tools (in pages of ``page_size``), each with a
+        description a little over the description bound and a wide schema, all of which is indexed
+        (clipped) and searchable: the most a tenant can make everyone's find_tool carry."""
+        schema = json.dumps(
+            {
+                "type": "object",
+                "properties": {
+                    f"arg{i}": {"type": "string", "description": f"argument {i} of the tool"}
+                    for i in range(schema_properties)
+                },
+            }
+        ).encode()
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            start = int(cursor or 0)
+            end = min(tools, start + page_size)
+            yield b'{"tools":['
+            for i in range(start, end):
+                yield (b"," if i > start else b"") + b'{"name":"bulk_%05d","inputSchema":%s,"description":"' % (
+                    i,
+                    schema,
+                )
+                yield b"email message %d " % i
+                yield from _text(description_size, _ENGLISH)
+                yield b'"}'
+            yield b"]" + (b',"nextCursor":"%d"' % end if end < tools else b"") + b"}"
+
+        return cls(f"{tools} tools at the bounds", chunks)
+
+    @classmethod
+    def trickle(cls, delay: float = 0.05) -> Hostility:
+        """A small, valid answer sent one piece every ``delay`` seconds (never finishes in time)."""
+        answer = b'{"tools":[{"name":"slow","description":"A slow tool","inputSchema":{"type":"object"}}]}'
+
+        def chunks(cursor: str | None) -> Iterator[bytes]:
+            for i in range(len(answer)):
+                yield answer[i : i + 1]
+
+        return cls("bytes trickling in", chunks, delay=delay)
+
+    @classmethod
+    def huge_result(cls, size: int = 50 * 1024 * 1024) -> Hostility:
+        """A normal tool whose call answers ``size`` bytes of text."""
+
+        def tools(cursor: str | None) -> Iterator[bytes]:
+            yield b'{"tools":[{"name":"dump","description":"Dump a large report","inputSchema":{"type":"object"}}]}'
+
+        def result(cursor: str | None) -> Iterator[bytes]:
+            yield b'{"content":[{"type":"text","text":"'
+            yield from _text(size)
+            yield b'"}]}'
+
+        return cls(f"call result of {size:,} bytes", tools, call_result=result)
+
+    @classmethod
+    def compressed(cls) -> Hostility:
+        """A small gzip-compressed answer (its decoded size is unknown until decoded)."""
+        return replace(cls.many_tools(10), name="gzip-compressed answer", encoding="gzip")
+
+    @classmethod
+    def lying_length(cls, announced: int = 50 * 1024 * 1024) -> Hostility:
+        """Announces ``announced`` bytes in Content-Length."""
+        return replace(cls.many_tools(10), name=f"Content-Length {announced:,}", announced_length=announced)
+
+
+class _HostileApp:
+    """MCP over streamable HTTP (JSON answers, no sessions) with hostile tools/list and tools/call."""
+
+    def __init__(self, hostility: Hostility) -> None:
+        self.hostility = hostility
+        #: Bytes of tools/list and tools/call answers handed to the HTTP server so far.
+        self.bytes_sent = 0
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST":
+            await PlainTextResponse("Method Not Allowed", status_code=405)(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        method = request.get("method", "")
+        self.requests[method] += 1
+        if "id" not in request:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        prefix = b'{"jsonrpc":"2.0","id":' + json.dumps(request["id"]).encode()
+        params = request.get("params") or {}
+        if method == "initialize":
+            version = params.get("protocolVersion") or "2025-06-18"
+            result: dict[str, Any] = {
+                "protocolVersion": version,
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "hostile", "version": "0"},
+            }
+            await self._answer(send, receive, iter([prefix + b',"result":' + json.dumps(result).encode() + b"}"]))
+        elif method in ("tools/list", "tools/call"):
+            chunks = (
+                self.hostility.tools_list(params.get("cursor"))
+                if method == "tools/list"
+                else self.hostility.call_result(None)
+            )
+            body_chunks = itertools.chain([prefix + b',"result":'], chunks, [b"}"])
+            await self._answer(send, receive, body_chunks, hostile=True)
+        elif method == "ping":
+            await self._answer(send, receive, iter([prefix + b',"result":{}}']))
+        else:
+            error = b',"error":{"code":-32601,"message":"Method not found"}}'
+            await self._answer(send, receive, iter([prefix + error]))
+
+    async def _answer(self, send: Send, receive: Receive, chunks: Iterator[bytes], *, hostile: bool = False) -> None:
+        headers = [(b"content-type", b"application/json")]
+        hostility = self.hostility
+        if hostile and hostility.encoding == "gzip":
+            headers.append((b"content-encoding", b"gzip"))
+            chunks = iter([gzip.compress(b"".join(chunks))])
+        if hostile and hostility.announced_length is not None:
+            headers.append((b"content-length", str(hostility.announced_length).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # The client hanging up must end an endless answer: uvicorn's send() then just returns.
+        gone = anyio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            for chunk in chunks:
+                if gone.is_set():
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if hostile:
+                    self.bytes_sent += len(chunk)
+                await anyio.sleep(hostility.delay if hostile else 0)
+            if not gone.is_set():
+                # A lying Content-Length makes the end of the body a protocol error: the client
+                # hung up long before, which is the point.
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b""})
+            tg.cancel_scope.cancel()
+
+
+class HostileMcpServer(AsgiTestServer):
+    """A hostile MCP server on ``127.0.0.1:<free port>`` (streamable HTTP at :attr:`url`).
+
+    Example::
+
+        with HostileMcpServer(Hostility.huge_description()) as server:
+            await list_tools(server.url, ...)  # must fail with reason "limit", fast
+    """
+
+    def __init__(self, hostility: Hostility, *, host: str = DEFAULT_HOST) -> None:
+        self.app = _HostileApp(hostility)
+        super().__init__(self.app, name=f"hostile: {hostility.name}", host=host, lifespan="off")
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return f"{self.base_url}/mcp"
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of hostile answers the server got to send before the client stopped reading."""
+        return self.app.bytes_sent
 
 
 def closed_port(host: str = DEFAULT_HOST) -> int:

@@ -37,7 +37,7 @@ from mcp_optimizer.ingest import WorkloadSpec
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.cluster import load_client_config
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
 
 pytest.register_assert_rewrite("tests.k8s.harness")
@@ -154,12 +154,15 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool
 
 @pytest.fixture
 def op_settings(settings: Settings, tmp_path: Path, namespace: str) -> Settings:
-    """The job's namespace is also its catalog namespace (the chart: catalogNamespaces)."""
+    """The job's namespace is also its catalog namespace (the chart: catalogNamespaces). The MCP
+    servers run on loopback, which the operator refuses unless it is admitted."""
     return replace(
         settings,
         db_path=tmp_path / "index.db",
         mcp_timeout=3.0,
         resync_interval=3600.0,
+        remote_probe_interval=3600.0,
+        allowed_destinations=LOOPBACK,
         catalog_namespaces=(namespace,),
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -13,7 +15,9 @@ from mcp_optimizer.db import migrate
 from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.models import Base
 from mcp_optimizer.db.virtual import VIRTUAL_TABLES
+from mcp_optimizer.db.workload_ops import WorkloadToolOps
 from mcp_optimizer.ingest import Indexer
+from mcp_optimizer.mcp.tokens import tool_tokens
 
 from .helpers import entry, tool, workload
 
@@ -35,16 +39,15 @@ async def test_models_and_migrations_agree(tmp_path: Path) -> None:
     assert differences == []
 
 
-async def test_upgrade_from_first_revision_keeps_rows(tmp_path: Path, embedder) -> None:
+async def test_upgrade_from_first_revision_keeps_rows(tmp_path: Path, embedder, monkeypatch) -> None:
     path = tmp_path / "old.db"
     engine = create_engine(path)
     await migrate.upgrade(engine, "0001")
     assert await migrate.current_revision(engine) == "0001"
-    old = Indexer(engine, embedder)
-    await old.load_catalog("c", [entry("github", package="ghcr.io/github/github-mcp-server", tools=["create_issue"])])
-    await old.apply_workload(workload("ns/gh", package="ghcr.io/github/github-mcp-server:v2",
-                                      tools=[tool("create_issue", "Create a GitHub issue")]))
-    await old.close()
+    # Code of revision 0001 stored no token estimates (0003 adds and backfills them).
+    with monkeypatch.context() as old_code:
+        old_code.setattr(WorkloadToolOps, "_after_write", _no_derived_columns)
+        await _write_old_rows(engine, embedder)
 
     from mcp_optimizer.config import Settings
 
@@ -60,12 +63,28 @@ async def test_upgrade_from_first_revision_keeps_rows(tmp_path: Path, embedder) 
     assert counts == {"mcpservers_registry": 1, "tools_registry": 1, "mcpservers_workload": 1, "tools_workload": 1,
                       "workload_tool_vectors": 1, "workload_tool_fts": 1, "registry_tool_vectors": 1}
     assert "ix_mcpservers_workload_status" in indexes
+    async with upgraded.engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT name, details, token_count FROM tools_workload"))).one()
+    details = json.loads(stored.details)
+    assert stored.token_count == tool_tokens(details["name"], details["description"], details["inputSchema"])
     # Still fully usable after the upgrade.
     from mcp_optimizer.db.search import ToolSearch
 
     hits = await ToolSearch(upgraded.engine, embedder).find_tools("open a github issue")
     assert [h.tool for h in hits] == ["create_issue"]
     await upgraded.close()
+
+
+async def _no_derived_columns(self: Any, c: Any, tool_ids: list[int]) -> None:
+    pass
+
+
+async def _write_old_rows(engine: Any, embedder: Any) -> None:
+    old = Indexer(engine, embedder)
+    await old.load_catalog("c", [entry("github", package="ghcr.io/github/github-mcp-server", tools=["create_issue"])])
+    await old.apply_workload(workload("ns/gh", package="ghcr.io/github/github-mcp-server:v2",
+                                      tools=[tool("create_issue", "Create a GitHub issue")]))
+    await old.close()
 
 
 async def test_downgrade_and_upgrade_round_trip(tmp_path: Path) -> None:

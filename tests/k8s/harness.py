@@ -40,9 +40,13 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolHit, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.mcp import list_tools
+from mcp_optimizer.mcp.client import ClientPolicy
+from mcp_optimizer.mcp.server import McpEndpoint, serve
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.catalogs import CATALOG_KEY, CATALOG_LABEL
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION
+from mcp_optimizer.operator.runner import CallFailureRelay
+from mcp_optimizer.testing.mcp_servers import LOOPBACK
 from tests.k8s.conftest import REPO
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
@@ -104,10 +108,12 @@ class ListToolsCounter:
         self._lock = threading.Lock()
         self.calls: dict[str, int] = {}
 
-    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+    async def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: ClientPolicy
+    ) -> list[dict[str, Any]]:
         with self._lock:
             self.calls[endpoint] = self.calls.get(endpoint, 0) + 1
-        return await list_tools(endpoint, transport=transport, timeout=timeout)
+        return await list_tools(endpoint, transport=transport, timeout=timeout, namespace=namespace, policy=policy)
 
     def count(self, endpoint: str) -> int:
         with self._lock:
@@ -124,11 +130,16 @@ class OperatorThread:
         kubeconfig: str,
         embedder: Embedder | None = None,
         list_tools: ListToolsCounter | None = None,
+        endpoint: bool = False,
     ) -> None:
         self.settings = settings
         self.kubeconfig = kubeconfig
         self.embedder = embedder
         self.list_tools = list_tools
+        #: Also serve the MCP endpoint in the operator's loop, wired to it as ``mcp-optimizer run``
+        #: wires them (failed forwarded calls reach the operator); its URL once started.
+        self.with_endpoint = endpoint
+        self.endpoint_url: str | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,19 +159,45 @@ class OperatorThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(
-                run_operator(
-                    self.settings,
-                    kubeconfig=self.kubeconfig,
-                    embedder=self.embedder,
-                    list_tools=self.list_tools,
-                    stop_flag=self._stop,
-                    ready_flag=self._ready,
-                )
-            )
+            asyncio.run(self._main())
         except BaseException as exc:  # reported by start()/stop()
             self.error = exc
             log.exception("operator crashed")
+
+    async def _main(self) -> None:
+        relay = CallFailureRelay() if self.with_endpoint else None
+        endpoint: asyncio.Task[None] | None = None
+        stop_endpoint = asyncio.Event()
+        engine = None
+        if relay is not None:
+            assert self.embedder is not None
+            engine = create_engine(self.settings.db_path)
+            search = ToolSearch(engine, self.embedder)
+            settings = replace(self.settings, mcp_host="127.0.0.1", mcp_port=0)
+
+            def ready(served: McpEndpoint) -> None:
+                self.endpoint_url = served.url
+
+            # Before kopf starts, as in `mcp-optimizer run`: kopf adopts tasks created later.
+            endpoint = asyncio.create_task(
+                serve(settings, search, stop=stop_endpoint, call_failures=relay, ready=ready)
+            )
+        try:
+            await run_operator(
+                self.settings,
+                kubeconfig=self.kubeconfig,
+                embedder=self.embedder,
+                list_tools=self.list_tools,
+                call_failures=relay,
+                stop_flag=self._stop,
+                ready_flag=self._ready,
+            )
+        finally:
+            stop_endpoint.set()
+            if endpoint is not None:
+                await endpoint
+            if engine is not None:
+                await engine.dispose()
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is None:
@@ -187,10 +224,13 @@ class OperatorFactory:
     list_tools: ListToolsCounter
     started: list[OperatorThread]
 
-    def __call__(self, namespaces: list[str] | tuple[str, ...] = (), **changes: Any) -> OperatorThread:
+    def __call__(
+        self, namespaces: list[str] | tuple[str, ...] = (), *, endpoint: bool = False, **changes: Any
+    ) -> OperatorThread:
         settings = replace(self.base, namespaces=tuple(namespaces), **changes)
         operator = OperatorThread(
-            settings, kubeconfig=self.kubeconfig, embedder=self.embedder, list_tools=self.list_tools
+            settings, kubeconfig=self.kubeconfig, embedder=self.embedder, list_tools=self.list_tools,
+            endpoint=endpoint,
         )
         self.started.append(operator)
         return operator.start()
@@ -298,6 +338,12 @@ class Kube:
     def patch_server(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return self.objects.patch_namespaced_custom_object(  # type: ignore[no-any-return]
             GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH
+        )
+
+    def annotate_server(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}},
+            _content_type=MERGE_PATCH,
         )
 
     def delete_server(self, namespace: str, name: str) -> None:
@@ -479,8 +525,16 @@ def ns(namespace: str, kube: Kube, mcpserver_crd: str) -> Iterator[str]:
 
 @pytest.fixture
 def op_settings(tmp_path: Path, settings: Settings) -> Settings:
-    """Operator settings for tests: a fresh index, short timeouts, a slow resync (tests drive it)."""
-    return replace(settings, db_path=tmp_path / "index.db", mcp_timeout=3.0, resync_interval=3600.0)
+    """Operator settings for tests: a fresh index, short timeouts, a slow resync and remote probe
+    (tests drive them), and loopback admitted: the test MCP servers run there."""
+    return replace(
+        settings,
+        db_path=tmp_path / "index.db",
+        mcp_timeout=3.0,
+        resync_interval=3600.0,
+        remote_probe_interval=3600.0,
+        allowed_destinations=LOOPBACK,
+    )
 
 
 @pytest.fixture

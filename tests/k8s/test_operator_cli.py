@@ -19,10 +19,16 @@ pytest.register_assert_rewrite("tests.k8s.harness")
 pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
+from mcp_optimizer.mcp.client import ClientPolicy  # noqa: E402
+from mcp_optimizer.mcp.destinations import DestinationPolicy  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool  # noqa: E402
 from tests.k8s.harness import eventually, http_get  # noqa: E402
 
 pytestmark = pytest.mark.kube
+
+
+#: This test's client talks to the endpoint on loopback: admitted explicitly, as for the operator.
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def free_port() -> int:
@@ -59,6 +65,8 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
         "MCP_OPTIMIZER_MCP_PORT": "1",
         "MCP_OPTIMIZER_METRICS_PORT": "1",
         "MCP_OPTIMIZER_LOG_FORMAT": "json",
+        # The MCP server runs on loopback, which the operator refuses unless it is admitted.
+        "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": ",".join(LOOPBACK),
     }
     command = [
         sys.executable, "-c", "import sys; from mcp_optimizer.cli.main import main; sys.exit(main())",
@@ -96,7 +104,8 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
 
             async def tools() -> list[str]:
                 try:
-                    return [t["name"] for t in await list_tools(endpoint, timeout=5, headers=auth)]
+                    return [t["name"] for t in await list_tools(
+                        endpoint, timeout=5, headers=auth, policy=LOOPBACK_POLICY)]
                 except McpClientError:
                     return []
 
@@ -104,11 +113,11 @@ async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
             assert "find_tool" in names
             result = await call_tool(endpoint, "streamable-http", "find_tool",
                                      {"tool_description": "book a flight", "tool_keywords": "flight"}, timeout=10,
-                                     headers=auth)
+                                     headers=auth, policy=LOOPBACK_POLICY)
             assert "book_flight" in str(result["content"])
             # Without a token: 401 before MCP.
             with pytest.raises(McpClientError, match="401"):
-                await list_tools(endpoint, timeout=5)
+                await list_tools(endpoint, timeout=5, policy=LOOPBACK_POLICY)
         finally:
             process.send_signal(signal.SIGTERM)
             try:

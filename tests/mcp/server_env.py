@@ -33,7 +33,7 @@ from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp.auth import TokenTable, build_token_table
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
-from mcp_optimizer.testing.mcp_servers import McpTestServerFarm, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServerFarm, make_tool
 
 
 def _schema(**props: str) -> dict[str, Any]:
@@ -198,7 +198,8 @@ async def populate(indexer: Indexer, farm: McpTestServerFarm) -> None:
 
 
 def endpoint_settings(settings: Settings, **overrides: Any) -> Settings:
-    base = replace(settings, mcp_host="127.0.0.1", mcp_port=0, call_timeout=10.0)
+    # The backends run on loopback, which the endpoint refuses to call unless it is allowed.
+    base = replace(settings, mcp_host="127.0.0.1", mcp_port=0, call_timeout=10.0, allowed_destinations=LOOPBACK)
     return replace(base, **overrides)
 
 

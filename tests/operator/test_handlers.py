@@ -15,7 +15,7 @@ import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.mcp import McpClientError
-from mcp_optimizer.operator import mcpservers
+from mcp_optimizer.operator import mcpservers, workloads
 from mcp_optimizer.operator.mapping import PodState, ServerView, parse_server
 from mcp_optimizer.operator.status import same_status
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
@@ -34,15 +34,20 @@ class RecordingWriter:
 
 
 class ScriptedTools:
-    def __init__(self, tools: list[dict[str, Any]] | None = None, error: str | None = None) -> None:
+    def __init__(
+        self, tools: list[dict[str, Any]] | None = None, error: str | None = None, reason: str = "connect"
+    ) -> None:
         self.tools = tools if tools is not None else [{"name": "echo", "description": "Echo text back"}]
         self.error = error
+        self.reason = reason
         self.calls = 0
 
-    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+    async def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: Any
+    ) -> list[dict[str, Any]]:
         self.calls += 1
         if self.error:
-            raise McpClientError(self.error, endpoint=endpoint, transport=transport, reason="connect")
+            raise McpClientError(self.error, endpoint=endpoint, transport=transport, reason=self.reason)  # type: ignore[arg-type]
         return self.tools
 
 
@@ -102,8 +107,23 @@ async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
     assert await indexer.workload_names() == {"ns/echo"}
     status = writer.last("echo")
     assert status["phase"] == "Error"
-    # The timer does not raise (it must keep ticking).
+    # The timer does not raise (it must keep ticking); it starts the re-probe loop.
     await mcpservers.resync_server(body=body(), memo=memo, logger=SimpleNamespace(warning=print))
+    await memo.reconciler.close()
+
+
+async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(indexer, writer):
+    """A rule or a bound is not fixed in seconds: no fast backoff that lists (and parses) a
+    hostile server's answer again and again."""
+    for reason, code in (("limit", "LimitExceeded"), ("destination", "DestinationRefused")):
+        tools = ScriptedTools(error=f"refused ({reason})", reason=reason)
+        rec = WorkloadReconciler(indexer, writer, mcp_timeout=1.0, list_tools=tools, probe_interval=45.0)  # type: ignore[arg-type]
+        memo = SimpleNamespace(reconciler=rec)
+        with pytest.raises(kopf.TemporaryError) as exc:
+            await mcpservers.reconcile_server(body=body(), memo=memo, retry=0)
+        assert exc.value.delay == 45.0
+        assert writer.last("echo")["conditions"][0]["reason"] == code
+        assert rec.retry_delay(parse_server(body()), 10) == 60.0  # the backoff's cap, if longer
 
 
 def test_backoff_is_exponential_and_capped():
@@ -113,7 +133,9 @@ def test_backoff_is_exponential_and_capped():
 # ------------------------------------------------------------------------------ reconciler
 
 
-async def test_remote_sync_reads_tools_and_reports(indexer, writer):
+async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch):
+    # lastSyncTime has a resolution of one second: both syncs must happen within the same one.
+    monkeypatch.setattr(workloads, "now_rfc3339", lambda: "2026-12-01T00:00:00Z")
     tools = ScriptedTools()
     rec = reconciler(indexer, writer, tools)
     assert await rec.sync(parse_server(body()), read_tools=True) is Outcome.OK
