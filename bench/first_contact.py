@@ -27,13 +27,17 @@ from kubernetes import client, config
 
 from bench.common import base_parser, print_header
 from bench.operator import ControlPlane, install_crd
-from mcp_optimizer.mcp.client import McpClientError, call_tool
+from mcp_optimizer.mcp.client import ClientPolicy, McpClientError, call_tool
+from mcp_optimizer.mcp.destinations import DestinationPolicy
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
 from mcp_optimizer.testing.shared import model_path
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
 
 NAMESPACE = "default"
+
+
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def free_port() -> int:
@@ -56,7 +60,9 @@ async def one_round(kubeconfig: str, servers: int, with_session: bool, workdir: 
     mcp_port = free_port()
     log_path = workdir / f"run-{'session' if with_session else 'idle'}-{time.monotonic():.0f}.log"
     (workdir / "index.db").unlink(missing_ok=True)
-    env = {**os.environ, "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path())}
+    # The servers and the endpoint are on loopback: admitted, and the endpoint without auth.
+    env = {**os.environ, "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path()),
+           "MCP_OPTIMIZER_AUTH_MODE": "none", "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": ",".join(LOOPBACK)}
     command = [sys.executable, "-m", "mcp_optimizer", "--db", str(workdir / "index.db"), "run",
                "--kubeconfig", kubeconfig, "--namespaces", NAMESPACE, "--mcp-host", "127.0.0.1",
                "--mcp-port", str(mcp_port), "--metrics-port", "0"]
@@ -77,7 +83,8 @@ async def one_round(kubeconfig: str, servers: int, with_session: bool, workdir: 
             while True:
                 try:
                     result = await call_tool(url, "streamable-http", "call_tool",
-                                             {"server_name": f"{NAMESPACE}/s{i}", "tool_name": f"tool_{i}_0"}, 60)
+                                             {"server_name": f"{NAMESPACE}/s{i}", "tool_name": f"tool_{i}_0"}, 60,
+                                             policy=LOOPBACK_POLICY)
                     if not result["isError"]:
                         break
                 except McpClientError:

@@ -156,6 +156,8 @@ class OperatorProcess:
             "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path()),
             "MCP_OPTIMIZER_NAMESPACES": ",".join(namespaces),
             "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": ",".join(LOOPBACK),
+            # The tenants' find_tool calls come from this process over loopback, without tokens.
+            "MCP_OPTIMIZER_AUTH_MODE": "none",
             "MCP_OPTIMIZER_MCP_HOST": "127.0.0.1",
             "MCP_OPTIMIZER_MCP_PORT": str(self.mcp_port),
             "MCP_OPTIMIZER_METRICS_PORT": str(self.metrics_port),

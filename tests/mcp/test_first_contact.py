@@ -10,7 +10,9 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp import list_tools
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.mcp.client import ClientPolicy
+from mcp_optimizer.mcp.destinations import DestinationPolicy
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
 from tests.mcp.server_env import connect, endpoint_settings, error_text, hits, payload, running_endpoint
 
@@ -36,10 +38,13 @@ EVERYTHING_TOOLS = [
               execution={"taskSupport": "required"}),
 ]
 
+#: The servers run on loopback, which the operator's client refuses unless it is admitted.
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
+
 
 async def index_server(indexer: Indexer, name: str, url: str, transport: str) -> None:
     """What the operator does for a remote MCPServer: tools/list with its transport, then index."""
-    tools = await list_tools(url, transport, timeout=30)
+    tools = await list_tools(url, transport, timeout=30, policy=LOOPBACK_POLICY)
     await indexer.apply_workload(WorkloadSpec(
         f"demo/{name}", name, url=url, endpoint=url, transport=transport, status=WorkloadStatus.RUNNING,
         namespace="demo", tools=tools,
@@ -62,7 +67,7 @@ async def test_stdio_server_is_found_and_called_through_its_bridge(indexer: Inde
 
 async def test_task_only_tools_are_neither_found_nor_called(indexer: Indexer, settings: Settings) -> None:
     with McpTestServer(EVERYTHING_TOOLS, legacy=True) as everything:
-        listed = await list_tools(everything.url, timeout=30)
+        listed = await list_tools(everything.url, timeout=30, policy=LOOPBACK_POLICY)
         assert listed[-1]["execution"] == {"taskSupport": "required"}  # the client keeps what tells it
         await index_server(indexer, "everything", everything.url, "streamable-http")
         async with running_endpoint(indexer, endpoint_settings(settings)) as endpoint, connect(endpoint.url) as client:
