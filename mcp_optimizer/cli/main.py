@@ -365,7 +365,10 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_mcp_call(args: argparse.Namespace, settings: Settings) -> int:
     """Call one tool of an MCP endpoint (this operator's, or any) and print what it answered."""
-    from mcp_optimizer.mcp.client import McpClientError, call_tool
+    from urllib.parse import urlsplit
+
+    from mcp_optimizer.mcp.client import ClientPolicy, McpClientError, call_tool
+    from mcp_optimizer.mcp.destinations import DestinationPolicy
 
     arguments: dict[str, Any] = {}
     for pair in args.arguments:
@@ -383,7 +386,11 @@ async def cmd_mcp_call(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"cannot read {args.token_file}: {exc.strerror or exc}") from exc
         headers = {"Authorization": f"Bearer {token}"}
     try:
-        result = await call_tool(args.url, args.transport, args.tool, arguments, args.timeout, headers)
+        # The destination rules guard the shared operator against URLs tenants choose; here the
+        # user named the URL, often on loopback (a port-forward), so its host is admitted.
+        host = urlsplit(args.url).hostname if isinstance(args.url, str) else None
+        policy = ClientPolicy(destinations=DestinationPolicy.allowing([host] if host else []))
+        result = await call_tool(args.url, args.transport, args.tool, arguments, args.timeout, headers, policy=policy)
     except McpClientError as exc:
         raise CliError(str(exc)) from exc
     if args.json:

@@ -37,7 +37,7 @@ from mcp_optimizer.mcp.auth import Unauthorized
 from mcp_optimizer.mcp.kube_auth import TOKEN_REVIEWS, AccessResource, KubernetesAuth
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.cluster import load_client_config
-from mcp_optimizer.testing.mcp_servers import McpTestServerFarm
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServerFarm
 from tests.mcp.server_env import GITHUB, POSTGRES, SLACK, connect, error_text, farm, hits, payload
 
 __all__ = ["farm"]
@@ -209,7 +209,9 @@ async def populate(indexer: Indexer, farm: McpTestServerFarm, tenants: Tenants) 
 
 def auth_settings(settings: Settings, **changes: Any) -> Settings:
     return replace(
-        settings, auth_mode="kubernetes", mcp_host="127.0.0.1", mcp_port=0, call_timeout=10.0, **changes
+        settings, auth_mode="kubernetes", mcp_host="127.0.0.1", mcp_port=0, call_timeout=10.0,
+        # The backends run on loopback, which call_tool refuses unless it is admitted.
+        allowed_destinations=LOOPBACK, **changes
     )
 
 
