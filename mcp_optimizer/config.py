@@ -86,6 +86,16 @@ class Settings:
     find_tool_description: str | None = None
     call_tool_description: str | None = None
 
+    # --- ToolHive interop (mcp_optimizer.operator.toolhive): ToolHive's resources, read-only ---
+    #: ``auto``: watch ToolHive's servers (toolhive.stacklok.dev) when their CRDs are served and the
+    #: operator may list them, checked again every ``toolhive_recheck_interval``; ``false``: never.
+    #: Checked when the operator starts (``ToolHiveOptions.from_settings``).
+    toolhive: str = "auto"
+    #: Seconds between checks whether ToolHive's API appeared, went away or became readable.
+    toolhive_recheck_interval: float = 60.0
+    #: Groups indexed through their VirtualMCPServer instead of their backends, as ``namespace/group``.
+    toolhive_vmcp_groups: tuple[str, ...] = field(default_factory=tuple)
+
     @classmethod
     def from_env(cls) -> Settings:
         model = _env("EMBEDDING_MODEL_PATH", "")
@@ -117,6 +127,9 @@ class Settings:
             pinned_tools=_env_list("PINNED_TOOLS"),
             find_tool_description=_env("FIND_TOOL_DESCRIPTION", "") or None,
             call_tool_description=_env("CALL_TOOL_DESCRIPTION", "") or None,
+            toolhive=_env("TOOLHIVE", cls.toolhive).strip().lower(),
+            toolhive_recheck_interval=_env_float("TOOLHIVE_RECHECK_INTERVAL", cls.toolhive_recheck_interval),
+            toolhive_vmcp_groups=_env_list("TOOLHIVE_VMCP_GROUPS"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -6,9 +6,15 @@ so that tests can start and stop operators in-process with a stop flag and a rea
 after another, against a test control plane.
 
 On start the operator reconciles everything: a startup handler deletes index rows whose
-MCPServer or catalog ConfigMap is gone and loads the catalogs; then kopf lists every watched
-resource and resumes each MCPServer (kopf fills its pod and MCPServer indices first). The same
-garbage collection repeats every resync interval, catching rows a released finalizer left behind.
+MCPServer, ToolHive object or catalog ConfigMap is gone and loads the catalogs; then kopf lists
+every watched resource and resumes each MCPServer (kopf fills its pod and MCPServer indices
+first). The same garbage collection repeats every resync interval, catching rows a released
+finalizer left behind.
+
+ToolHive's resources are watched when they can be (:mod:`.toolhive`). Which ones is fixed for one
+run of kopf; when that changes (ToolHive installed after the operator, say), kopf is stopped and
+started again in the same process with the new set: the index, the model and the MCP endpoint
+stay as they are, and kopf's start resumes every object (nothing unchanged is re-embedded).
 
 :func:`main` is ``mcp-optimizer run``: the operator and the MCP endpoint in one process.
 """
@@ -30,16 +36,19 @@ from kubernetes import client
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.operator import catalogs, mcpservers, pods
+from mcp_optimizer.operator import catalogs, mcpservers, pods, toolhive
 from mcp_optimizer.operator.catalogs import CatalogSync
-from mcp_optimizer.operator.cluster import ClusterLister, connection_info, load_client_config
+from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info, load_client_config
 from mcp_optimizer.operator.mapping import GROUP
 from mcp_optimizer.operator.status import StatusWriter
+from mcp_optimizer.operator.toolhive_mapping import ToolHiveOptions
 from mcp_optimizer.operator.workloads import ListTools, WorkloadReconciler
 
 logger = logging.getLogger(__name__)
 
 FINALIZER = f"{GROUP}/finalizer"
+#: Values of ``MCP_OPTIMIZER_TOOLHIVE``.
+TOOLHIVE_MODES = ("auto", "false")
 
 #: What kopf accepts as a stop or ready flag.
 Flag = asyncio.Future[Any] | asyncio.Event | concurrent.futures.Future[Any] | threading.Event
@@ -56,6 +65,8 @@ class OperatorContext:
     catalogs: CatalogSync
     lister: ClusterLister
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    #: (namespace, name) -> digest of the spec of every MCPToolConfig seen, to tell spec changes.
+    tool_configs: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def operator_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -85,9 +96,13 @@ def operator_settings(settings: Settings) -> kopf.OperatorSettings:
     return ks
 
 
-def build_registry(settings: Settings, kube_config: client.Configuration) -> kopf.OperatorRegistry:
-    """A fresh registry with every handler of the operator."""
+def build_registry(
+    settings: Settings, kube_config: client.Configuration, toolhive_api: ToolHiveAPI | None = None
+) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator (and the read-only ones for the
+    ToolHive resources ``toolhive_api`` says are watched)."""
     registry = kopf.OperatorRegistry()
+    toolhive_api = toolhive_api or ToolHiveAPI()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -97,11 +112,18 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
     async def startup(*, memo: Any, **kwargs: Any) -> None:
         context: OperatorContext = memo
         # kopf passes its indices by their ids; they are empty now and filled before any handler runs.
-        context.reconciler.attach(pods=kwargs["pods_by_namespace"], servers=kwargs["mcpservers_by_namespace"])
+        context.reconciler.attach(
+            pods=kwargs["pods_by_namespace"],
+            servers=kwargs["mcpservers_by_namespace"],
+            toolhive=[kwargs[toolhive.index_id(kind)] for kind in toolhive_api.server_kinds],
+        )
         await context.catalogs.seed()
         await collect_garbage(context, load_catalogs=True)
         task = asyncio.create_task(_garbage_collector(context), name="index garbage collector")
         context.background.add(task)
+        if toolhive_api.server_kinds:
+            resync = toolhive.resync_loop(context.reconciler, context.settings.resync_interval)
+            context.background.add(asyncio.create_task(resync, name="ToolHive resync"))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(*, memo: Any, **_: Any) -> None:
@@ -111,11 +133,12 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
     pods.register(registry)
     mcpservers.register(registry, resync_interval=settings.resync_interval)
     catalogs.register(registry)
+    toolhive.register(registry, toolhive_api)
     return registry
 
 
 async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = False) -> None:
-    """Delete rows whose MCPServer or catalog ConfigMap is not in the cluster.
+    """Delete rows whose MCPServer, ToolHive object or catalog ConfigMap is not in the cluster.
 
     The index is read *before* the cluster is listed: anything added to the index after that
     read is not considered, so a resource created meanwhile cannot be collected by mistake.
@@ -129,7 +152,7 @@ async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = Fal
 
     removed = await context.reconciler.remove_stale(sorted(indexed_workloads - present_workloads))
     for name in removed:
-        logger.info("Removed workload %s: its MCPServer is gone", name)
+        logger.info("Removed workload %s: its object is gone (or is no longer indexed)", name)
     for catalog in sorted(indexed_catalogs - set(present_catalogs)):
         logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
         await context.catalogs.remove(catalog)
@@ -181,6 +204,10 @@ async def run_operator(
     kopf treats every task created in this loop after it starts as its own and cancels those
     left at exit: start other long-running tasks of the process (the MCP endpoint) first.
     """
+    if settings.toolhive not in TOOLHIVE_MODES:
+        modes = ", ".join(TOOLHIVE_MODES)
+        raise ValueError(f"MCP_OPTIMIZER_TOOLHIVE must be one of {modes}, got {settings.toolhive!r}")
+    toolhive_options = ToolHiveOptions.parse(settings.toolhive_vmcp_groups)
     kube_config = load_client_config(kubeconfig)
     own_indexer = indexer is None
     if indexer is None:
@@ -194,25 +221,98 @@ async def run_operator(
         indexer=indexer,
         reconciler=reconciler,
         catalogs=CatalogSync(indexer, reconciler),
-        lister=ClusterLister(api_client, settings.namespaces),
+        lister=ClusterLister(api_client, settings.namespaces, toolhive_options),
     )
+    # Started before kopf (which cancels the tasks created while it runs): the caller's stop flag.
+    stopping = asyncio.create_task(_raised(stop_flag), name="operator stop flag") if stop_flag is not None else None
     try:
-        await kopf.operator(
-            registry=build_registry(settings, kube_config),
-            settings=operator_settings(settings),
-            memo=context,
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=settings.liveness_endpoint,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        toolhive_api: ToolHiveAPI | None = ToolHiveAPI(missing=f"MCP_OPTIMIZER_TOOLHIVE={settings.toolhive}")
+        if settings.toolhive != "false":
+            toolhive_api = await context.lister.discover_toolhive()
+        while toolhive_api is not None:
+            toolhive_api = await _run_kopf(context, kube_config, toolhive_api, stopping=stopping, ready_flag=ready_flag)
+            ready_flag = None  # raised once, by the first run (a future cannot be set twice)
     finally:
+        if stopping is not None:
+            stopping.cancel()
         with contextlib.suppress(Exception):
             await _stop_background(context)
         api_client.close()  # type: ignore[no-untyped-call]
         if own_indexer:
             await indexer.close()
+
+
+async def _run_kopf(
+    context: OperatorContext,
+    kube_config: client.Configuration,
+    toolhive_api: ToolHiveAPI,
+    *,
+    stopping: asyncio.Task[None] | None,
+    ready_flag: Flag | None,
+) -> ToolHiveAPI | None:
+    """One run of kopf, watching ``toolhive_api``'s resources. Returns the resources to watch
+    next when ToolHive's API changed, None when the caller's flag or a signal stopped kopf."""
+    settings = context.settings
+    context.lister.toolhive = toolhive_api
+    recheck_note = "" if settings.toolhive == "false" else (
+        f" (checked again every {settings.toolhive_recheck_interval:.0f} s)"
+    )
+    logger.info("%s%s", toolhive_api.describe(), recheck_note)
+    kopf_stop = asyncio.Event()  # raised by the caller's flag, or when ToolHive's API changed
+    changed = asyncio.Event()
+
+    def stop_kopf(_: object) -> None:
+        kopf_stop.set()
+
+    if stopping is not None:
+        stopping.add_done_callback(stop_kopf)
+    recheck: asyncio.Task[ToolHiveAPI] | None = None
+    if settings.toolhive != "false":
+        recheck = asyncio.create_task(
+            toolhive.watch_api(
+                toolhive_api,
+                context.lister.discover_toolhive,
+                interval=settings.toolhive_recheck_interval,
+                changed=changed,
+            ),
+            name="ToolHive API check",
+        )
+        recheck.add_done_callback(stop_kopf)
+    try:
+        await kopf.operator(
+            registry=build_registry(settings, kube_config, toolhive_api),
+            settings=operator_settings(settings),
+            memo=context,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=settings.liveness_endpoint,
+            stop_flag=kopf_stop,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if stopping is not None:
+            stopping.remove_done_callback(stop_kopf)
+        if recheck is not None:
+            recheck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recheck
+    if recheck is None or not changed.is_set() or (stopping is not None and stopping.done()):
+        return None
+    return recheck.result()
+
+
+async def _raised(flag: Flag) -> None:
+    """Return once ``flag`` is raised (kopf's flag types), never blocking an executor thread on
+    a flag that may never be raised."""
+    if isinstance(flag, asyncio.Future):
+        await asyncio.shield(flag)
+    elif isinstance(flag, asyncio.Event):
+        await flag.wait()
+    elif isinstance(flag, concurrent.futures.Future):
+        await asyncio.shield(asyncio.wrap_future(flag))
+    else:
+        while not flag.is_set():  # noqa: ASYNC110 - a threading.Event has nothing to await
+            await asyncio.sleep(0.1)
 
 
 async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:

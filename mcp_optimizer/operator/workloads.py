@@ -3,6 +3,8 @@
 :class:`WorkloadReconciler` is shared by the MCPServer handlers (full syncs: spec, pods, tools),
 the pod handler (the fast path: a pod phase change becomes a status update, no ``tools/list``)
 and the catalog handler (re-matched workloads get their new registry link in their status).
+ToolHive's objects go through it too (:meth:`WorkloadReconciler.observe`): their phase plays the
+part of the pods, and nothing is ever written back to them (no status, only Events).
 
 Concurrency: writes for one workload are serialised by a per-workload lock, and each write
 reads the *current* pod index and MCPServer index under that lock, so whichever write comes
@@ -51,6 +53,7 @@ from mcp_optimizer.operator.status import (
     same_status,
     warnings,
 )
+from mcp_optimizer.operator.toolhive_mapping import belongs_in_index, toolhive_status
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ ListTools = Callable[[str, str, float], Awaitable[list[dict[str, Any]]]]
 
 #: Attempts of the background tools read started by a pod turning Running (then the resync timer).
 TOOLS_READ_ATTEMPTS = 6
+#: Concurrent tools/list calls of a periodic ToolHive resync (500 servers: a burst of 500 otherwise).
+RESYNC_CONCURRENCY = 8
 #: How many deleted uids are remembered, to drop late writes for objects already deleted.
 _GONE_MEMORY = 10_000
 
@@ -105,6 +110,10 @@ class _Tracked:
     warned: set[tuple[str, str]] = field(default_factory=set)
     announced_registry: tuple[str, str] | None = None
     tools_task: asyncio.Task[None] | None = None
+    #: ``view.read_key`` of the last successful tools read (None: never read since the start).
+    tools_read_key: tuple[object, ...] | None = None
+    #: Read the tools once more when the running read ends (its source changed meanwhile).
+    read_again: bool = False
 
 
 class WorkloadReconciler:
@@ -125,15 +134,24 @@ class WorkloadReconciler:
         #: kopf's in-memory indices, attached at startup: namespace -> pods / MCPServer views.
         self.pods: Mapping[str, Iterable[PodState]] = {}
         self.servers: Mapping[str, Iterable[ServerView]] = {}
+        #: namespace -> views of ToolHive's objects, one kopf index per watched kind.
+        self.toolhive: Sequence[Mapping[str, Iterable[ServerView]]] = ()
         self._attached = False
         self._tracked: dict[str, _Tracked] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gone: OrderedDict[str, None] = OrderedDict()
 
-    def attach(self, *, pods: Mapping[str, Iterable[PodState]], servers: Mapping[str, Iterable[ServerView]]) -> None:
+    def attach(
+        self,
+        *,
+        pods: Mapping[str, Iterable[PodState]],
+        servers: Mapping[str, Iterable[ServerView]],
+        toolhive: Sequence[Mapping[str, Iterable[ServerView]]] = (),
+    ) -> None:
         """Use kopf's live indices (kopf fills them from its watches before any handler runs)."""
         self.pods = pods
         self.servers = servers
+        self.toolhive = tuple(toolhive)
         self._attached = True
 
     # ----------------------------------------------------------------------------------------
@@ -153,7 +171,7 @@ class WorkloadReconciler:
         and resync). ``current_status`` is the object's status as found, used after a restart to
         keep condition transition times and to skip writing an unchanged status.
         """
-        with METRICS.reconcile("MCPServer", view.workload_name) as timer:
+        with METRICS.reconcile(view.kind_label, view.workload_name) as timer:
             outcome = await self._sync(view, read_tools=read_tools, current_status=current_status)
             timer.outcome = outcome.value
             tracked = self._tracked.get(view.workload_name)
@@ -182,7 +200,9 @@ class WorkloadReconciler:
 
         tools: list[dict[str, Any]] | None = None
         tools_error: str | None = None
-        attempted = read_tools and (view.remote or self._pods(view).status is WorkloadStatus.RUNNING)
+        attempted = read_tools and (
+            view.status_from_tools_list or self._cluster_status(view).status is WorkloadStatus.RUNNING
+        )
         if attempted:
             endpoint = view.tools_endpoint
             assert endpoint is not None  # parse_server guarantees it for a valid spec
@@ -196,8 +216,8 @@ class WorkloadReconciler:
                 return Outcome.STALE
             tracked = self._track(view, current_status)
             facts = tracked.facts
-            if facts.generation != view.generation:
-                # A failure of the previous spec says nothing about this one.
+            if tracked.view.read_key != view.read_key:
+                # A failure of the previous spec (or proxy URL) says nothing about this one.
                 facts.tools_error = None
             facts.generation = view.generation
             facts.spec_error = None
@@ -208,6 +228,7 @@ class WorkloadReconciler:
                 else:
                     facts.tools_error = None
                     facts.tools_generation = view.generation
+                    tracked.tools_read_key = view.read_key
                     facts.last_sync_time = now_rfc3339()
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
@@ -260,29 +281,32 @@ class WorkloadReconciler:
                 await self.refresh_status(view)
 
     async def refresh_status(self, view: ServerView) -> None:
-        """Re-evaluate a container server's pods; write status only, never ``tools/list``."""
+        """Re-evaluate a container server's pods (or a ToolHive object's phase); write status
+        only, never ``tools/list``: one SQLite write from the change to search."""
         name = view.workload_name
         async with self._locks[name]:
             tracked = self._tracked.get(name)
             if tracked is None or tracked.view.uid != view.uid or self._superseded(view):
                 return
             facts = tracked.facts
-            pods = self._pods(view, tracked)
+            cluster = self._cluster_status(view, tracked)
             runtime = self._runtime(view, facts)
             if runtime != facts.runtime and facts.spec_error is None:
-                with METRICS.reconcile("Pod", name) as timer:
+                with METRICS.reconcile("Pod" if view.toolhive is None else view.kind_label, name) as timer:
                     before = facts.runtime.status.value if facts.runtime else "none"
                     await self.indexer.set_workload_status(name, runtime.status, runtime.message)
                     facts.runtime = runtime
                     await self._publish(tracked)
                     timer.changes = f"status {before} -> {runtime.status.value} ({runtime.code})"
             # First Running (for this spec) or a failed read: the tools must be read now.
-            needs_tools = facts.tools_generation != view.generation or facts.tools_error is not None
-            if pods.status is WorkloadStatus.RUNNING and needs_tools:
+            needs_tools = tracked.tools_read_key != view.read_key or facts.tools_error is not None
+            if cluster.status is WorkloadStatus.RUNNING and needs_tools:
                 self._start_tools_read(tracked)
 
-    def _start_tools_read(self, tracked: _Tracked) -> None:
+    def _start_tools_read(self, tracked: _Tracked, *, again: bool = False) -> None:
+        """Read the tools in the background (retrying); ``again``: once more if a read is running."""
         if tracked.tools_task is not None and not tracked.tools_task.done():
+            tracked.read_again = tracked.read_again or again
             return
         # The task inherits this handler's context, so kopf.event works inside it.
         tracked.tools_task = asyncio.create_task(
@@ -291,21 +315,122 @@ class WorkloadReconciler:
         )
 
     async def _read_tools(self, name: str, uid: str) -> None:
-        for attempt in range(TOOLS_READ_ATTEMPTS):
+        attempt = 0
+        while attempt < TOOLS_READ_ATTEMPTS:
             tracked = self._tracked.get(name)
             view = self._latest(name) or (tracked.view if tracked else None)
             if view is None or view.uid != uid or view.deleting:
                 return
+            if tracked is not None:
+                tracked.read_again = False
             try:
                 outcome = await self.sync(view, read_tools=True)
             except Exception:
                 logger.exception("Reading the tools of %s failed", name)
                 outcome = Outcome.TOOLS_FAILED
+            if outcome is Outcome.STALE:
+                latest = self._latest(name)
+                if latest is None or latest.uid != uid or latest.deleting or latest.read_key == view.read_key:
+                    return
+                continue  # a newer version (e.g. another proxy URL) arrived during the read: read that
+            tracked = self._tracked.get(name)
+            if outcome is Outcome.OK and tracked is not None and tracked.read_again:
+                continue  # its tool configuration changed during the read
             if outcome is not Outcome.TOOLS_FAILED:
                 return
-            if self._pods(view).status is not WorkloadStatus.RUNNING:
+            if self._cluster_status(view).status is not WorkloadStatus.RUNNING:
                 return  # the next Running starts a new read
             await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    # ----------------------------------------------------------------------------------------
+    # ToolHive's objects (read-only): their phase is their pods
+    # ----------------------------------------------------------------------------------------
+
+    async def observe(self, view: ServerView) -> None:
+        """One of ToolHive's objects was listed or changed.
+
+        A phase change reaches the index in one write (:meth:`refresh_status`); tools are read in
+        the background when the server first runs and whenever what they depend on changes
+        (``view.read_key``), so a slow proxy never delays a phase change.
+        """
+        if view.deleting:
+            await self.forget(view)  # ToolHive's own finalizer holds it; it no longer serves
+            return
+        if view.toolhive is not None and view.toolhive.excluded is not None:
+            await self.withdraw(view)
+            return
+        tracked = self._tracked.get(view.workload_name)
+        if (
+            tracked is None
+            or tracked.view.uid != view.uid
+            or tracked.view.read_key != view.read_key
+            or tracked.facts.spec_error is not None
+            or view.spec_error is not None
+        ):
+            # New, or its spec, proxy URL or tool configuration changed: a full sync.
+            if view.spec_error is None and self._cluster_status(view).status is WorkloadStatus.RUNNING:
+                # The read writes the row once, with its tools.
+                self._start_tools_read(self._track(view, None))
+            else:
+                await self.sync(view, read_tools=False)
+            return
+        await self.refresh_status(view)  # only the phase (or nothing we read) changed
+
+    async def withdraw(self, view: ServerView) -> None:
+        """Keep an object that is not to be indexed (``toolhive.excluded``) out of the index."""
+        name = view.workload_name
+        async with self._locks[name]:
+            tracked = self._tracked.pop(name, None)
+            if tracked is None:
+                return  # never indexed in this run (rows of an earlier run are garbage-collected)
+            if tracked.tools_task is not None:
+                tracked.tools_task.cancel()
+            await self.indexer.delete_workload(name)
+            logger.info("Removed workload %s: %s", name, (view.toolhive.excluded if view.toolhive else None))
+
+    def tool_config_changed(self, namespace: str, config: str) -> list[str]:
+        """An MCPToolConfig changed: read the tools of the running servers that use it again.
+
+        Returns the workloads whose tools are read again.
+        """
+        names = []
+        for view in self.toolhive_views(namespace):
+            state = view.toolhive
+            if state is None or state.tool_config != config or not belongs_in_index(view):
+                continue
+            tracked = self._tracked.get(view.workload_name)
+            if tracked is None or tracked.view.uid != view.uid:
+                continue  # its first read is under way or due
+            if toolhive_status(view).status is WorkloadStatus.RUNNING:
+                self._start_tools_read(tracked, again=True)
+                names.append(view.workload_name)
+        return names
+
+    async def resync_toolhive(self) -> None:
+        """Every resync interval: re-read running ToolHive servers' tools and re-write their rows
+        (kopf does not retry event handlers, so this is what heals a failed write)."""
+        limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+        async def one(view: ServerView) -> None:
+            async with limit:
+                try:
+                    await self.sync(view, read_tools=True)
+                except Exception:
+                    logger.exception("Resync of %s failed", view.workload_name)
+
+        await asyncio.gather(*(one(v) for v in self.toolhive_views() if belongs_in_index(v) or v.spec_error))
+
+    def toolhive_views(self, namespace: str | None = None) -> list[ServerView]:
+        """The current views of ToolHive's objects (of one namespace, or all)."""
+        views: list[ServerView] = []
+        for index in self.toolhive:
+            if namespace is not None:
+                views.extend(index.get(namespace, ()))
+            else:
+                for items in index.values():
+                    views.extend(items)
+        return views
 
     # ----------------------------------------------------------------------------------------
     # Catalog changes, deletion, garbage
@@ -323,7 +448,7 @@ class WorkloadReconciler:
                 await self._publish(tracked)
 
     async def forget(self, view: ServerView) -> None:
-        """The MCPServer is being deleted: remove its rows (idempotent)."""
+        """The object is being deleted (or is gone): remove its rows (idempotent)."""
         name = view.workload_name
         async with self._locks[name]:
             self._gone[view.uid] = None
@@ -374,9 +499,10 @@ class WorkloadReconciler:
 
     def _latest(self, name: str) -> ServerView | None:
         namespace = name.split("/", 1)[0]
-        for view in self.servers.get(namespace, ()):
-            if view.workload_name == name:
-                return view
+        for index in (self.servers, *self.toolhive):
+            for view in index.get(namespace, ()):
+                if view.workload_name == name:
+                    return view
         return None
 
     def _superseded(self, view: ServerView) -> bool:
@@ -388,7 +514,7 @@ class WorkloadReconciler:
             # kopf indexes an object before any of its handlers run, so once the indices are
             # attached, an object missing from them is gone (e.g. a timer of a force-deleted one).
             return self._attached
-        return latest.uid != view.uid or latest.deleting or latest.generation > view.generation
+        return latest.uid != view.uid or latest.deleting or latest.read_key != view.read_key
 
     def _pods(self, view: ServerView, tracked: _Tracked | None = None) -> RuntimeStatus:
         pods = list(self.pods.get(view.namespace, ()))
@@ -396,19 +522,25 @@ class WorkloadReconciler:
             tracked.pod_names = frozenset(p.name for p in pods if view.selector.matches(p.label_map))
         return pods_status(pods, view.selector)
 
+    def _cluster_status(self, view: ServerView, tracked: _Tracked | None = None) -> RuntimeStatus:
+        """What the cluster says: a container server's pods, or the phase ToolHive reports (read
+        from the object's latest version: a phase change moves no ``read_key``)."""
+        if view.toolhive is not None:
+            return toolhive_status(self._latest(view.workload_name) or view)
+        return self._pods(view, tracked)
+
     def _runtime(self, view: ServerView, facts: ServerFacts, *, tool_count: int | None = None) -> RuntimeStatus:
-        """The status the cluster gives the server: pods (container) or tools/list (remote)."""
-        if view.remote:
+        """The status the cluster gives the server: pods or ToolHive's phase, or tools/list (remote)."""
+        if view.status_from_tools_list:
             if facts.tools_error is not None:
                 return tools_failed(facts.tools_error)
             if tool_count is not None or facts.tools_generation is not None:
                 return tools_listed(tool_count if tool_count is not None else facts.tool_count)
             return facts.runtime or RuntimeStatus(WorkloadStatus.STOPPED, "NotRead", "tools/list not called yet")
-        tracked = self._tracked.get(view.workload_name)
-        pods = self._pods(view, tracked)
-        if pods.status is WorkloadStatus.RUNNING and facts.tools_error is not None:
+        cluster = self._cluster_status(view, self._tracked.get(view.workload_name))
+        if cluster.status is WorkloadStatus.RUNNING and facts.tools_error is not None:
             return tools_failed(facts.tools_error)
-        return pods
+        return cluster
 
     @staticmethod
     def _absorb(facts: ServerFacts, result: WorkloadResult) -> None:
@@ -422,12 +554,14 @@ class WorkloadReconciler:
     async def _publish(self, tracked: _Tracked) -> None:
         """Write the status if it changed, and post Events for new problems and link changes."""
         view = tracked.view
-        previous = (tracked.written or {}).get("conditions") or ()
-        status = render_status(tracked.facts, previous)
-        if not same_status(status, tracked.written):
-            if not await self.writer.write(view.namespace, view.name, status):
-                return  # the object is gone; its deletion cleans up
-            tracked.written = status
+        # ToolHive's objects are never written: their status belongs to ToolHive's operator.
+        if view.toolhive is None:
+            previous = (tracked.written or {}).get("conditions") or ()
+            status = render_status(tracked.facts, previous)
+            if not same_status(status, tracked.written):
+                if not await self.writer.write(view.namespace, view.name, status):
+                    return  # the object is gone; its deletion cleans up
+                tracked.written = status
         self._post_events(tracked)
 
     @staticmethod
