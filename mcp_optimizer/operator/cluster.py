@@ -85,6 +85,11 @@ class ToolHiveAPI:
         return tuple(kind for kind in SERVER_KINDS if PLURALS[kind] in self.plurals)
 
     @property
+    def watch_key(self) -> tuple[str | None, frozenset[str]]:
+        """What kopf's watches depend on (the version only matters when something is watched)."""
+        return (self.version if self.plurals else None, self.plurals)
+
+    @property
     def tool_configs(self) -> bool:
         return PLURALS[TOOL_CONFIG] in self.plurals
 

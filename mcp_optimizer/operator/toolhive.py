@@ -99,23 +99,32 @@ def register(registry: kopf.OperatorRegistry, api: ToolHiveAPI) -> None:
         kopf.on.event(*resource, id="toolhive-mcptoolconfigs", registry=registry)(tool_config_event)
 
 
+#: Seconds a changed answer must stay the same before kopf is restarted: CRDs arrive one by one
+#: (a chart installs six), and each restart re-lists everything.
+SETTLE = 2.0
+
+
 async def watch_api(
     current: ToolHiveAPI,
     discover: Callable[[frozenset[str]], Awaitable[ToolHiveAPI]],
     *,
     interval: float,
     changed: asyncio.Event,
+    settle: float = SETTLE,
 ) -> ToolHiveAPI:
-    """Check every ``interval`` seconds which of ToolHive's resources can be watched; set
-    ``changed`` and return the new answer when it differs from ``current``."""
+    """Check every ``interval`` seconds which of ToolHive's resources can be watched; once the
+    answer differs from ``current`` and holds for ``settle`` seconds, set ``changed`` and return it."""
+    found = current
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval if found.watch_key == current.watch_key else min(settle, interval))
+        previous = found
         try:
             found = await discover(current.plurals)
         except Exception as exc:  # the API server is away for a moment: keep the current watches
             logger.warning("Checking ToolHive's API failed (%s); trying again in %.0f s", exc, interval)
+            found = previous
             continue
-        if (found.version, found.plurals) != (current.version, current.plurals):
+        if found.watch_key != current.watch_key and found.watch_key == previous.watch_key:
             logger.info("ToolHive's API changed; restarting the watches. %s", found.describe())
             changed.set()
             return found

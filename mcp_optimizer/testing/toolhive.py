@@ -186,6 +186,18 @@ def objects_in(api: client.ApiClient, namespace: str) -> Iterator[tuple[str, dic
 
 
 def empty_namespace(api: client.ApiClient, namespace: str) -> None:
-    """Delete every ToolHive object in ``namespace`` (a bare API server has no namespace controller)."""
+    """Delete every ToolHive object in ``namespace``, finalizers (as ToolHive's operator would
+    have released them) included: a bare API server has no namespace controller."""
+    objects = client.CustomObjectsApi(api)
     for kind, item in list(objects_in(api, namespace)):
-        delete(api, kind, namespace, item["metadata"]["name"])
+        name = item["metadata"]["name"]
+        try:
+            if item["metadata"].get("finalizers"):
+                objects.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURALS[kind], name, {"metadata": {"finalizers": None}},
+                    _content_type=MERGE_PATCH,
+                )
+            delete(api, kind, namespace, name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
