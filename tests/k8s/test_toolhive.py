@@ -168,7 +168,8 @@ WEATHER_TOOLS = [make_tool("get_forecast", "Get the weather forecast for a city"
 @pytest.fixture
 def toolhive_catalog(tns: str, kube: Any) -> str:
     """ToolHive's own registry catalog from ../shared (102 servers), as a catalog ConfigMap."""
-    kube.put_catalog(tns, "toolhive-registry", (shared_dir() / "data" / "toolhive-registry" / "registry.json").read_text())
+    registry = shared_dir() / "data" / "toolhive-registry" / "registry.json"
+    kube.put_catalog(tns, "toolhive-registry", registry.read_text())
     return f"{tns}/toolhive-registry"
 
 
@@ -508,7 +509,8 @@ async def test_absent_crds_then_installed(ns, kube, kube_api, start_operator, pr
             await eventually(lambda: probe.found("weather forecast", ours_wl), what="serves as today")
 
             def not_watched() -> list[str]:
-                return [r.getMessage() for r in caplog.records if "ToolHive resources are not watched" in r.getMessage()]
+                messages = [r.getMessage() for r in caplog.records]
+                return [m for m in messages if "ToolHive resources are not watched" in m]
 
             assert len(not_watched()) == 1 and "is not served" in not_watched()[0], not_watched()
             th.install_crds(kube_api)
