@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
@@ -80,13 +80,14 @@ def install_crds(api: client.ApiClient, *, timeout: float = 60.0) -> None:
     for body in bodies:
         name = body["metadata"]["name"]
         try:
-            ext.create_custom_resource_definition(body)
+            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
             current = ext.read_custom_resource_definition(name)
+            assert current.metadata is not None
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
+            ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
     objects = client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout
     for body in bodies:
@@ -116,7 +117,9 @@ def remove_crds(api: client.ApiClient, *, timeout: float = 120.0) -> None:
                 raise
     deadline = time.monotonic() + timeout
     names = {body["metadata"]["name"] for body in crds_for_old_apiservers()}
-    while names & {crd.metadata.name for crd in ext.list_custom_resource_definition().items} or served_plurals(api):
+    while names & {crd.metadata.name for crd in ext.list_custom_resource_definition().items if crd.metadata} or (
+        served_plurals(api)
+    ):
         if time.monotonic() > deadline:
             raise TimeoutError("ToolHive's CRDs were not removed")
         time.sleep(0.2)
@@ -135,16 +138,18 @@ def apply(api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> dict[st
     if group != GROUP:
         raise ValueError(f"not a ToolHive object: {doc['apiVersion']}")
     body = {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(  # type: ignore[no-any-return]
+    created = client.CustomObjectsApi(api).create_namespaced_custom_object(
         group, version, namespace, PLURALS[doc["kind"]], body
     )
+    return cast(dict[str, Any], created)
 
 
 def get(api: client.ApiClient, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
+        found = client.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURALS[kind], name
         )
+        return cast(dict[str, Any], found)
     except client.ApiException as exc:
         if exc.status == 404:
             return None
@@ -180,7 +185,9 @@ def objects_in(api: client.ApiClient, namespace: str) -> Iterator[tuple[str, dic
     for kind, plural in PLURALS.items():
         if plural not in served:
             continue
-        items = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+        items = cast(dict[str, Any], client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural
+        ))
         for item in items.get("items") or ():
             yield kind, item
 
