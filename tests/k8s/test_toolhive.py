@@ -165,12 +165,11 @@ NOTION_TOOLS = [
 WEATHER_TOOLS = [make_tool("get_forecast", "Get the weather forecast for a city")]
 
 
-@pytest.fixture
-def toolhive_catalog(tns: str, kube: Any) -> str:
+def put_toolhive_catalog(kube: Any, ns: str) -> str:
     """ToolHive's own registry catalog from ../shared (102 servers), as a catalog ConfigMap."""
     registry = shared_dir() / "data" / "toolhive-registry" / "registry.json"
-    kube.put_catalog(tns, "toolhive-registry", registry.read_text())
-    return f"{tns}/toolhive-registry"
+    kube.put_catalog(ns, "toolhive-registry", registry.read_text())
+    return f"{ns}/toolhive-registry"
 
 
 async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operator, probe):
@@ -200,7 +199,7 @@ async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operato
 
 
 async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
-    tns, kube, kube_api, toolhive_catalog, start_operator, probe
+    tns, kube, kube_api, start_operator, probe
 ):
     """Registry matching against ToolHive's own catalog: MCPServers by image (the fetch and
     GitHub examples, unchanged), an MCPRemoteProxy and the MCPServerEntry example by URL. A
@@ -213,9 +212,6 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         McpTestServer(NOTION_TOOLS) as notion_proxy,
         McpTestServer(WEATHER_TOOLS) as weather,
     ):
-        # A second catalog lists the loopback server an entry points at, so that it matches by URL too.
-        kube.put_catalog(tns, "local", legacy_catalog(remote_servers={
-            "weather-local": {"url": weather.url, "description": "Weather forecasts", "tools": ["get_forecast"]}}))
         th.apply(kube_api, tns, server_entry("weather", weather.url, "remote-tools"))
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Ready", url=fetch_proxy.url)
         th.set_status(kube_api, "MCPServer", tns, "github", phase="Pending")
@@ -225,6 +221,12 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         operator = start_operator([tns])
         counter = operator.list_tools
         assert counter is not None
+        # The catalogs come after the start (the ToolHive catalog's ~1,800 texts take a while on a
+        # loaded machine; the start's catalog load would hold back readiness meanwhile).
+        toolhive_catalog = put_toolhive_catalog(kube, tns)
+        # A second catalog lists the loopback server an entry points at, so that it matches by URL too.
+        kube.put_catalog(tns, "local", legacy_catalog(remote_servers={
+            "weather-local": {"url": weather.url, "description": "Weather forecasts", "tools": ["get_forecast"]}}))
 
         linked = {
             mcpserver(tns, "fetch"): ("fetch", toolhive_catalog),  # by image, another tag than the catalog's
@@ -235,7 +237,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         }
         for wl, (registry_name, catalog) in linked.items():
             await eventually(lambda wl=wl, r=registry_name: _column(probe.workload(wl), "registry_server_name", r),
-                             timeout=60, what=f"{wl} linked to {registry_name}")
+                             timeout=180, what=f"{wl} linked to {registry_name}")
             assert (await probe.workload(wl))["registry_catalog"] == catalog
         assert await probe.found("search my notion workspace", proxy(tns, "notion"), "notion_search")
         assert await probe.found("weather forecast for Paris", entry(tns, "weather"), "get_forecast")
