@@ -228,7 +228,10 @@ async def run_operator(
     try:
         toolhive_api: ToolHiveAPI | None = ToolHiveAPI(missing=f"MCP_OPTIMIZER_TOOLHIVE={settings.toolhive}")
         if settings.toolhive != "false":
-            toolhive_api = await context.lister.discover_toolhive()
+            try:
+                toolhive_api = await context.lister.discover_toolhive()
+            except Exception as exc:  # the API server is away: kopf retries on its own; so does the check
+                toolhive_api = ToolHiveAPI(missing=f"checking ToolHive's API failed ({exc})")
         while toolhive_api is not None:
             toolhive_api = await _run_kopf(context, kube_config, toolhive_api, stopping=stopping, ready_flag=ready_flag)
             ready_flag = None  # raised once, by the first run (a future cannot be set twice)

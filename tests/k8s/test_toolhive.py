@@ -248,6 +248,8 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         assert counter.count(notion_proxy.url) == 1 and counter.count("https://mcp.notion.com/mcp") == 0
         row = await probe.workload(proxy(tns, "notion"))
         assert (row["url"], row["endpoint"]) == ("https://mcp.notion.com/mcp", notion_proxy.url)
+        # Events about ToolHive's objects are posted as for ours (an Event is not a write to them).
+        await eventually(lambda: kube.has_event(tns, "notion", "RegistryLinked", "Normal"))
 
         # An entry ToolHive fails: out of search within a second.
         th.set_status(kube_api, "MCPServerEntry", tns, "weather", phase="Failed")
