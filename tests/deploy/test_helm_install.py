@@ -231,7 +231,8 @@ def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces,
     """Peering: kopf's CRDs come first (deploy/manifests/optional), then the chart's peering
     objects and the RBAC rules for them, cluster-wide and per namespace."""
     # That file only: optional/ also holds the ToolHive role, which would then not be Helm's.
-    kubectl(kubeconfig, "apply", "-f", str(Path(__file__).parents[2] / "deploy/manifests/optional/kopf-peering-crds.yaml"))
+    crds = Path(__file__).parents[2] / "deploy/manifests/optional/kopf-peering-crds.yaml"
+    kubectl(kubeconfig, "apply", "-f", str(crds))
     kubectl(
         kubeconfig,
         "wait",
