@@ -19,10 +19,15 @@ from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing import toolhive as th
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, env_of
-from tests.deploy.test_rbac import (  # the same helpers as the main RBAC tests
+from tests.deploy.test_rbac import (  # the same helpers and fixtures as the main RBAC tests
     Job,
     can,
+    job,  # noqa: F401
+    kube,  # noqa: F401
+    op_settings,  # noqa: F401
     operator_as_service_account,
+    probe,  # noqa: F401
+    servers,  # noqa: F401
     wait_for,
     wait_until_authorized,
 )
@@ -161,7 +166,7 @@ def test_access_review_table(helm, operator_namespace, kube_api, namespace, tool
 
 
 async def test_operator_indexes_toolhive_with_the_shipped_roles(
-    helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job: Job, toolhive_installed
+    helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job: Job, toolhive_installed,  # noqa: F811
 ):
     """The chart installed next to ToolHive (auto): the operator, as its ServiceAccount, does its
     own job and indexes ToolHive's MCPServer, whose object it leaves exactly as it was."""
