@@ -361,21 +361,16 @@ class WorkloadReconciler:
             await self.withdraw(view)
             return
         tracked = self._tracked.get(view.workload_name)
-        if (
-            tracked is None
-            or tracked.view.uid != view.uid
-            or tracked.view.read_key != view.read_key
-            or tracked.facts.spec_error is not None
-            or view.spec_error is not None
-        ):
-            # New, or its spec, proxy URL or tool configuration changed: a full sync.
-            if view.spec_error is None and self._cluster_status(view).status is WorkloadStatus.RUNNING:
-                # The read writes the row once, with its tools.
-                self._start_tools_read(self._track(view, None))
-            else:
-                await self.sync(view, read_tools=False)
-            return
-        await self.refresh_status(view)  # only the phase (or nothing we read) changed
+        if view.spec_error is not None or (tracked is not None and tracked.facts.spec_error is not None):
+            await self.sync(view, read_tools=False)  # reports (or clears) the invalid spec
+        elif tracked is None or tracked.view.uid != view.uid or tracked.view.read_key != view.read_key:
+            # New, or its spec, proxy URL or tool configuration changed: a full sync in the
+            # background (tools are read if it runs; the row is written once). A newer version
+            # arriving meanwhile supersedes it before it writes (objects are usually created
+            # without a status, which ToolHive writes a moment later).
+            self._start_tools_read(self._track(view, None))
+        else:
+            await self.refresh_status(view)  # only the phase (or nothing we read) changed
 
     async def withdraw(self, view: ServerView) -> None:
         """Keep an object that is not to be indexed (``toolhive.excluded``) out of the index."""
