@@ -112,7 +112,7 @@ class _Tracked:
     tools_task: asyncio.Task[None] | None = None
     #: ``view.read_key`` of the last successful tools read (None: never read since the start).
     tools_read_key: tuple[object, ...] | None = None
-    #: Read the tools once more when the running read ends (its source changed meanwhile).
+    #: Sync once more when the running background sync ends (asked again while it ran).
     read_again: bool = False
 
 
@@ -303,10 +303,13 @@ class WorkloadReconciler:
             if cluster.status is WorkloadStatus.RUNNING and needs_tools:
                 self._start_tools_read(tracked)
 
-    def _start_tools_read(self, tracked: _Tracked, *, again: bool = False) -> None:
-        """Read the tools in the background (retrying); ``again``: once more if a read is running."""
+    def _start_tools_read(self, tracked: _Tracked) -> None:
+        """Sync in the background, reading the tools if the server runs (with retries). If one is
+        running already, it runs once more when it ends: whoever asks has seen a newer state than
+        the running one started from (e.g. ToolHive's Ready arriving while the row of the
+        status-less object is being written)."""
         if tracked.tools_task is not None and not tracked.tools_task.done():
-            tracked.read_again = tracked.read_again or again
+            tracked.read_again = True
             return
         # The task inherits this handler's context, so kopf.event works inside it.
         tracked.tools_task = asyncio.create_task(
@@ -335,7 +338,7 @@ class WorkloadReconciler:
                 continue  # a newer version (e.g. another proxy URL) arrived during the read: read that
             tracked = self._tracked.get(name)
             if outcome is Outcome.OK and tracked is not None and tracked.read_again:
-                continue  # its tool configuration changed during the read
+                continue  # asked again during this one (see _start_tools_read)
             if outcome is not Outcome.TOOLS_FAILED:
                 return
             if self._cluster_status(view).status is not WorkloadStatus.RUNNING:
@@ -398,7 +401,7 @@ class WorkloadReconciler:
             if tracked is None or tracked.view.uid != view.uid:
                 continue  # its first read is under way or due
             if toolhive_status(view).status is WorkloadStatus.RUNNING:
-                self._start_tools_read(tracked, again=True)
+                self._start_tools_read(tracked)
                 names.append(view.workload_name)
         return names
 
