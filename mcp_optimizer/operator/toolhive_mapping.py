@@ -14,7 +14,8 @@ VirtualMCPServer (opt-in)     its endpoint           ``status.url`` + ``/mcp``
 ============================  =====================  ===========================  ==================
 
 Phases: ``Ready`` (and v1alpha1's ``Running``), vMCP's ``Degraded`` and MCPServerEntry's
-``Valid`` are RUNNING; ``Pending``, ``Stopped`` and ``Terminating`` STOPPED; ``Failed`` ERROR. An
+``Valid`` are RUNNING; ``Pending``, ``Stopped`` and ``Terminating`` STOPPED; ``Failed`` ERROR;
+an object ToolHive has not reconciled yet (no ``status.phase``) is not indexed. An
 MCPServerEntry has no pod and no ``status.url``: ``Valid`` means ToolHive accepted it, so it is
 RUNNING and its tools are read at ``spec.remoteUrl`` like any remote server, and a failing
 ``tools/list`` makes it ERROR (as for every server).
@@ -263,6 +264,10 @@ def parse_toolhive(body: Mapping[str, Any], *, kind: str, version: str, options:
             # A vMCP is no registry entry: its own endpoint is its identity.
             fields = {"url": endpoint, "endpoint": endpoint, "transport": transport}
         excluded = toolhive_exclusion(kind, namespace, group, options)
+        if excluded is None and reported["phase"] is None:
+            # Objects are created without a status and ToolHive writes one a moment later: a row
+            # now would cost an embedding of its description only to be replaced at once.
+            excluded = f"ToolHive has not reconciled the {kind} yet (no status.phase)"
         if excluded is None and kind == VIRTUAL_SERVER and fields["endpoint"] is None:
             excluded = "the VirtualMCPServer has no status.url yet"
         state = ToolHiveState(

@@ -127,15 +127,13 @@ async def test_mcpserver_phase_drives_search(tns, kube_api, start_operator, prob
     async def searchable() -> bool:
         return await probe.found("fetch a web page as markdown", wl, "fetch")
 
-    # Created, no status yet (ToolHive has not reconciled it): indexed as STOPPED.
-    await eventually(lambda: _is(status, "STOPPED"), what="indexed as STOPPED")
-    row = await probe.workload(wl)
-    assert row["name"] == "fetch" and row["package"] == "ghcr.io/stackloklabs/gofetch/server"
-    assert row["namespace"] == tns and row["group"] == "default"
-
     with McpTestServer(FETCH_TOOLS) as proxy:
+        # Created, no status yet (ToolHive has not reconciled it): not indexed. Pending: STOPPED.
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Pending", url=proxy.url)
-        await eventually(lambda: _is(status, "STOPPED"))
+        await eventually(lambda: _is(status, "STOPPED"), what="indexed as STOPPED")
+        row = await probe.workload(wl)
+        assert row["name"] == "fetch" and row["package"] == "ghcr.io/stackloklabs/gofetch/server"
+        assert row["namespace"] == tns and row["group"] == "default"
         assert counter.count(proxy.url) == 0
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Ready")
         await eventually(searchable, what="tools searchable once Ready")
@@ -349,6 +347,7 @@ async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, 
     with McpTestServer(github_tools) as github, McpTestServer(FETCH_TOOLS) as fetch:
         th.set_status(kube_api, "MCPServer", tns, "github-mcp", phase="Ready", url=github.url)
         th.set_status(kube_api, "MCPServer", tns, "ops-fetch", phase="Ready", url=fetch.url)
+        th.set_status(kube_api, "MCPServerEntry", tns, "context7", phase="Pending")
         start_operator([tns])
         github_wl, fetch_wl = mcpserver(tns, "github-mcp"), mcpserver(tns, "ops-fetch")
         await eventually(lambda: probe.found("open a bug report on github", github_wl))
@@ -384,6 +383,7 @@ async def test_deleted_objects_leave_no_rows_even_across_a_restart(tns, kube_api
     with McpTestServer(WEATHER_TOOLS) as weather, McpTestServer(NOTION_TOOLS) as notion:
         th.apply(kube_api, tns, server_entry("weather", weather.url, "remote-tools"))
         th.set_status(kube_api, "MCPServerEntry", tns, "weather", phase="Valid")
+        th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Pending")
         th.set_status(kube_api, "MCPRemoteProxy", tns, "notion", phase="Ready", url=notion.url)
         th.set_status(kube_api, "MCPRemoteProxy", tns, "held", phase="Ready", url=notion.url)
         first = start_operator([tns])

@@ -112,6 +112,12 @@ def test_failure_message_is_shown_and_bounded():
     assert len(runtime.message) < 300
 
 
+def test_an_object_toolhive_has_not_reconciled_yet_is_not_indexed():
+    view = view_of(MCP_SERVER, {"image": IMAGE})
+    assert not belongs_in_index(view) and "no status.phase" in view.toolhive.excluded
+    assert belongs_in_index(view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Pending"}))
+
+
 def test_deleting_object_is_stopped_and_not_indexed():
     view = view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Ready", "url": PROXY},
                    deletionTimestamp="2026-01-01T00:00:00Z")
@@ -245,8 +251,10 @@ def test_vmcp_is_left_out_unless_its_group_is_indexed_through_it():
     assert not belongs_in_index(left_out)
     assert "through its VirtualMCPServer" in left_out.toolhive.excluded
     # Another group's backends, and the same group name in another namespace, are unaffected.
-    assert belongs_in_index(view_of(MCP_SERVER, {"image": IMAGE, "groupRef": {"name": "ops"}}, options=through))
-    other_ns = parse_toolhive({**body(MCP_SERVER, {"image": IMAGE, "groupRef": {"name": "eng"}}),
+    pending = {"phase": "Pending"}
+    ops = {"image": IMAGE, "groupRef": {"name": "ops"}}
+    assert belongs_in_index(view_of(MCP_SERVER, ops, pending, options=through))
+    other_ns = parse_toolhive({**body(MCP_SERVER, {"image": IMAGE, "groupRef": {"name": "eng"}}, pending),
                                "metadata": {"namespace": "team-b", "name": "x", "uid": "u"}},
                               kind=MCP_SERVER, version="v1beta1", options=through)
     assert belongs_in_index(other_ns)
