@@ -63,6 +63,10 @@ ListTools = Callable[[str, str, float], Awaitable[list[dict[str, Any]]]]
 TOOLS_READ_ATTEMPTS = 6
 #: Concurrent tools/list calls of a periodic ToolHive resync (500 servers: a burst of 500 otherwise).
 RESYNC_CONCURRENCY = 8
+#: Syncs planning and writing the index at once. The engine's pool has 8 connections, shared with
+#: the MCP endpoint and the phase fast path; 500 ToolHive servers turning Ready together otherwise
+#: queued 500 syncs on it and failed theirs after the pool's 30 s timeout (on a loaded machine).
+INDEX_WRITERS = 4
 #: How many deleted uids are remembered, to drop late writes for objects already deleted.
 _GONE_MEMORY = 10_000
 
@@ -140,6 +144,7 @@ class WorkloadReconciler:
         self._tracked: dict[str, _Tracked] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gone: OrderedDict[str, None] = OrderedDict()
+        self._index_writers = asyncio.Semaphore(INDEX_WRITERS)
 
     def attach(
         self,
@@ -233,7 +238,8 @@ class WorkloadReconciler:
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
             try:
-                result = await self.indexer.apply_workload(spec)
+                async with self._index_writers:
+                    result = await self.indexer.apply_workload(spec)
             except WorkloadSpecError as exc:
                 return await self._invalid(tracked, view, str(exc))
             except (DuplicateRegistryServersError, RegistryRefError) as exc:
