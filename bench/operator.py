@@ -18,6 +18,11 @@ Figures:
 2. pod phase change -> visible in search: a Running pod's status is set to CrashLoopBackOff (its
    tools must leave search) or back to Running (they must come back); time from the status write
    until ``find_tool`` agrees, polled every 5 ms; p50/p99.
+
+``--toolhive`` runs the same with ToolHive's MCPServers (``toolhive.stacklok.dev``, its real CRDs
+installed as in the tests): the benchmark plays ToolHive's operator, writing each object's
+``status`` (``phase: Ready`` and ``url`` of its "proxy", a farm server) right after creating it;
+the phase change is ``Ready`` -> ``Failed`` -> ``Ready`` on the object itself.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing import toolhive
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -218,6 +224,7 @@ async def main() -> None:
     parser.add_argument("--changes", type=int, help="pod phase changes timed (default 100; --quick 20)")
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
     parser.add_argument("--log", help="write the operator's log to this file")
+    parser.add_argument("--toolhive", action="store_true", help="ToolHive's MCPServers instead of ours")
     parser.add_argument("--farm-child", action="store_true", help=argparse_hidden())
     args = parser.parse_args()
     count = args.servers or (100 if args.quick else 500)
@@ -228,7 +235,8 @@ async def main() -> None:
     if args.log:
         logging.basicConfig(filename=args.log, level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print_header(f"Operator: {count} MCPServers on a real control plane", args)
+    kind = "ToolHive MCPServers" if args.toolhive else "MCPServers"
+    print_header(f"Operator: {count} {kind} on a real control plane", args)
     report = Report()
     plane = None if args.kubeconfig else ControlPlane()
     kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
@@ -239,6 +247,10 @@ async def main() -> None:
         api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
         install_crd(api)
+        if args.toolhive:
+            await toolhive_run(api, kubeconfig, farm, count, changes, Path(tmp.name), report)
+            report.print_table()
+            return
         ns = f"mcp-bench-{uuid.uuid4().hex[:6]}"
         core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
         embedder = load_embedder()
@@ -325,6 +337,93 @@ async def main() -> None:
             plane.stop()
         tmp.cleanup()
     report.print_table()
+
+
+async def toolhive_run(
+    api: client.ApiClient, kubeconfig: str, farm: Farm, count: int, changes: int, tmp: Path, report: Report
+) -> None:
+    """``--toolhive``: the same two figures with ToolHive's MCPServers, phase changes on the object."""
+    toolhive.install_crds(api)
+    core = client.CoreV1Api(api)
+    ns = f"mcp-bench-th-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
+    embedder = load_embedder()
+    settings = Settings(db_path=tmp / "index.db", embedding_model_path=embedder.model_path,
+                        namespaces=(ns,), resync_interval=3600.0)
+    operator = OperatorThread(settings, kubeconfig, embedder)
+    try:
+        await _toolhive_figures(api, ns, farm, count, changes, settings, embedder, report)
+    finally:
+        operator.stop()
+    core.delete_namespace(ns)
+
+
+async def _toolhive_figures(
+    api: client.ApiClient, ns: str, farm: Farm, count: int, changes: int, settings: Settings, embedder: Any,
+    report: Report,
+) -> None:
+    expected_tools = sum(len(farm_tools(i)) for i in range(count))
+    engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
+
+    def create(i: int) -> None:
+        name = server_name(i)
+        toolhive.apply(api, ns, {
+            "apiVersion": "toolhive.stacklok.dev/v1beta1", "kind": "MCPServer", "metadata": {"name": name},
+            "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "transport": "streamable-http", "proxyPort": 8080},
+        })
+        toolhive.set_status(api, "MCPServer", ns, name, phase="Ready", url=farm.url(i))
+
+    seconds_before = embedder.seconds_embedding
+    texts_before = embedder.texts_embedded
+    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, create, i) for i in range(count)))
+        created = time.perf_counter() - start
+        print(f"created {count} ToolHive MCPServers, each Ready with its proxy URL, in {created:.1f} s", flush=True)
+        servers, tools, shown = 0, 0, 0.0
+        while (servers, tools) != (count, expected_tools):
+            if time.perf_counter() - start > 1800:
+                raise TimeoutError(f"only {servers}/{count} servers, {tools}/{expected_tools} tools indexed")
+            await asyncio.sleep(0.2)
+            servers, tools = await indexed_counts(engine)
+            if time.perf_counter() - shown > 10:
+                shown = time.perf_counter()
+                print(f"  {shown - start:5.1f} s: {servers}/{count} servers, {tools}/{expected_tools} tools",
+                      flush=True)
+    total = time.perf_counter() - start
+    in_model = embedder.seconds_embedding - seconds_before
+    busy = embedder.busy_seconds(start)
+    report.add(f"creation -> all indexed: {count} ToolHive MCPServers ({expected_tools} tools)",
+               f"{total:.1f} s ({count / total:.1f} servers/s; create + status calls done at {created:.1f} s); "
+               f"the model ran {busy:.1f} s of it = {busy / total:.0%} "
+               f"({embedder.texts_embedded - texts_before} texts; {in_model:.1f} s summed over concurrent calls)")
+
+    search = ToolSearch(engine, embedder)
+    samples: dict[str, list[float]] = {"out (Failed)": [], "back (Ready)": []}
+    for n in range(changes):
+        i = (n * 37) % count
+        name = server_name(i)
+        wl = workload_name(ns, name, "MCPServer")
+        tool = farm_tools(i)[0]
+        query = f"{tool['name']} {tool.get('description') or ''}"[:200]
+        assert await visible(search, wl, query), wl
+        for label, phase, want in (("out (Failed)", "Failed", False), ("back (Ready)", "Ready", True)):
+            t0 = time.perf_counter()
+            toolhive.set_status(api, "MCPServer", ns, name, phase=phase)
+            while await visible(search, wl, query) != want:
+                if time.perf_counter() - t0 > 30:
+                    raise TimeoutError(f"{wl}: search did not follow the phase within 30 s")
+                await asyncio.sleep(0.005)
+            samples[label].append(time.perf_counter() - t0)
+    both = [s for values in samples.values() for s in values]
+    report.add("ToolHive phase change -> visible in find_tool (both directions)", ms_summary(both),
+               "p99 < 1 s", percentile(both, 99) < 1.0)
+    for label, values in samples.items():
+        print(f"    {label}: {ms_summary(values)}")
+    report.add("peak RSS of this process (operator + model + index + the benchmark's clients)",
+               f"{peak_rss_mib():.0f} MiB")
+    await engine.dispose()
 
 
 def peak_rss_mib() -> float:

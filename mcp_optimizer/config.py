@@ -158,6 +158,15 @@ class Settings:
     allowed_destinations: tuple[str, ...] = field(default_factory=tuple)
     #: Seconds between tools/list probes of remote servers (the resync covers container servers).
     remote_probe_interval: float = 60.0
+    # --- ToolHive interop (mcp_optimizer.operator.toolhive): ToolHive's resources, read-only ---
+    #: ``auto``: watch ToolHive's servers (toolhive.stacklok.dev) when their CRDs are served and the
+    #: operator may list them, checked again every ``toolhive_recheck_interval``; ``false``: never.
+    #: Checked when the operator starts (``ToolHiveOptions.from_settings``).
+    toolhive: str = "auto"
+    #: Seconds between checks whether ToolHive's API appeared, went away or became readable.
+    toolhive_recheck_interval: float = 60.0
+    #: Groups indexed through their VirtualMCPServer instead of their backends, as ``namespace/group``.
+    toolhive_vmcp_groups: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -213,6 +222,9 @@ class Settings:
             max_concurrent_large_lists=_env_int("MAX_CONCURRENT_LARGE_LISTS", cls.max_concurrent_large_lists),
             allowed_destinations=_env_list("ALLOWED_DESTINATIONS"),
             remote_probe_interval=_env_float("REMOTE_PROBE_INTERVAL", cls.remote_probe_interval),
+            toolhive=_env("TOOLHIVE", cls.toolhive).strip().lower(),
+            toolhive_recheck_interval=_env_float("TOOLHIVE_RECHECK_INTERVAL", cls.toolhive_recheck_interval),
+            toolhive_vmcp_groups=_env_list("TOOLHIVE_VMCP_GROUPS"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

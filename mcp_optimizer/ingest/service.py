@@ -169,6 +169,14 @@ class _WorkloadPlan:
     def missing_texts(self) -> list[str]:
         return [t for t in self.texts if text_hash(t) not in self.stored]
 
+    def texts_to_warm(self) -> list[str]:
+        """What the locked phase embeds: the missing tool texts and, for a workload with neither
+        tools nor a registry entry (e.g. a server not running yet), its own description."""
+        texts = self.missing_texts()
+        if self.registry is None and not self.tools:
+            texts.append(own_description(self.spec.name, self.tools))
+        return texts
+
 
 def _key_of(remote: bool, url: str | None, package: str | None) -> tuple[bool, str]:
     url_key, package_key = identifier_keys(remote, url, package)
@@ -407,7 +415,9 @@ class Indexer:
     async def _sync_workload(self, workload_name: str, spec: WorkloadSpec | None) -> WorkloadResult:
         async with self.engine.connect() as conn:
             plan = await self._plan_workload(conn, workload_name, spec)
-        await self._warm(plan.missing_texts())
+        # Embedded here, the locked phase finds them in the model's cache: 500 servers created
+        # Pending at once otherwise ran 500 model calls one after another under the write lock.
+        await self._warm(plan.texts_to_warm())
         async with self._write() as conn:
             plan = await self._plan_workload(conn, workload_name, spec)
             return await self._apply_workload(conn, plan)

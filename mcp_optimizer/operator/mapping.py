@@ -3,18 +3,22 @@
 Nothing here talks to the API server or the index: an MCPServer body becomes a
 :class:`ServerView` (and from it a :class:`~mcp_optimizer.ingest.WorkloadSpec`), and the pods a
 server's ``podSelector`` selects become a :class:`RuntimeStatus`. Keeping these rules pure keeps
-them unit-testable and keeps the handlers thin.
+them unit-testable and keeps the handlers thin. ToolHive's objects become ServerViews too
+(:mod:`.toolhive_mapping`), so that one reconciler handles both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import RegistryRef, WorkloadSpec
 from mcp_optimizer.redaction import redact_url
+
+if TYPE_CHECKING:
+    from mcp_optimizer.operator.toolhive_mapping import ToolHiveState
 
 GROUP = "mcp-optimizer.dev"
 VERSION = "v1alpha1"
@@ -49,8 +53,14 @@ class SpecError(ValueError):
     """An MCPServer spec the operator cannot act on. Permanent: only a spec change fixes it."""
 
 
-def workload_name(namespace: str, name: str) -> str:
-    """The index's key for an MCPServer: ``namespace/name`` (unique in a cluster)."""
+def workload_name(namespace: str, name: str, toolhive_kind: str | None = None) -> str:
+    """The index's key: ``namespace/name`` for an MCPServer of ours (unique in a cluster), and
+    ``namespace/<kind>.toolhive/name`` for one of ToolHive's objects, e.g.
+    ``team-a/mcpserver.toolhive/github``: the kind keeps a ToolHive MCPServer and ours of the same
+    name apart, readably, wherever the name is shown (``servers``, ``find_tool``, ``call_tool``).
+    """
+    if toolhive_kind is not None:
+        return f"{namespace}/{toolhive_kind.lower()}.toolhive/{name}"
     return f"{namespace}/{name}"
 
 
@@ -178,26 +188,58 @@ class ServerView:
     spec_error: str | None = None
     #: The value of the ``mcp-optimizer.dev/refresh`` annotation: any new value forces a re-read.
     refresh: str | None = None
+    #: Set for one of ToolHive's objects (never written by us): its kind and what ToolHive's
+    #: operator reports. Then ``endpoint`` is where its tools are read (ToolHive's proxy) and
+    #: ``transport`` the transport spoken there.
+    toolhive: ToolHiveState | None = None
 
     @property
     def workload_name(self) -> str:
-        return workload_name(self.namespace, self.name)
+        return workload_name(self.namespace, self.name, self.toolhive.kind if self.toolhive else None)
 
     @property
     def remote(self) -> bool:
+        """Identified by URL (matched to remote registry entries) rather than by image."""
         return self.url is not None
 
     @property
+    def status_from_tools_list(self) -> bool:
+        """A remote MCPServer of ours: nothing but ``tools/list`` says whether it runs."""
+        return self.toolhive is None and self.remote
+
+    @property
+    def read_key(self) -> tuple[object, ...]:
+        """What the tools read from this server depend on: a change means they must be read again.
+
+        Ours: the spec (its generation). ToolHive's: also the proxy URL and transport ToolHive
+        reports and the tool configuration it applies there (``status.toolConfigHash``), none of
+        which moves the generation.
+        """
+        if self.toolhive is None:
+            return (self.generation,)
+        state = self.toolhive
+        return (self.generation, self.endpoint, self.transport, state.tool_config, state.tool_config_hash)
+
+    @property
+    def kind_label(self) -> str:
+        """The kind as logs and metrics name it: ``MCPServer`` (ours) or e.g. ``MCPServer.toolhive``."""
+        return KIND if self.toolhive is None else f"{self.toolhive.kind}.toolhive"
+
+    @property
     def tools_endpoint(self) -> str | None:
-        """Where ``tools/list`` goes: a remote server's URL, a container server's endpoint."""
+        """Where ``tools/list`` goes: a remote server's URL, a container server's endpoint, the
+        endpoint ToolHive reports for its objects."""
+        if self.toolhive is not None:
+            return self.endpoint
         return self.url if self.remote else self.endpoint
 
     @property
     def object_ref(self) -> dict[str, Any]:
         """A body just complete enough for Kubernetes Events (``kopf.event``) about this object."""
+        toolhive = self.toolhive
         return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
+            "apiVersion": API_VERSION if toolhive is None else toolhive.api_version,
+            "kind": KIND if toolhive is None else toolhive.kind,
             "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid},
         }
 

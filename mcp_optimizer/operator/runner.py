@@ -6,10 +6,16 @@ so that tests can start and stop operators in-process with a stop flag and a rea
 after another, against a test control plane.
 
 On start the operator reconciles everything: a startup handler deletes index rows whose
-MCPServer or catalog ConfigMap is gone and loads the catalogs, then starts one catalog watch
-per trusted catalog namespace (beside kopf: see :mod:`.catalogs`); kopf lists every watched
-resource and resumes each MCPServer (kopf fills its pod and MCPServer indices first). The same
-garbage collection repeats every resync interval, catching rows a released finalizer left behind.
+MCPServer, ToolHive object or catalog ConfigMap is gone and loads the catalogs, then starts one
+catalog watch per trusted catalog namespace (beside kopf: see :mod:`.catalogs`); kopf lists every
+watched resource and resumes each MCPServer (kopf fills its pod and MCPServer indices first). The
+same garbage collection repeats every resync interval, catching rows a released finalizer left
+behind.
+
+ToolHive's resources are watched when they can be (:mod:`.toolhive`). Which ones is fixed for one
+run of kopf; when that changes (ToolHive installed after the operator, say), kopf is stopped and
+started again in the same process with the new set: the index, the model and the MCP endpoint
+stay as they are, and kopf's start resumes every object (nothing unchanged is re-embedded).
 
 :func:`main` is ``mcp-optimizer run``: the operator and the MCP endpoint in one process.
 """
@@ -35,16 +41,19 @@ from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.kubeapi import KubeApi
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp.client import ClientPolicy
-from mcp_optimizer.operator import mcpservers, pods
+from mcp_optimizer.operator import mcpservers, pods, toolhive
 from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
-from mcp_optimizer.operator.cluster import ClusterLister, connection_info, load_client_config
+from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info, load_client_config
 from mcp_optimizer.operator.mapping import GROUP
 from mcp_optimizer.operator.status import EventPoster, StatusWriter, event_sink
+from mcp_optimizer.operator.toolhive_mapping import ToolHiveOptions
 from mcp_optimizer.operator.workloads import ListTools, WorkloadReconciler
 
 logger = logging.getLogger(__name__)
 
 FINALIZER = f"{GROUP}/finalizer"
+#: Values of ``MCP_OPTIMIZER_TOOLHIVE``.
+TOOLHIVE_MODES = ("auto", "false")
 
 #: What kopf accepts as a stop or ready flag.
 Flag = asyncio.Future[Any] | asyncio.Event | concurrent.futures.Future[Any] | threading.Event
@@ -86,6 +95,11 @@ class OperatorContext:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     #: Run first when the operator stops (the process's other servers), see :func:`run_operator`.
     on_stop: Callable[[], Awaitable[None]] | None = None
+    #: (namespace, name) -> digest of the spec of every MCPToolConfig seen, to tell spec changes.
+    tool_configs: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Set while kopf stops only to start again (ToolHive's API changed): the process's other
+    #: servers keep running then.
+    restarting: bool = False
 
 
 def operator_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -115,9 +129,13 @@ def operator_settings(settings: Settings) -> kopf.OperatorSettings:
     return ks
 
 
-def build_registry(settings: Settings, kube_config: client.Configuration) -> kopf.OperatorRegistry:
-    """A fresh registry with every handler of the operator."""
+def build_registry(
+    settings: Settings, kube_config: client.Configuration, toolhive_api: ToolHiveAPI | None = None
+) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator (and the read-only ones for the
+    ToolHive resources ``toolhive_api`` says are watched)."""
     registry = kopf.OperatorRegistry()
+    toolhive_api = toolhive_api or ToolHiveAPI()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -127,7 +145,11 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
     async def startup(*, memo: Any, **kwargs: Any) -> None:
         context: OperatorContext = memo
         # kopf passes its indices by their ids; they are empty now and filled before any handler runs.
-        context.reconciler.attach(pods=kwargs["pods_by_namespace"], servers=kwargs["mcpservers_by_namespace"])
+        context.reconciler.attach(
+            pods=kwargs["pods_by_namespace"],
+            servers=kwargs["mcpservers_by_namespace"],
+            toolhive=[kwargs[toolhive.index_id(kind)] for kind in toolhive_api.server_kinds],
+        )
         # kopf posts Events only from resource handlers; this task and those it starts post their own.
         event_sink.set(context.events.post_soon)
         await context.catalogs.seed()
@@ -146,11 +168,14 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
         for namespace in trusted:
             watch = CatalogWatch(context.catalogs, context.kube, namespace)
             context.background.add(asyncio.create_task(watch.run(), name=f"catalog watch {namespace}"))
+        if toolhive_api.server_kinds:
+            resync = toolhive.resync_loop(context.reconciler, context.settings.resync_interval)
+            context.background.add(asyncio.create_task(resync, name="ToolHive resync"))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(*, memo: Any, **_: Any) -> None:
         context: OperatorContext = memo
-        if context.on_stop is not None:
+        if context.on_stop is not None and not context.restarting:
             # Before kopf looks for tasks it did not start: it waits 5 s for those, then cancels
             # them (an open MCP stream would cost the 5 s and end in a cancellation traceback).
             try:
@@ -163,11 +188,12 @@ def build_registry(settings: Settings, kube_config: client.Configuration) -> kop
     mcpservers.register(
         registry, resync_interval=settings.resync_interval, probe_interval=settings.remote_probe_interval
     )
+    toolhive.register(registry, toolhive_api)
     return registry
 
 
 async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = False) -> None:
-    """Delete rows whose MCPServer or catalog ConfigMap is not in the cluster.
+    """Delete rows whose MCPServer, ToolHive object or catalog ConfigMap is not in the cluster.
 
     The index is read *before* the cluster is listed: anything added to the index after that
     read is not considered, so a resource created meanwhile cannot be collected by mistake.
@@ -181,7 +207,7 @@ async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = Fal
 
     removed = await context.reconciler.remove_stale(sorted(indexed_workloads - present_workloads))
     for name in removed:
-        logger.info("Removed workload %s: its MCPServer is gone", name)
+        logger.info("Removed workload %s: its object is gone (or is no longer indexed)", name)
     for catalog in sorted(indexed_catalogs - set(present_catalogs.bodies)):
         if catalog_namespace(catalog) in present_catalogs.unreadable:
             continue  # not listed this time: unknown, not gone
@@ -248,6 +274,10 @@ async def run_operator(
     stop, before that: it must stop the process's other servers (the MCP endpoint), whose
     connections are such tasks.
     """
+    if settings.toolhive not in TOOLHIVE_MODES:
+        modes = ", ".join(TOOLHIVE_MODES)
+        raise ValueError(f"MCP_OPTIMIZER_TOOLHIVE must be one of {modes}, got {settings.toolhive!r}")
+    toolhive_options = ToolHiveOptions.parse(settings.toolhive_vmcp_groups)
     kube_config = load_client_config(kubeconfig)
     if policy is None:
         policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
@@ -272,31 +302,110 @@ async def run_operator(
         indexer=indexer,
         reconciler=reconciler,
         catalogs=CatalogSync(indexer, reconciler, trusted_namespaces=trusted),
-        lister=ClusterLister(api_client, settings.namespaces, trusted),
+        lister=ClusterLister(api_client, settings.namespaces, trusted, toolhive_options),
         kube=kube,
         events=EventPoster(kube),
         on_stop=on_stop,
     )
+    # Started before kopf (which cancels the tasks created while it runs): the caller's stop flag.
+    stopping = asyncio.create_task(_raised(stop_flag), name="operator stop flag") if stop_flag is not None else None
     try:
-        await kopf.operator(
-            registry=build_registry(settings, kube_config),
-            settings=operator_settings(settings),
-            memo=context,
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=settings.liveness_endpoint,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        toolhive_api: ToolHiveAPI | None = ToolHiveAPI(missing=f"MCP_OPTIMIZER_TOOLHIVE={settings.toolhive}")
+        if settings.toolhive != "false":
+            try:
+                toolhive_api = await context.lister.discover_toolhive()
+            except Exception as exc:  # the API server is away: kopf retries on its own; so does the check
+                toolhive_api = ToolHiveAPI(missing=f"checking ToolHive's API failed ({exc})")
+        while toolhive_api is not None:
+            toolhive_api = await _run_kopf(context, kube_config, toolhive_api, stopping=stopping, ready_flag=ready_flag)
+            ready_flag = None  # raised once, by the first run (a future cannot be set twice)
     finally:
         if call_failures is not None:
             call_failures.attach(None)
+        if stopping is not None:
+            stopping.cancel()
         with contextlib.suppress(Exception):
             await _stop_background(context)
         await kube.close()
         api_client.close()  # type: ignore[no-untyped-call]
         if own_indexer:
             await indexer.close()
+
+
+async def _run_kopf(
+    context: OperatorContext,
+    kube_config: client.Configuration,
+    toolhive_api: ToolHiveAPI,
+    *,
+    stopping: asyncio.Task[None] | None,
+    ready_flag: Flag | None,
+) -> ToolHiveAPI | None:
+    """One run of kopf, watching ``toolhive_api``'s resources. Returns the resources to watch
+    next when ToolHive's API changed, None when the caller's flag or a signal stopped kopf."""
+    settings = context.settings
+    context.lister.toolhive = toolhive_api
+    recheck_note = "" if settings.toolhive == "false" else (
+        f" (checked again every {settings.toolhive_recheck_interval:.0f} s)"
+    )
+    logger.info("%s%s", toolhive_api.describe(), recheck_note)
+    kopf_stop = asyncio.Event()  # raised by the caller's flag, or when ToolHive's API changed
+    changed = asyncio.Event()
+    context.restarting = False
+
+    def stop_kopf(_: object) -> None:
+        # Only a change of ToolHive's API (and no stop asked for) restarts kopf.
+        context.restarting = changed.is_set() and not (stopping is not None and stopping.done())
+        kopf_stop.set()
+
+    if stopping is not None:
+        stopping.add_done_callback(stop_kopf)
+    recheck: asyncio.Task[ToolHiveAPI] | None = None
+    if settings.toolhive != "false":
+        recheck = asyncio.create_task(
+            toolhive.watch_api(
+                toolhive_api,
+                context.lister.discover_toolhive,
+                interval=settings.toolhive_recheck_interval,
+                changed=changed,
+            ),
+            name="ToolHive API check",
+        )
+        recheck.add_done_callback(stop_kopf)
+    try:
+        await kopf.operator(
+            registry=build_registry(settings, kube_config, toolhive_api),
+            settings=operator_settings(settings),
+            memo=context,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=settings.liveness_endpoint,
+            stop_flag=kopf_stop,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if stopping is not None:
+            stopping.remove_done_callback(stop_kopf)
+        if recheck is not None:
+            recheck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recheck
+    if recheck is None or not changed.is_set() or (stopping is not None and stopping.done()):
+        return None
+    return recheck.result()
+
+
+async def _raised(flag: Flag) -> None:
+    """Return once ``flag`` is raised (kopf's flag types), never blocking an executor thread on
+    a flag that may never be raised."""
+    if isinstance(flag, asyncio.Future):
+        await asyncio.shield(flag)
+    elif isinstance(flag, asyncio.Event):
+        await flag.wait()
+    elif isinstance(flag, concurrent.futures.Future):
+        await asyncio.shield(asyncio.wrap_future(flag))
+    else:
+        while not flag.is_set():  # noqa: ASYNC110 - a threading.Event has nothing to await
+            await asyncio.sleep(0.1)
 
 
 async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:

@@ -3,6 +3,8 @@
 :class:`WorkloadReconciler` is shared by the MCPServer handlers (full syncs: spec, pods, tools),
 the pod handler (the fast path: a pod phase change becomes a status update, no ``tools/list``)
 and the catalog handler (re-matched workloads get their new registry link in their status).
+ToolHive's objects go through it too (:meth:`WorkloadReconciler.observe`): their phase plays the
+part of the pods, and nothing is ever written back to them (no status, only Events).
 
 Concurrency: writes for one workload are serialised by a per-workload lock, and each write
 reads the *current* pod index and MCPServer index under that lock, so whichever write comes
@@ -63,6 +65,7 @@ from mcp_optimizer.operator.status import (
     same_status,
     warnings,
 )
+from mcp_optimizer.operator.toolhive_mapping import belongs_in_index, toolhive_status
 from mcp_optimizer.redaction import redact_url
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,12 @@ _POLICY_FAILURES = frozenset({"DestinationRefused", "LimitExceeded"})
 #: Failure reasons of forwarded calls that say the server is gone or broken. A timeout may be a
 #: slow tool (a re-probe tells), a limit or config failure says nothing about the server.
 _DEAD_SERVER_REASONS = frozenset({"connect", "http", "protocol", "destination"})
+#: Concurrent tools/list calls of a periodic ToolHive resync (500 servers: a burst of 500 otherwise).
+RESYNC_CONCURRENCY = 8
+#: Syncs planning and writing the index at once. The engine's pool has 8 connections, shared with
+#: the MCP endpoint and the phase fast path; 500 ToolHive servers turning Ready together otherwise
+#: queued 500 syncs on it and failed theirs after the pool's 30 s timeout (on a loaded machine).
+INDEX_WRITERS = 4
 #: How many deleted uids are remembered, to drop late writes for objects already deleted.
 _GONE_MEMORY = 10_000
 
@@ -138,7 +147,8 @@ class _Tracked:
     warned: set[tuple[str, str]] = field(default_factory=set)
     announced_registry: tuple[str, str] | None = None
     tools_task: asyncio.Task[None] | None = None
-    #: Cuts the re-probe loop's backoff short (a refresh was asked for).
+    #: Set to read the tools once more: cuts the re-probe loop's backoff short, and makes a running
+    #: read go again when it ends (whoever set it saw a newer state than the read started from).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: The value of the refresh annotation last seen: a new value forces a re-read.
     refresh_seen: str | None = None
@@ -146,6 +156,8 @@ class _Tracked:
     #: outside kopf (a failed call reported by the endpoint) run in a copy of it, so that
     #: kopf.event can post their Events.
     context: contextvars.Context | None = None
+    #: ``view.read_key`` of the last successful tools read (None: never read since the start).
+    tools_read_key: tuple[object, ...] | None = None
 
 
 class WorkloadReconciler:
@@ -171,17 +183,27 @@ class WorkloadReconciler:
         #: kopf's in-memory indices, attached at startup: namespace -> pods / MCPServer views.
         self.pods: Mapping[str, Iterable[PodState]] = {}
         self.servers: Mapping[str, Iterable[ServerView]] = {}
+        #: namespace -> views of ToolHive's objects, one kopf index per watched kind.
+        self.toolhive: Sequence[Mapping[str, Iterable[ServerView]]] = ()
         self._attached = False
         self._tracked: dict[str, _Tracked] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gone: OrderedDict[str, None] = OrderedDict()
         #: Tasks marking servers whose forwarded call failed (kept so they are not collected).
         self._marking: set[asyncio.Task[None]] = set()
+        self._index_writers = asyncio.Semaphore(INDEX_WRITERS)
 
-    def attach(self, *, pods: Mapping[str, Iterable[PodState]], servers: Mapping[str, Iterable[ServerView]]) -> None:
+    def attach(
+        self,
+        *,
+        pods: Mapping[str, Iterable[PodState]],
+        servers: Mapping[str, Iterable[ServerView]],
+        toolhive: Sequence[Mapping[str, Iterable[ServerView]]] = (),
+    ) -> None:
         """Use kopf's live indices (kopf fills them from its watches before any handler runs)."""
         self.pods = pods
         self.servers = servers
+        self.toolhive = tuple(toolhive)
         self._attached = True
 
     # ----------------------------------------------------------------------------------------
@@ -204,7 +226,7 @@ class WorkloadReconciler:
         remote server's periodic probe, which leaves ``lastSyncTime`` alone when nothing changed
         (a status write a minute per remote server would be load on the apiserver for nothing).
         """
-        with METRICS.reconcile("MCPServer", view.workload_name) as timer:
+        with METRICS.reconcile(view.kind_label, view.workload_name) as timer:
             outcome = await self._sync(view, read_tools=read_tools, current_status=current_status, probe=probe)
             timer.outcome = outcome.value
             tracked = self._tracked.get(view.workload_name)
@@ -236,7 +258,9 @@ class WorkloadReconciler:
         repeated: list[str] = []
         tools_error: str | None = None
         error_code = "ToolsListFailed"
-        attempted = read_tools and (view.remote or self._pods(view).status is WorkloadStatus.RUNNING)
+        attempted = read_tools and (
+            view.status_from_tools_list or self._cluster_status(view).status is WorkloadStatus.RUNNING
+        )
         if attempted:
             endpoint = view.tools_endpoint
             assert endpoint is not None  # parse_server guarantees it for a valid spec
@@ -260,8 +284,8 @@ class WorkloadReconciler:
                 return Outcome.STALE
             tracked = self._track(view, current_status)
             facts = tracked.facts
-            if facts.generation != view.generation:
-                # A failure of the previous spec says nothing about this one.
+            if tracked.view.read_key != view.read_key:
+                # A failure of the previous spec (or proxy URL) says nothing about this one.
                 facts.tools_error = None
             facts.generation = view.generation
             facts.spec_error = None
@@ -280,13 +304,15 @@ class WorkloadReconciler:
                     facts.tools_error = None
                     facts.clip_note = clip_note(tools, self.policy.limits)
                     facts.tools_generation = view.generation
+                    tracked.tools_read_key = view.read_key
                     if not (probe and unchanged and facts.last_sync_time):
                         facts.last_sync_time = now_rfc3339()
                     facts.repeated_tools = tuple(repeated)
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
             try:
-                result = await self.indexer.apply_workload(spec)
+                async with self._index_writers:
+                    result = await self.indexer.apply_workload(spec)
             except WorkloadSpecError as exc:
                 return await self._invalid(tracked, view, str(exc))
             except DuplicateRegistryServersError as exc:
@@ -337,31 +363,36 @@ class WorkloadReconciler:
                 await self.refresh_status(view)
 
     async def refresh_status(self, view: ServerView) -> None:
-        """Re-evaluate a container server's pods; write status only, never ``tools/list``."""
+        """Re-evaluate a container server's pods (or a ToolHive object's phase); write status
+        only, never ``tools/list``: one SQLite write from the change to search."""
         name = view.workload_name
         async with self._locks[name]:
             tracked = self._tracked.get(name)
             if tracked is None or tracked.view.uid != view.uid or self._superseded(view):
                 return
             facts = tracked.facts
-            pods = self._pods(view, tracked)
+            cluster = self._cluster_status(view, tracked)
             runtime = self._runtime(view, facts)
             if runtime != facts.runtime and facts.spec_error is None:
-                with METRICS.reconcile("Pod", name) as timer:
+                with METRICS.reconcile("Pod" if view.toolhive is None else view.kind_label, name) as timer:
                     before = facts.runtime.status.value if facts.runtime else "none"
                     await self.indexer.set_workload_status(name, runtime.status, runtime.message)
                     facts.runtime = runtime
                     await self._publish(tracked)
                     timer.changes = f"status {before} -> {runtime.status.value} ({runtime.code})"
             # First Running (for this spec) or a failed read: the tools must be read now.
-            needs_tools = facts.tools_generation != view.generation or facts.tools_error is not None
-            if pods.status is WorkloadStatus.RUNNING and needs_tools:
+            needs_tools = tracked.tools_read_key != view.read_key or facts.tools_error is not None
+            if cluster.status is WorkloadStatus.RUNNING and needs_tools:
                 self._start_tools_read(tracked)
 
     def _start_tools_read(self, tracked: _Tracked, *, context: contextvars.Context | None = None) -> None:
-        """Read the tools now and re-probe with backoff until the server answers (one loop per object)."""
+        """Sync in the background, reading the tools if the server runs, and re-probe with backoff
+        until it answers (one loop per object). If one is running already, it reads once more when
+        it ends (at once, if it is waiting to retry): whoever asks has seen a newer state than the
+        running one started from (a refresh, or ToolHive's Ready arriving while the row of the
+        status-less object is being written)."""
         if tracked.tools_task is not None and not tracked.tools_task.done():
-            tracked.wake.set()  # the running loop reads again at once
+            tracked.wake.set()
             return
         tracked.wake.clear()
         # The task inherits the handler's context (or the given one), so kopf.event works in it.
@@ -384,12 +415,20 @@ class WorkloadReconciler:
             except Exception:
                 logger.exception("Reading the tools of %s failed", name)
                 outcome = Outcome.TOOLS_FAILED
+            if outcome is Outcome.STALE:
+                latest = self._latest(name)
+                if latest is None or latest.uid != uid or latest.deleting or latest.read_key == view.read_key:
+                    return
+                continue  # a newer version (e.g. another proxy URL) arrived during the read: read that
+            tracked = self._tracked.get(name)
+            if tracked is None:
+                return  # withdrawn or forgotten during the read
             if outcome is not Outcome.TOOLS_FAILED:
                 if tracked.wake.is_set() and outcome is Outcome.OK:
                     attempt = 0
-                    continue  # asked again (a refresh) while this read ran: read once more
+                    continue  # asked again during this one (see _start_tools_read): read once more
                 return
-            if not view.remote and self._pods(view).status is not WorkloadStatus.RUNNING:
+            if not view.status_from_tools_list and self._cluster_status(view).status is not WorkloadStatus.RUNNING:
                 return  # the next Running starts a new read
             # Until it answers again: 1, 2, 4, ... seconds, then every probe interval.
             with contextlib.suppress(TimeoutError):
@@ -435,7 +474,7 @@ class WorkloadReconciler:
         if tracked is None or tracked.view.spec_error is not None:
             return  # not an object of this operator (or of this replica)
         context = tracked.context.copy() if tracked.context is not None else None
-        if tracked.view.remote and error.reason in _DEAD_SERVER_REASONS:
+        if tracked.view.status_from_tools_list and error.reason in _DEAD_SERVER_REASONS:
             task = asyncio.get_running_loop().create_task(
                 self._mark_dead(tracked, error), name=f"mark {workload_name}", context=context
             )
@@ -454,12 +493,96 @@ class WorkloadReconciler:
             facts.tools_error = f"MCPServer {name}: a forwarded tools/call got no answer ({error.reason}): {error}"
             facts.tools_error_code = "CallFailed"
             runtime = self._runtime(view, facts)
-            with METRICS.reconcile("MCPServer", name) as timer:
+            with METRICS.reconcile(view.kind_label, name) as timer:
                 await self.indexer.set_workload_status(name, runtime.status, runtime.message)
                 facts.runtime = runtime
                 await self._publish(tracked)
                 timer.changes = f"status {runtime.status.value} ({runtime.code}): a forwarded call failed"
         self._start_tools_read(tracked)
+
+    # ----------------------------------------------------------------------------------------
+    # ToolHive's objects (read-only): their phase is their pods
+    # ----------------------------------------------------------------------------------------
+
+    async def observe(self, view: ServerView) -> None:
+        """One of ToolHive's objects was listed or changed.
+
+        A phase change reaches the index in one write (:meth:`refresh_status`); tools are read in
+        the background when the server first runs and whenever what they depend on changes
+        (``view.read_key``), so a slow proxy never delays a phase change.
+        """
+        if view.deleting:
+            await self.forget(view)  # ToolHive's own finalizer holds it; it no longer serves
+            return
+        if view.toolhive is not None and view.toolhive.excluded is not None:
+            await self.withdraw(view)
+            return
+        tracked = self._tracked.get(view.workload_name)
+        if view.spec_error is not None or (tracked is not None and tracked.facts.spec_error is not None):
+            await self.sync(view, read_tools=False)  # reports (or clears) the invalid spec
+        elif tracked is None or tracked.view.uid != view.uid or tracked.view.read_key != view.read_key:
+            # New, or its spec, proxy URL or tool configuration changed: a full sync in the
+            # background (tools are read if it runs; the row is written once). A newer version
+            # arriving meanwhile supersedes it before it writes (objects are usually created
+            # without a status, which ToolHive writes a moment later).
+            self._start_tools_read(self._track(view, None))
+        else:
+            await self.refresh_status(view)  # only the phase (or nothing we read) changed
+
+    async def withdraw(self, view: ServerView) -> None:
+        """Keep an object that is not to be indexed (``toolhive.excluded``) out of the index."""
+        name = view.workload_name
+        async with self._locks[name]:
+            tracked = self._tracked.pop(name, None)
+            if tracked is None:
+                return  # never indexed in this run (rows of an earlier run are garbage-collected)
+            if tracked.tools_task is not None:
+                tracked.tools_task.cancel()
+            await self.indexer.delete_workload(name)
+            logger.info("Removed workload %s: %s", name, (view.toolhive.excluded if view.toolhive else None))
+
+    def tool_config_changed(self, namespace: str, config: str) -> list[str]:
+        """An MCPToolConfig changed: read the tools of the running servers that use it again.
+
+        Returns the workloads whose tools are read again.
+        """
+        names = []
+        for view in self.toolhive_views(namespace):
+            state = view.toolhive
+            if state is None or state.tool_config != config or not belongs_in_index(view):
+                continue
+            tracked = self._tracked.get(view.workload_name)
+            if tracked is None or tracked.view.uid != view.uid:
+                continue  # its first read is under way or due
+            if toolhive_status(view).status is WorkloadStatus.RUNNING:
+                self._start_tools_read(tracked)
+                names.append(view.workload_name)
+        return names
+
+    async def resync_toolhive(self) -> None:
+        """Every resync interval: re-read running ToolHive servers' tools and re-write their rows
+        (kopf does not retry event handlers, so this is what heals a failed write)."""
+        limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+        async def one(view: ServerView) -> None:
+            async with limit:
+                try:
+                    await self.sync(view, read_tools=True)
+                except Exception:
+                    logger.exception("Resync of %s failed", view.workload_name)
+
+        await asyncio.gather(*(one(v) for v in self.toolhive_views() if belongs_in_index(v) or v.spec_error))
+
+    def toolhive_views(self, namespace: str | None = None) -> list[ServerView]:
+        """The current views of ToolHive's objects (of one namespace, or all)."""
+        views: list[ServerView] = []
+        for index in self.toolhive:
+            if namespace is not None:
+                views.extend(index.get(namespace, ()))
+            else:
+                for items in index.values():
+                    views.extend(items)
+        return views
 
     # ----------------------------------------------------------------------------------------
     # Catalog changes, deletion, garbage
@@ -477,7 +600,7 @@ class WorkloadReconciler:
                 await self._publish(tracked)
 
     async def forget(self, view: ServerView) -> None:
-        """The MCPServer is being deleted: remove its rows (idempotent)."""
+        """The object is being deleted (or is gone): remove its rows (idempotent)."""
         name = view.workload_name
         async with self._locks[name]:
             self._gone[view.uid] = None
@@ -532,9 +655,10 @@ class WorkloadReconciler:
 
     def _latest(self, name: str) -> ServerView | None:
         namespace = name.split("/", 1)[0]
-        for view in self.servers.get(namespace, ()):
-            if view.workload_name == name:
-                return view
+        for index in (self.servers, *self.toolhive):
+            for view in index.get(namespace, ()):
+                if view.workload_name == name:
+                    return view
         return None
 
     def _superseded(self, view: ServerView) -> bool:
@@ -546,7 +670,7 @@ class WorkloadReconciler:
             # kopf indexes an object before any of its handlers run, so once the indices are
             # attached, an object missing from them is gone (e.g. a timer of a force-deleted one).
             return self._attached
-        return latest.uid != view.uid or latest.deleting or latest.generation > view.generation
+        return latest.uid != view.uid or latest.deleting or latest.read_key != view.read_key
 
     def _pods(self, view: ServerView, tracked: _Tracked | None = None) -> RuntimeStatus:
         pods = list(self.pods.get(view.namespace, ()))
@@ -554,19 +678,25 @@ class WorkloadReconciler:
             tracked.pod_names = frozenset(p.name for p in pods if view.selector.matches(p.label_map))
         return pods_status(pods, view.selector)
 
+    def _cluster_status(self, view: ServerView, tracked: _Tracked | None = None) -> RuntimeStatus:
+        """What the cluster says: a container server's pods, or the phase ToolHive reports (read
+        from the object's latest version: a phase change moves no ``read_key``)."""
+        if view.toolhive is not None:
+            return toolhive_status(self._latest(view.workload_name) or view)
+        return self._pods(view, tracked)
+
     def _runtime(self, view: ServerView, facts: ServerFacts, *, tool_count: int | None = None) -> RuntimeStatus:
-        """The status the cluster gives the server: pods (container) or tools/list (remote)."""
-        if view.remote:
+        """The status the cluster gives the server: pods or ToolHive's phase, or tools/list (remote)."""
+        if view.status_from_tools_list:
             if facts.tools_error is not None:
                 return tools_failed(facts.tools_error, facts.tools_error_code)
             if tool_count is not None or facts.tools_generation is not None:
                 return tools_listed(tool_count if tool_count is not None else facts.tool_count)
             return facts.runtime or RuntimeStatus(WorkloadStatus.STOPPED, "NotRead", "tools/list not called yet")
-        tracked = self._tracked.get(view.workload_name)
-        pods = self._pods(view, tracked)
-        if pods.status is WorkloadStatus.RUNNING and facts.tools_error is not None:
+        cluster = self._cluster_status(view, self._tracked.get(view.workload_name))
+        if cluster.status is WorkloadStatus.RUNNING and facts.tools_error is not None:
             return tools_failed(facts.tools_error, facts.tools_error_code)
-        return pods
+        return cluster
 
     @staticmethod
     def _absorb(facts: ServerFacts, result: WorkloadResult) -> None:
@@ -580,12 +710,14 @@ class WorkloadReconciler:
     async def _publish(self, tracked: _Tracked) -> None:
         """Write the status if it changed, and post Events for new problems and link changes."""
         view = tracked.view
-        previous = (tracked.written or {}).get("conditions") or ()
-        status = render_status(tracked.facts, previous)
-        if not same_status(status, tracked.written):
-            if not await self.writer.write(view.namespace, view.name, status):
-                return  # the object is gone; its deletion cleans up
-            tracked.written = status
+        # ToolHive's objects are never written: their status belongs to ToolHive's operator.
+        if view.toolhive is None:
+            previous = (tracked.written or {}).get("conditions") or ()
+            status = render_status(tracked.facts, previous)
+            if not same_status(status, tracked.written):
+                if not await self.writer.write(view.namespace, view.name, status):
+                    return  # the object is gone; its deletion cleans up
+                tracked.written = status
         self._post_events(tracked)
 
     @staticmethod

@@ -114,6 +114,17 @@ def test_default_install_is_secure():
     assert set(by_port) <= container_ports
 
 
+def test_toolhive_rbac_is_read_only():
+    """The optional ToolHive role: list and watch on ToolHive's server resources, nothing else."""
+    rules = _rules(MANIFESTS / "optional" / "toolhive-rbac.yaml")
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == {
+        ("toolhive.stacklok.dev", resource, verb)
+        for resource in ("mcpservers", "mcpremoteproxies", "mcpserverentries", "mcptoolconfigs")
+        for verb in ("list", "watch")
+    }
+
+
 def test_deployment_is_hardened():
     docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
     (deployment,) = by_kind(docs, "Deployment")

@@ -345,7 +345,9 @@ def test_network_policy_values(helm, kube_api, namespace):
 def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces, monkeypatch):
     """Peering: kopf's CRDs come first (deploy/manifests/optional), then the chart's peering
     objects and the RBAC rules for them, cluster-wide and per namespace."""
-    kubectl(kubeconfig, "apply", "-f", str(Path(__file__).parents[2] / "deploy/manifests/optional"))
+    # That file only: optional/ also holds the ToolHive role, which would then not be Helm's.
+    crds = Path(__file__).parents[2] / "deploy/manifests/optional/kopf-peering-crds.yaml"
+    kubectl(kubeconfig, "apply", "-f", str(crds))
     kubectl(
         kubeconfig,
         "wait",

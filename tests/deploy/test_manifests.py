@@ -25,6 +25,7 @@ def test_manifest_files_are_there():
         "10-crds.yaml",
         "20-mcp-optimizer.yaml",
         "optional/kopf-peering-crds.yaml",
+        "optional/toolhive-rbac.yaml",
     ]
 
 
@@ -55,6 +56,16 @@ def test_manifests_agree_with_the_chart(helm, operator_namespace):
     (namespace,) = objects((MANIFESTS / "00-namespace.yaml").read_text())
     assert namespace["kind"] == "Namespace" and namespace["metadata"]["name"] == OPERATOR_NAMESPACE
     assert {d["metadata"].get("namespace") for d in plain} <= {OPERATOR_NAMESPACE, None}
+
+
+def test_toolhive_rbac_manifest_agrees_with_the_chart(helm, operator_namespace):
+    """optional/toolhive-rbac.yaml is the chart's ToolHive RBAC with toolhive.enabled=true."""
+    plain = objects((MANIFESTS / "optional" / "toolhive-rbac.yaml").read_text())
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"toolhive": {"enabled": True}}) as release:
+        rendered = [d for d in objects(release["manifest"]) if d["metadata"]["name"].endswith("-toolhive")]
+    assert [key(d) for d in plain] == [key(d) for d in rendered], "run scripts/render-manifests"
+    assert plain == rendered, "run scripts/render-manifests"
+    assert [d["kind"] for d in plain] == ["ClusterRole", "ClusterRoleBinding"]
 
 
 EXAMPLES = MANIFESTS.parent / "examples"

@@ -112,3 +112,30 @@ Values that cannot work are refused at install time, with what to do instead.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+ToolHive interop: "true" when the chart grants read access to ToolHive's resources, i.e.
+toolhive.enabled is true, or auto and ToolHive's API is served when the chart is installed.
+*/}}
+{{- define "mcp-optimizer.toolhiveEnabled" -}}
+{{- $mode := toString .Values.toolhive.enabled -}}
+{{- if not (has $mode (list "auto" "true" "false")) -}}
+{{- fail (printf "toolhive.enabled must be auto, true or false, got %q" $mode) -}}
+{{- end -}}
+{{- $served := or (.Capabilities.APIVersions.Has "toolhive.stacklok.dev/v1beta1") (.Capabilities.APIVersions.Has "toolhive.stacklok.dev/v1alpha1") -}}
+{{- if or (eq $mode "true") (and (eq $mode "auto") $served) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+The operator's one rule on ToolHive's resources: read them, nothing else (it never writes a
+finalizer, annotation or status there). virtualmcpservers only when a group is indexed through one.
+*/}}
+{{- define "mcp-optimizer.toolhiveRules" -}}
+# ToolHive's servers and the MCPToolConfigs they use (read-only; kopf's list+watch streams and
+# the garbage collector's listing).
+- apiGroups: ["toolhive.stacklok.dev"]
+  resources: ["mcpservers", "mcpremoteproxies", "mcpserverentries", "mcptoolconfigs"{{ if .Values.toolhive.vmcpGroups }}, "virtualmcpservers"{{ end }}]
+  verbs: ["list", "watch"]
+{{- end }}
