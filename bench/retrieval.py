@@ -23,7 +23,6 @@ first run of a model embeds its tools.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import statistics
 import time
@@ -33,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bench.common import (
     BENCH_MODELS,
-    RecordingEmbedder,
     base_parser,
     load_embedder,
     percentile,
@@ -51,6 +48,7 @@ from mcp_optimizer.embeddings.texts import tool_embedding_text
 from mcp_optimizer.testing.devsets import (
     METRICS,
     SLICES,
+    DegradedEmbedder,
     DevSet,
     Query,
     QueryResult,
@@ -84,37 +82,6 @@ class Config:
     def name(self) -> str:
         name = self.label if self.model is None else f"{self.model}: {self.label}"
         return f"{name} (vector degraded {self.degraded:.0%})" if self.degraded else name
-
-
-class DegradedEmbedder(RecordingEmbedder):
-    """The same model made weak on purpose: for a fixed share of the queries it embeds another
-    query of the slice instead (chosen by hash, so every configuration gets the same wrong
-    answers). The vector list then has a real query's profile of scores but is about something
-    else, which is how an embedder that does not understand a set's requests looks to fusion;
-    ``--degrade 0.3`` costs the previous RRF default about what the private set showed (-0.07
-    R@5 against BM25)."""
-
-    def __init__(self, base: RecordingEmbedder, share: float) -> None:
-        super().__init__(base.model_path, model=base.spec, batch_size=base.batch_size)
-        self._model = base._model
-        self.share = share
-        #: The queries a swapped query is drawn from (the slice being scored).
-        self.pool: list[str] = []
-
-    @staticmethod
-    def _hash(text: str, salt: str = "") -> int:
-        return int(hashlib.sha256((salt + text).encode()).hexdigest()[:12], 16)
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> npt.NDArray[np.float32]:
-        if query and self.pool:
-            texts = [self._swap(t) for t in texts]
-        return super().embed(texts, query=query)
-
-    def _swap(self, text: str) -> str:
-        if self._hash(text) % 1000 >= self.share * 1000:
-            return text
-        other = self.pool[self._hash(text, "other") % len(self.pool)]
-        return other if other != text else self.pool[(self.pool.index(other) + 1) % len(self.pool)]
 
 
 #: Fusion candidates, each a set of ToolSearch options; ``default`` is ToolSearch's own defaults.

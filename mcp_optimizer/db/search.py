@@ -272,56 +272,27 @@ class ToolSearch:
         namespaces: Sequence[str] | None,
         server: str | None,
     ) -> list[ToolHit]:
-        bm25: list[tuple[int, float]] = []
-        vector: list[tuple[int, float]] = []
-        async with self.engine.connect() as conn:
-            server_id = None
-            if server is not None:
+        server_id = None
+        if server is not None:
+            async with self.engine.connect() as conn:
                 server_id = (await conn.execute(
                     text("SELECT id FROM mcpservers_workload WHERE workload_name = :w"), {"w": server})).scalar()
-                if server_id is None:
-                    return []
-            if match:
-                params: dict[str, Any] = {"m": match, "k": pool}
-                where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
-                    params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
-                if server_id is not None:
-                    where.append("s.id = :sid")
-                    params["sid"] = server_id
-                # CROSS JOIN fixes the join order: the full-text match runs once and drives the
-                # primary-key lookups. With a plain JOIN SQLite starts from the RUNNING servers and
-                # re-runs the MATCH for every one of their tools (35 ms on 527 tools, 0.5 ms so).
-                # FTS5's bm25() is lower-is-better; negated, every retriever's score is higher-is-better.
-                rows = await conn.execute(text(
-                    f"SELECT f.rowid, -{self._bm25(WORKLOAD_TOOL_FTS)} AS score FROM {WORKLOAD_TOOL_FTS} f "
-                    "CROSS JOIN tools_workload t ON t.id = f.rowid "
-                    f"CROSS JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
-                    "ORDER BY score DESC, f.rowid LIMIT :k"), params)
-                bm25 = [(rowid, float(score)) for rowid, score in rows]
-            if embedding is not None:
-                embeddings = [to_bytes(v) for v in await embedding]
-                params = {"k": pool}
-                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
-                         *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
-                if server_id is not None:
-                    where.append("server_id = :sid")
-                    params["sid"] = server_id
-                knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
-                           "ORDER BY distance")
-                # A tool's similarity is its best against the whole query or any of its parts.
-                best_similarity: dict[int, float] = {}
-                for query_vector in embeddings:
-                    for rowid, distance in await conn.execute(knn, {**params, "q": query_vector}):
-                        best_similarity[rowid] = max(best_similarity.get(rowid, -1.0), 1.0 - float(distance))
-                found = {rowid for rowid, _ in bm25}
-                ranked = sorted(best_similarity, key=lambda r: (-best_similarity[r], r))[:pool]
-                vector = [(rowid, best_similarity[rowid]) for rowid in ranked
-                          if best_similarity[rowid] >= self.min_similarity or rowid in found]
-            scores = self._fuse(bm25, vector)
-            similarity = dict(vector)
-            # Equal fused scores are common under rank fusion; the vector similarity breaks the
-            # tie, then the id (stable answers).
-            best = sorted(scores, key=lambda r: (-scores[r], -similarity.get(r, -1.0), r))[:limit]
+            if server_id is None:
+                return []
+        # The two retrievers run at once, each on its own connection (SQLite leaves Python's
+        # lock while it works): the KNN scan, the larger cost at 20,000 tools, starts as soon as
+        # the query is embedded instead of after the full-text query.
+        bm25, similarities = await asyncio.gather(
+            self._bm25_hits(match, pool, groups, namespaces, server_id),
+            self._vector_hits(embedding, pool, groups, namespaces, server_id))
+        found = {rowid for rowid, _ in bm25}
+        vector = [(rowid, similarity) for rowid, similarity in similarities
+                  if similarity >= self.min_similarity or rowid in found]
+        scores = self._fuse(bm25, vector)
+        similarity = dict(vector)
+        # Equal fused scores break by the vector similarity, then the id (stable answers).
+        best = sorted(scores, key=lambda r: (-scores[r], -similarity.get(r, -1.0), r))[:limit]
+        async with self.engine.connect() as conn:
             details = await self._tool_details(conn, best)
         vector_rank = {rowid: rank for rank, (rowid, _) in enumerate(vector, start=1)}
         bm25_rank = {rowid: rank for rank, (rowid, _) in enumerate(bm25, start=1)}
@@ -330,6 +301,57 @@ class ToolSearch:
                     vector_rank=vector_rank.get(rowid), bm25_rank=bm25_rank.get(rowid))
             for rowid in best if rowid in details
         ]
+
+    async def _bm25_hits(
+        self, match: str, pool: int, groups: Sequence[str] | None, namespaces: Sequence[str] | None,
+        server_id: str | None,
+    ) -> list[tuple[int, float]]:
+        """The ``pool`` best full-text matches of RUNNING workloads' tools, with their BM25 scores."""
+        if not match:
+            return []
+        params: dict[str, Any] = {"m": match, "k": pool}
+        where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
+            params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
+        if server_id is not None:
+            where.append("s.id = :sid")
+            params["sid"] = server_id
+        # CROSS JOIN fixes the join order: the full-text match runs once and drives the
+        # primary-key lookups. With a plain JOIN SQLite starts from the RUNNING servers and
+        # re-runs the MATCH for every one of their tools (35 ms on 527 tools, 0.5 ms so).
+        # FTS5's bm25() is lower-is-better; negated, every retriever's score is higher-is-better.
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(
+                f"SELECT f.rowid, -{self._bm25(WORKLOAD_TOOL_FTS)} AS score FROM {WORKLOAD_TOOL_FTS} f "
+                "CROSS JOIN tools_workload t ON t.id = f.rowid "
+                f"CROSS JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
+                "ORDER BY score DESC, f.rowid LIMIT :k"), params)
+            return [(rowid, float(score)) for rowid, score in rows]
+
+    async def _vector_hits(
+        self, embedding: asyncio.Future[Any] | None, pool: int, groups: Sequence[str] | None,
+        namespaces: Sequence[str] | None, server_id: str | None,
+    ) -> list[tuple[int, float]]:
+        """The ``pool`` RUNNING workloads' tools nearest to the query (or any of its parts),
+        best first, with their cosine similarity."""
+        if embedding is None:
+            return []
+        embeddings = [to_bytes(v) for v in await embedding]
+        params: dict[str, Any] = {"k": pool}
+        where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
+                 *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
+        if server_id is not None:
+            where.append("server_id = :sid")
+            params["sid"] = server_id
+        knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
+                   "ORDER BY distance")
+        # A tool's similarity is its best against the whole query or any of its parts.
+        best: dict[int, float] = {}
+        async with self.engine.connect() as conn:
+            for query_vector in embeddings:
+                for rowid, distance in await conn.execute(knn, {**params, "q": query_vector}):
+                    best[rowid] = max(best.get(rowid, -1.0), 1.0 - float(distance))
+        ranked = sorted(best, key=lambda r: (-best[r], r))[:pool]
+        return [(rowid, best[rowid]) for rowid in ranked]
 
     async def _tool_details(self, conn: AsyncConnection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         if not ids:

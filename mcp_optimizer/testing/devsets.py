@@ -37,6 +37,7 @@ No set's tools or wording is special-cased anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -48,8 +49,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import SearchMode, ToolSearch
+from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import WorkloadSpec
 from mcp_optimizer.testing.shared import shared_dir
 
@@ -221,6 +226,51 @@ def workload_specs(devset: DevSet) -> list[WorkloadSpec]:
                      namespace=devset.name, tools=json.loads(json.dumps(tools)))
         for i, (server, tools) in enumerate(devset.servers)
     ]
+
+
+def subset(devset: DevSet, sizes: dict[str, int], distractors: int) -> DevSet:
+    """A fixed smaller copy of ``devset`` (seed 0): ``sizes[slice]`` queries of each slice and a
+    pool of the tools they need plus ``distractors`` other tools, on their own servers."""
+    slices = {name: sample(queries, sizes[name]) for name, queries in devset.slices.items() if name in sizes}
+    needed = {pair for queries in slices.values() for query in queries for group in query.groups for pair in group}
+    others = sorted({(server, str(t["name"])) for server, tools in devset.servers for t in tools} - needed)
+    keep = needed | set(random.Random(0).sample(others, min(distractors, len(others))))
+    servers = [(server, [t for t in tools if (server, t["name"]) in keep]) for server, tools in devset.servers]
+    return DevSet(devset.name, [(server, tools) for server, tools in servers if tools], slices)
+
+
+class DegradedEmbedder(FastEmbedder):
+    """The same model made weak on purpose: for a fixed share of the queries it embeds another
+    query of the slice instead (chosen by hash, so every configuration gets the same wrong
+    answers). The vector list then has a real query's profile of scores but is about something
+    else, which is how an embedder that does not understand a set's requests looks to fusion;
+    ``--degrade 0.3`` costs the previous RRF default about what the private set showed (-0.07
+    R@5 against BM25)."""
+
+    def __init__(self, base: FastEmbedder, share: float) -> None:
+        super().__init__(base.model_path, base.spec, batch_size=base.batch_size)
+        base.load()
+        self._model = base._model  # the same ONNX session, a cache of its own
+        self.share = share
+        #: The queries a swapped query is drawn from (the slice being scored).
+        self.pool: list[str] = []
+
+    @staticmethod
+    def _hash(text: str, salt: str = "") -> int:
+        return int(hashlib.sha256((salt + text).encode()).hexdigest()[:12], 16)
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> npt.NDArray[np.float32]:
+        """Passages as the model makes them; a query of the pool may be swapped for another."""
+        if query and self.pool:
+            texts = [self._swap(t) for t in texts]
+        return super().embed(texts, query=query)
+
+    def _swap(self, text: str) -> str:
+        if self._hash(text) % 1000 >= self.share * 1000:
+            return text
+        other = self.pool[self._hash(text, "other") % len(self.pool)]
+        return other if other != text else self.pool[(self.pool.index(other) + 1) % len(self.pool)]
+
 
 
 # ---------------------------------------------------------------------------------- scoring
