@@ -132,12 +132,17 @@ async def run_model(model: str | None, configs: Sequence[Config], sets: Sequence
             tools = sum(len(t) for _, t in devset.servers)
             print(f"  [{model or 'bm25'}] indexed {devset.name}: {tools} tools in {time.perf_counter() - start:.1f} s",
                   flush=True)
+            degraded: dict[float, DegradedEmbedder] = {}
             for config in configs:
                 query_model: Embedder | None = None
                 if embedder is not None:
                     query_model = embedder if cached_queries else uncached(embedder)
                     if config.degraded:
-                        query_model = DegradedEmbedder(embedder, config.degraded)
+                        # One per share: every configuration gets the same swapped queries, and
+                        # with --cached-queries they are embedded once.
+                        if not cached_queries or config.degraded not in degraded:
+                            degraded[config.degraded] = DegradedEmbedder(embedder, config.degraded)
+                        query_model = degraded[config.degraded]
                 search = ToolSearch(indexer.engine, query_model, **dict(config.options))
                 for name in wanted:
                     if isinstance(query_model, DegradedEmbedder):

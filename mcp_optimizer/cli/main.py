@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
-from mcp_optimizer.config import Settings
+from mcp_optimizer.config import SEARCH_MODES, Settings
 from mcp_optimizer.db.engine import IndexOpenError
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", type=Path, help="index file (default: $MCP_OPTIMIZER_DB or ./mcp-optimizer.db)")
     parser.add_argument("--model-path", type=Path,
                         help="embedding model directory (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_PATH)")
+    parser.add_argument("--model", help="embedding model name (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_NAME)")
+    parser.add_argument("--search-mode", choices=SEARCH_MODES,
+                        help="hybrid, or bm25: keyword-only, no model (default: $MCP_OPTIMIZER_SEARCH_MODE)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -335,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
+        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path,
+                                                      embedding_model_name=args.model, search_mode=args.search_mode)
         return int(asyncio.run(args.handler(args, settings)))
     except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,11 +30,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
+@pytest.mark.parametrize("mode", ["hybrid", "bm25"])
+async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path, mode):
     mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
-        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
+        # Keyword-only: no model at all (the path points nowhere, so loading one would fail).
+        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path if mode == "hybrid"
+                                                  else tmp_path / "no-model"),
+        "MCP_OPTIMIZER_SEARCH_MODE": mode,
         "MCP_OPTIMIZER_NAMESPACES": ns,
         "MCP_OPTIMIZER_MCP_HOST": "127.0.0.1",
         "MCP_OPTIMIZER_MCP_PORT": str(mcp_port),
