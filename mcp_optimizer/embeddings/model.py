@@ -59,8 +59,10 @@ class ModelSpec:
     query_prefix: str = ""
     passage_prefix: str = ""
     #: Cosine similarity below which a vector hit counts only if full-text search found it too:
-    #: a query no tool answers then returns nothing. Each model has its own scale (e5's
-    #: unrelated texts sit near 0.75, MiniLM's near 0.1).
+    #: a query no tool answers then returns nothing. Each model has its own scale (e5 puts
+    #: unrelated texts near 0.8, MiniLM near 0.2), so each known model's floor sits at the same
+    #: place: the 25th percentile of the similarity between a dev-set query and its relevant
+    #: tool (where MiniLM's long-standing 0.3 is; 10,000 pairs, bench/RESULTS.md).
     min_similarity: float = 0.3
 
     @property
@@ -70,9 +72,10 @@ class ModelSpec:
         return f"{self.name}|dim={self.dim}|passage={self.passage_prefix!r}"
 
 
-MINILM = ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 384)
-E5_SMALL = ModelSpec("intfloat/multilingual-e5-small", 384, query_prefix="query: ", passage_prefix="passage: ")
-WORDLLAMA = ModelSpec("dleemiller/word-llama-l2-supercat", 256)
+MINILM = ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 384, min_similarity=0.30)
+E5_SMALL = ModelSpec("intfloat/multilingual-e5-small", 384, query_prefix="query: ", passage_prefix="passage: ",
+                     min_similarity=0.82)
+WORDLLAMA = ModelSpec("dleemiller/word-llama-l2-supercat", 256, min_similarity=0.28)
 #: The models measured on every retrieval slice (bench/retrieval.py), by fastembed name.
 KNOWN_MODELS = {spec.name: spec for spec in (MINILM, E5_SMALL, WORDLLAMA)}
 
@@ -92,6 +95,7 @@ def model_spec(
         dim if dim is not None else known.dim,  # type: ignore[union-attr]
         query_prefix if query_prefix is not None else (known.query_prefix if known else ""),
         passage_prefix if passage_prefix is not None else (known.passage_prefix if known else ""),
+        known.min_similarity if known else ModelSpec.min_similarity,
     )
 
 
