@@ -3,11 +3,12 @@
 One place decides what a tool "says", so that ingestion, re-embedding and search agree.
 The full-text row is the tool's whole vocabulary: its name split into words, its server's
 name, its description, and its arguments (names split into words, descriptions, enum values,
-one level of nested object properties). Each part was measured on every retrieval slice
-(``bench/RESULTS.md``, "Lexical side"): arguments are worth the most (BFCL live R@5 0.705 ->
-0.773), enum values and nested properties next (BFCL live R@1 0.509 -> 0.574: users say
-"in fahrenheit" and the schema lists it), the server name helps where servers have real names
-(LiveMCPBench MRR@10 0.453 -> 0.471). The embedding text is kept short (context, name,
+one level of nested object properties). Each part was measured with BM25 alone on every
+retrieval slice (``python -m bench.lexical``; bench/RESULTS.md, "Lexical side"): arguments are
+worth the most (BFCL live R@5 0.705 -> 0.773), enum values and nested properties next (BFCL
+live R@1 0.509 -> 0.574: users say "in fahrenheit" and the schema lists it), the server name
+helps where servers have real names (LiveMCPBench MRR@10 0.453 -> 0.471; BFCL's made-up
+server labels lose 0.004-0.008 R@5). The embedding text is kept short (context, name,
 description) because the models truncate at 256-512 word pieces and long argument lists
 drown the description.
 """
