@@ -33,19 +33,21 @@ import numpy.typing as npt
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition, load_catalog_file
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.embeddings import Embedder, FastEmbedder
+from mcp_optimizer.embeddings import Embedder, FastEmbedder, ModelSpec
+from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
-from mcp_optimizer.testing.shared import model_path, shared_dir
+
+# Re-exported: the benchmarks take the real data from here.
+from mcp_optimizer.testing.devsets import data_dir as data_dir
+from mcp_optimizer.testing.devsets import livemcpbench_servers as livemcpbench_servers
+from mcp_optimizer.testing.devsets import livemcpbench_tasks as livemcpbench_tasks
+from mcp_optimizer.testing.shared import model_path, shared_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20251125
 
 
 # ------------------------------------------------------------------------------ locations
-
-
-def data_dir() -> Path:
-    return shared_dir() / "data"
 
 
 def cache_dir() -> Path:
@@ -172,6 +174,14 @@ def stopwatch() -> Iterator[list[float]]:
 # ---------------------------------------------------------------------------------- model
 
 
+#: The models measured by the benchmarks, by short name: (spec, folder in ``../shared/models``).
+BENCH_MODELS: dict[str, tuple[ModelSpec, str]] = {
+    "minilm": (MINILM, "all-MiniLM-L6-v2"),
+    "e5": (E5_SMALL, "multilingual-e5-small-q4"),
+    "wordllama": (WORDLLAMA, "wordllama-l2-supercat-256"),
+}
+
+
 class RecordingEmbedder(FastEmbedder):
     """The real model, remembering every text it actually ran (cache misses), in order."""
 
@@ -201,11 +211,62 @@ class RecordingEmbedder(FastEmbedder):
         return busy
 
 
-def load_embedder(**kwargs: Any) -> RecordingEmbedder:
-    path = model_path()
+class DiskCachedEmbedder(RecordingEmbedder):
+    """The real model, with every vector it makes kept on disk (``cache_dir()/vectors.sqlite``,
+    keyed by the model's fingerprint and the exact text), so that rebuilding a benchmark index
+    embeds only texts no earlier run has seen. Used for the texts an index stores, never for
+    queries whose latency is measured."""
+
+    def __init__(self, path: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        import sqlite3
+
+        self._disk = sqlite3.connect(cache_dir() / "vectors.sqlite", check_same_thread=False)
+        self._disk.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_sha TEXT, vector BLOB, "
+                           "PRIMARY KEY (model, text_sha))")
+        self.disk_hits = 0
+
+    def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        import hashlib
+
+        keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        found: dict[str, bytes] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self._disk.execute(
+                f"SELECT text_sha, vector FROM vectors WHERE model = ? AND text_sha IN ({','.join('?' * len(chunk))})",
+                [self.spec.fingerprint, *chunk])
+            found.update(dict(rows))
+        missing = [t for t, k in zip(texts, keys, strict=True) if k not in found]
+        if missing:
+            fresh = super()._embed_batch(missing)
+            for text, vector in zip(missing, fresh, strict=True):
+                found[hashlib.sha256(text.encode()).hexdigest()] = np.asarray(vector, "<f4").tobytes()
+            self._disk.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", [
+                (self.spec.fingerprint, hashlib.sha256(t.encode()).hexdigest(),
+                 found[hashlib.sha256(t.encode()).hexdigest()]) for t in missing])
+            self._disk.commit()
+        self.disk_hits += len(texts) - len(missing)
+        return np.stack([np.frombuffer(found[k], dtype="<f4") for k in keys]).astype(np.float32)
+
+
+def bench_model(key: str) -> tuple[ModelSpec, Path]:
+    """The spec and directory of a model of :data:`BENCH_MODELS`."""
+    spec, folder = BENCH_MODELS[key]
+    return spec, shared_model_path(folder)
+
+
+def load_embedder(key: str | None = None, *, disk_cache: bool = False, **kwargs: Any) -> RecordingEmbedder:
+    """The model ``key`` of :data:`BENCH_MODELS`, or the configured one (the environment's
+    ``MCP_OPTIMIZER_EMBEDDING_MODEL_PATH``/``_NAME``) when ``key`` is None."""
+    if key is None:
+        settings = Settings.from_env()
+        path, spec = model_path(), settings.embedding_model_spec()
+    else:
+        spec, path = bench_model(key)
     if not (path / "model.onnx").is_file():
         sys.exit(f"embedding model not found at {path}: set MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
-    embedder = RecordingEmbedder(path, **kwargs)
+    embedder = (DiskCachedEmbedder if disk_cache else RecordingEmbedder)(path, model=spec, **kwargs)
     embedder.load()
     return embedder
 
@@ -214,7 +275,7 @@ def uncached(embedder: Embedder) -> RecordingEmbedder:
     """An embedder with the same settings and loaded ONNX session but an empty text cache, so
     that a timing includes the model (queries repeat across benchmark passes; users' don't)."""
     assert isinstance(embedder, FastEmbedder)
-    copy = RecordingEmbedder(embedder.model_path, batch_size=embedder.batch_size)
+    copy = RecordingEmbedder(embedder.model_path, model=embedder.spec, batch_size=embedder.batch_size)
     copy._model = embedder._model  # the same session: no second copy of the model in memory
     return copy
 
@@ -228,41 +289,6 @@ def model_alone_seconds(embedder: Embedder, texts: Sequence[str]) -> float:
 
 
 # ----------------------------------------------------------------------------- real data
-
-
-@dataclass(frozen=True)
-class BenchServer:
-    """One LiveMCPBench server: its display name, its config key and its MCP tools."""
-
-    title: str
-    key: str
-    description: str
-    tools: list[dict[str, Any]]
-
-    @property
-    def k8s_name(self) -> str:
-        """The name an MCPServer for it would have (DNS label)."""
-        name = "".join(c if c.isalnum() else "-" for c in self.key.lower())
-        return "-".join(part for part in name.split("-") if part)[:63]
-
-
-@cache
-def livemcpbench_servers() -> list[BenchServer]:
-    raw = json.loads((data_dir() / "livemcpbench" / "tools.json").read_text())
-    servers = []
-    for item in raw:
-        for key, block in item["tools"].items():
-            tools = [{"name": t["name"], "description": t.get("description") or "",
-                      "inputSchema": t.get("inputSchema") or {"type": "object", "properties": {}}}
-                     for t in block["tools"]]
-            servers.append(BenchServer(item["name"], key, item.get("description") or "", tools))
-    return servers
-
-
-@cache
-def livemcpbench_tasks() -> list[dict[str, Any]]:
-    tasks: list[dict[str, Any]] = json.loads((data_dir() / "livemcpbench" / "annotations.json").read_text())
-    return tasks
 
 
 def real_tools() -> list[dict[str, Any]]:
@@ -376,12 +402,16 @@ def make_workload(
 
 
 @asynccontextmanager
-async def temp_index(embedder: FastEmbedder, path: Path | None = None) -> AsyncIterator[Indexer]:
-    """A fresh index file in a temporary directory (or at ``path``), closed afterwards."""
+async def temp_index(embedder: FastEmbedder | None, path: Path | None = None) -> AsyncIterator[Indexer]:
+    """A fresh index file in a temporary directory (or at ``path``), closed afterwards;
+    keyword-only (no model, nothing embedded) when ``embedder`` is None."""
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp:
         # From the environment so that settings such as MCP_OPTIMIZER_SQLITE_MMAP_SIZE can be compared.
         settings = Settings.from_env().with_overrides(
-            db_path=path or Path(tmp) / "index.db", embedding_model_path=embedder.model_path)
+            db_path=path or Path(tmp) / "index.db",
+            embedding_model_path=embedder.model_path if embedder is not None else None,
+            embedding_model_name=embedder.spec.name if embedder is not None else None,
+            search_mode="hybrid" if embedder is not None else "bm25")
         indexer = await Indexer.open(settings, embedder)
         try:
             yield indexer

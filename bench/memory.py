@@ -5,6 +5,8 @@ Builds the 20,026-tool index of :func:`bench.common.replica_specs` in a temporar
 server; ``mcp-optimizer run`` adds the operator on top and is measured by ``bench.operator``),
 sends ``find_tool`` over MCP from 8 concurrent clients, and reads the process's peak resident
 set (``VmHWM`` in ``/proc/<pid>/status``) at start, after the queries, and at the end.
+``--keyword-only`` does the same with ``MCP_OPTIMIZER_SEARCH_MODE=bm25``: the index is built
+without a model (no vectors) and ``serve`` loads none.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_serve(db: Path, port: int) -> subprocess.Popen[bytes]:
+def start_serve(db: Path, port: int, *, keyword_only: bool = False) -> subprocess.Popen[bytes]:
     """``mcp-optimizer serve`` on ``db`` in its own process (the console script of this venv)."""
     exe = Path(sys.executable).with_name("mcp-optimizer")
     command = [str(exe), "--db", str(db), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path())}
+    env = {**os.environ, "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path()),
+           "MCP_OPTIMIZER_SEARCH_MODE": "bm25" if keyword_only else "hybrid"}
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -106,23 +109,26 @@ async def ask(url: str, queries: list[str], clients: int) -> int:
 async def main() -> None:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--tools", type=int, help="indexed tools (default 20000; --quick 5000)")
+    parser.add_argument("--keyword-only", action="store_true", help="no model: index and serve with bm25 mode")
     args = parser.parse_args()
     tool_target = args.tools or (5000 if args.quick else 20_000)
-    print_header(f"Peak RSS of mcp-optimizer serve with the model and {tool_target} tools", args)
+    what = "keyword-only (no model)" if args.keyword_only else "the model"
+    print_header(f"Peak RSS of mcp-optimizer serve with {what} and {tool_target} tools", args)
     report = Report()
     with tempfile.TemporaryDirectory(prefix="mcp-bench-mem-") as tmp:
         db = Path(tmp) / "index.db"
-        embedder = load_embedder()
+        embedder = None if args.keyword_only else load_embedder()
         async with temp_index(embedder, db) as indexer:
             workloads, tools, seconds = await build_replica_index(indexer, tool_target)
         print(f"indexed {tools} tools of {workloads} workloads in {seconds:.1f} s; index file "
               f"{db.stat().st_size / 1024 / 1024:.0f} MiB\n")
         port = free_port()
-        process = start_serve(db, port)
+        process = start_serve(db, port, keyword_only=args.keyword_only)
         try:
             wait_for_port(port, process)
             started = proc_memory(process.pid)
-            report.add("serve started (model loaded, index open)", f"RSS {started['VmRSS']:.0f} MiB")
+            report.add(f"serve started ({'no model' if args.keyword_only else 'model loaded'}, index open)",
+                       f"RSS {started['VmRSS']:.0f} MiB")
             url = f"http://127.0.0.1:{port}/mcp"
             queries = [q for qs in query_sets().values() for q in qs]
             answered = await ask(url, queries, 8)

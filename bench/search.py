@@ -6,8 +6,8 @@ The index: every LiveMCPBench server (70 servers, 527 real tools) deployed in 38
 
 * ``short``: the single requests inside LiveMCPBench's task questions ("generate a word cloud
   chart", "convert the document to PDF"), 2 to 30 words: what an agent sends to ``find_tool``;
-* ``task``: the 94 whole task questions (up to several sentences, split into parts: see
-  :func:`mcp_optimizer.db.search.query_parts`).
+* ``task``: the 94 whole task questions (up to several sentences; not split into parts by
+  default, see ``ToolSearch(split_words=...)``).
 
 Single client: p50/p99 of ``ToolSearch.find_tools`` (hybrid, limit 10), with the model's share
 and the vector-only / BM25-only breakdown. Then 8 concurrent clients (asyncio tasks sharing one
@@ -128,8 +128,8 @@ async def main() -> None:
                 lat, _ = await single_client(indexer, embedder, queries, mode)  # type: ignore[arg-type]
                 print(f"    {mode}-only: {ms_summary(lat)}")
             if name == "task":
-                lat, _ = await single_client(indexer, embedder, queries, max_query_parts=0)
-                print(f"    hybrid without splitting the query (max_query_parts=0): {ms_summary(lat)}")
+                lat, _ = await single_client(indexer, embedder, queries, split_words=1)
+                print(f"    hybrid with every query split into its clauses (split_words=1): {ms_summary(lat)}")
         # The floor under every vector search: one sqlite-vec KNN scan over all tool vectors.
         scans = await knn_scan_seconds(indexer, embedder)
         report.add(f"one sqlite-vec KNN scan (k=50) over {tools} vectors, no embedding", ms_summary(scans))

@@ -9,8 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mcp_optimizer.embeddings.model import ModelSpec
 
 ENV_PREFIX = "MCP_OPTIMIZER_"
+#: How ``find_tool`` ranks: both retrievers fused, or keyword-only (no model).
+SEARCH_MODES = ("hybrid", "bm25")
 
 
 def _env(name: str, default: str) -> str:
@@ -65,8 +71,9 @@ class Settings:
     peering_name: str | None = None
     #: This replica's peering priority; the highest runs. Unset picks a random one per process.
     peering_priority: int | None = None
-    #: Vector hits below this cosine similarity count only if full-text search also found them.
-    min_similarity: float = 0.3
+    #: Vector hits below this cosine similarity count only if full-text search also found them;
+    #: None takes the model's own floor (``ModelSpec.min_similarity``).
+    min_similarity: float | None = None
     #: Bytes of the index file SQLite reads through mmap; 0 (default) reads with read(). Faster
     #: vector scans, but RSS counts the mapped index once per pooled connection.
     sqlite_mmap_size: int = 0
@@ -167,6 +174,32 @@ class Settings:
     toolhive_recheck_interval: float = 60.0
     #: Groups indexed through their VirtualMCPServer instead of their backends, as ``namespace/group``.
     toolhive_vmcp_groups: tuple[str, ...] = field(default_factory=tuple)
+    # --- Retrieval (issue 14): the embedding model, keyword-only mode ---
+    #: ``hybrid`` ranks with full-text search and the embedding model together; ``bm25`` is
+    #: keyword-only: no model is loaded and nothing is embedded.
+    search_mode: str = "hybrid"
+    #: The model's vector dimension; known models (``KNOWN_MODELS``) need none.
+    embedding_dim: int | None = None
+    #: Text put before every query / every stored text; ``None`` takes the known model's own.
+    embedding_query_prefix: str | None = None
+    embedding_passage_prefix: str | None = None
+
+    def embedding_model_spec(self) -> ModelSpec:
+        """The configured model (name, dimension, prefixes); raises EmbeddingError when unknown
+        and its dimension is not given."""
+        from mcp_optimizer.embeddings.model import model_spec
+
+        return model_spec(self.embedding_model_name, dim=self.embedding_dim,
+                          query_prefix=self.embedding_query_prefix, passage_prefix=self.embedding_passage_prefix)
+
+    @property
+    def keyword_only(self) -> bool:
+        return self.search_mode == "bm25"
+
+    def __post_init__(self) -> None:
+        if self.search_mode not in SEARCH_MODES:
+            raise ValueError(f"{ENV_PREFIX}SEARCH_MODE must be one of {', '.join(SEARCH_MODES)}, "
+                             f"got {self.search_mode!r}")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -182,7 +215,7 @@ class Settings:
             liveness_endpoint=_env("LIVENESS_ENDPOINT", "") or None,
             peering_name=_env("PEERING_NAME", "") or None,
             peering_priority=int(_env_float("PEERING_PRIORITY", 0)) if _env("PEERING_PRIORITY", "") else None,
-            min_similarity=_env_float("MIN_SIMILARITY", cls.min_similarity),
+            min_similarity=_env_float("MIN_SIMILARITY", 0.0) if _env("MIN_SIMILARITY", "") else None,
             sqlite_mmap_size=int(_env_float("SQLITE_MMAP_SIZE", cls.sqlite_mmap_size)),
             metrics_port=int(_env_float("METRICS_PORT", cls.metrics_port)),
             metrics_host=_env("METRICS_HOST", cls.metrics_host),
@@ -225,6 +258,10 @@ class Settings:
             toolhive=_env("TOOLHIVE", cls.toolhive).strip().lower(),
             toolhive_recheck_interval=_env_float("TOOLHIVE_RECHECK_INTERVAL", cls.toolhive_recheck_interval),
             toolhive_vmcp_groups=_env_list("TOOLHIVE_VMCP_GROUPS"),
+            search_mode=_env("SEARCH_MODE", cls.search_mode).strip().lower(),
+            embedding_dim=int(_env_float("EMBEDDING_DIM", 0)) or None,
+            embedding_query_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_QUERY_PREFIX"),
+            embedding_passage_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_PASSAGE_PREFIX"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -20,7 +20,7 @@ import yaml
 
 from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
 from mcp_optimizer.cli.progress import Progress
-from mcp_optimizer.config import Settings
+from mcp_optimizer.config import SEARCH_MODES, Settings
 from mcp_optimizer.db.engine import IndexOpenError
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -73,7 +73,8 @@ async def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
 
     async def action(indexer: Indexer) -> int:
         progress.start(f"catalog {name}: embedding {len(parsed.entries):,} servers and their tools")
-        indexer.embedder.batch_observers.append(lambda done, total: progress.update(done, total, "texts"))
+        if indexer.embedder is not None:  # keyword-only: nothing is embedded
+            indexer.embedder.batch_observers.append(lambda done, total: progress.update(done, total, "texts"))
         try:
             result = await indexer.load_catalog(name, parsed.entries, parsed.warnings)
         finally:
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", type=Path, help="index file (default: $MCP_OPTIMIZER_DB or ./mcp-optimizer.db)")
     parser.add_argument("--model-path", type=Path,
                         help="embedding model directory (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_PATH)")
+    parser.add_argument("--model", help="embedding model name (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_NAME)")
+    parser.add_argument("--search-mode", choices=SEARCH_MODES,
+                        help="hybrid, or bm25: keyword-only, no model (default: $MCP_OPTIMIZER_SEARCH_MODE)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -518,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("text", "DEBUG" if args.verbose else "WARNING")
     try:
-        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path)
+        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path,
+                                                      embedding_model_name=args.model, search_mode=args.search_mode)
         if args.handler is cmd_run:
             code = _run_then_exit(args.handler(args, settings))
             # Everything is closed by now (endpoint, metrics, kopf, index). Tearing down the

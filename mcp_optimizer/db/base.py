@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
+from mcp_optimizer.db.virtual import FTS_COLUMNS
 from mcp_optimizer.embeddings.texts import tool_fts_fields
 
 
@@ -67,12 +68,14 @@ class Ops:
 
 @dataclass(frozen=True)
 class ToolRow:
-    """A tool to store: its MCP object, its embedding (or None) and the hash of the embedded text."""
+    """A tool to store: its MCP object, its embedding (or None), the hash of its embedding text
+    and the server name it is embedded and full-text indexed with (part of that text)."""
 
     name: str
     details: dict[str, Any]
     embedding: bytes | None
     embedding_hash: str | None
+    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,10 +185,11 @@ class ToolOps(Ops):
     async def _insert_virtual(
         self, c: AsyncConnection, tool_id: int, server_id: str, tool: ToolRow, metadata: dict[str, Any]
     ) -> None:
-        name, description, args = tool_fts_fields(tool.details)
+        fields = dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))
         await c.execute(
-            text(f"INSERT INTO {self.fts_table}(rowid, name, description, args) VALUES (:id, :n, :d, :a)"),
-            {"id": tool_id, "n": name, "d": description, "a": args},
+            text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
+                 f"VALUES (:id, {', '.join(':' + c for c in FTS_COLUMNS)})"),
+            {"id": tool_id, **fields},
         )
         if tool.embedding is not None:
             columns = ["rowid", "embedding", "server_id", *metadata]

@@ -191,8 +191,22 @@ TOOL_TOKENS_SQL = (
 )
 
 
+class IndexMeta(Base):
+    """Facts about the index as a whole, e.g. which embedding model made its vectors
+    (``embedding_model``: the model's fingerprint; absent when no vectors were ever made)."""
+
+    __tablename__ = "index_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 # Core Table objects for the ops classes, which use SQL expressions rather than ORM sessions.
 REGISTRY_SERVERS = cast(Table, RegistryServer.__table__)
 WORKLOAD_SERVERS = cast(Table, WorkloadServer.__table__)
 REGISTRY_TOOLS = cast(Table, RegistryTool.__table__)
 WORKLOAD_TOOLS = cast(Table, WorkloadTool.__table__)
+INDEX_META = cast(Table, IndexMeta.__table__)
+#: ``index_meta`` key of the fingerprint (``ModelSpec.fingerprint``) of the model that made the
+#: stored vectors.
+EMBEDDING_MODEL_KEY = "embedding_model"

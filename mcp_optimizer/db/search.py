@@ -1,11 +1,16 @@
-"""Hybrid tool search: sqlite-vec KNN and FTS5 BM25, fused by reciprocal rank.
+"""Hybrid tool search: FTS5 BM25 and sqlite-vec KNN, run at once and fused by score.
 
-Why fusion by rank: scores of the two retrievers live on unrelated scales, ranks do not. On
-LiveMCPBench (95 real tasks over 527 real tools, ``python -m bench.retrieval``) fusion beats
-either retriever alone: Recall@10 0.53 hybrid vs 0.44 vector-only and 0.45 BM25-only, and the
-first hit is an annotated tool for 44% of the tasks (35% and 33% alone). The defaults here
-(k = 20, vector weight 1.25, query split into its parts) were chosen on that set; the tuning
-table is in bench/RESULTS.md.
+Why BM25-led score fusion (:mod:`mcp_optimizer.db.fusion`, ``minmax``: each list scaled to
+[0, 1], BM25 at weight 1 from its floor 0, the vector list at 0.5): on short real requests the
+embedding alone ranks below BM25, and rank fusion let it reorder BM25's confident answers (the
+private held-out set: the RRF default lost 13 points of R@1 to BM25 alone). At half weight the
+vector list breaks BM25's near-ties and adds tools that share no word with the request, but
+cannot undo a clear lexical match. Measured on every dev-set slice (``python -m
+bench.retrieval``, bench/RESULTS.md "Retrieval"; R@5 default / BM25 only / vector only):
+LiveMCPBench tasks 0.422 / 0.386 / 0.311, BFCL real-user 0.839 / 0.804 / 0.708, BFCL curated
+0.930 / 0.908 / 0.876, MetaTool single 0.766 / 0.697 / 0.683, MetaTool multi-tool 0.705 /
+0.626 / 0.375. Queries are not split into clauses by default (``split_words=0``): one KNN scan
+per query.
 
 Only tools of RUNNING workloads are ever returned: the vector query filters on the vec0
 ``status`` metadata column inside sqlite-vec, the full-text query joins the server table.
@@ -22,6 +27,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mcp_optimizer.db.fusion import FusionMethod, Ranking, fuse
 from mcp_optimizer.db.virtual import (
     REGISTRY_SERVER_VECTOR,
     REGISTRY_TOOL_FTS,
@@ -35,17 +41,31 @@ SearchMode = Literal["hybrid", "vector", "bm25"]
 _S_NAMESPACE = "coalesce(s.namespace, '')"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-# Words that carry no meaning for tool retrieval; without this "how do I ..." matches every
-# description containing "do". Kept short on purpose: FTS5 has no stopword list of its own.
+#: Words that carry no meaning for tool retrieval: English function words and the filler of
+#: requests ("could you please help me find..."). Without this "how do I ..." matches every
+#: description containing "do", and "provide"/"give"/"tell" match "Provides ..." in
+#: descriptions. Words that name tool actions or qualify them ("up", "down", "off", "out", "not",
+#: "all", "before", "after") are kept, and so is "id". FTS5 has no stopword list of its own;
+#: removing these on the query side gained or held on every slice (bench/RESULTS.md, "Lexical side").
 STOPWORDS = frozenset(
     [
-        "a", "an", "and", "are", "as", "at", "be", "by", "can", "could", "do", "does", "for", "from", "get",
-        "got", "have", "how", "i", "in", "into", "is", "it", "its", "me", "my", "need", "of", "on", "or",
-        "our", "please", "should", "so", "some", "that", "the", "their", "them", "then", "there", "these",
-        "this", "to", "use", "using", "want", "was", "we", "what", "when", "where", "which", "who", "will",
-        "with", "would", "you", "your",
+        "a", "about", "additionally", "again", "also", "am", "an", "and", "any", "are", "as", "assist",
+        "assistance", "at", "be", "because", "been", "being", "both", "but", "by", "can", "could",
+        "currently", "did", "do", "does", "doing", "during", "each", "few", "for", "from", "further", "get",
+        "give", "got", "had", "has", "have", "having", "he", "hello", "help", "her", "here", "hers",
+        "herself", "hey", "hi", "him", "himself", "his", "how", "i", "if", "im", "in", "interested", "into",
+        "is", "it", "its", "itself", "ive", "just", "kindly", "know", "let", "lets", "like", "looking", "me",
+        "my", "myself", "need", "nor", "of", "on", "once", "or", "our", "ours", "ourselves", "own", "please",
+        "provide", "she", "should", "so", "some", "specifically", "such", "tell", "than", "thank", "thanks",
+        "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this",
+        "those", "through", "to", "too", "until", "use", "using", "very", "via", "want", "wanted", "was",
+        "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with",
+        "would", "you", "your", "yours", "yourself", "yourselves",
     ]
 )
+#: The longest query that is searched as a whole; the rest of a longer text is ignored (the
+#: MCP endpoint already refuses queries over 2000 characters).
+MAX_QUERY_WORDS = 64
 
 
 def fts_query(*texts: str | None) -> str:
@@ -60,33 +80,7 @@ def fts_query(*texts: str | None) -> str:
         for word in _WORD.findall((chunk or "").lower()):
             if word not in STOPWORDS and word not in words and (len(word) > 1 or not word.isascii()):
                 words.append(word)
-    return " OR ".join(f'"{w}"' for w in words[:64])
-
-
-# Where a request for several things splits: sentence ends, then commas and "and"/"then".
-_SENTENCE_END = re.compile(r"(?<=[.!?;\u3002\uff01\uff1f\uff1b])\s+|\n+")
-_CLAUSE_BREAK = re.compile(r"[,\uff0c\u3001]\s*|\s+(?:and then|then|and)\s+", re.IGNORECASE)
-#: At most this many parts are embedded besides the whole query (each costs a KNN scan).
-MAX_QUERY_PARTS = 5
-
-
-def query_parts(query: str, limit: int = MAX_QUERY_PARTS) -> list[str]:
-    """The clauses of a query that asks for several things, or [] for a single request.
-
-    A task like "read the PDF, draw a word cloud and save it as a Word file" needs three tools;
-    one embedding of the whole sentence lands between them and is near none. Each part of two
-    or more words is embedded as well and a tool counts with its best similarity to any of them.
-    Measured on LiveMCPBench's 94 multi-tool tasks (bench/retrieval.py): vector-only Recall@10
-    0.37 -> 0.45, hybrid MRR 0.51 -> 0.55.
-    """
-    parts = [clause.strip() for sentence in _SENTENCE_END.split(query.strip())
-             for clause in _CLAUSE_BREAK.split(sentence)]
-    parts = [part for part in parts if len(part.split()) >= 2]
-    if len(parts) < 2 or limit <= 0:
-        return []
-    # The longest parts carry the most content when there are too many to embed them all.
-    keep = set(sorted(range(len(parts)), key=lambda i: -len(parts[i]))[:limit])
-    return [part for i, part in enumerate(parts) if i in keep]
+    return " OR ".join(f'"{w}"' for w in words[:MAX_QUERY_WORDS])
 
 
 @dataclass(frozen=True)
@@ -160,37 +154,83 @@ def _scope_clauses(
     return clauses
 
 
+# Where a request for several things splits: sentence ends, then commas and "and"/"then".
+_SENTENCE_END = re.compile(r"(?<=[.!?;\u3002\uff01\uff1f\uff1b])\s+|\n+")
+_CLAUSE_BREAK = re.compile(r"[,\uff0c\u3001]\s*|\s+(?:and then|then|and)\s+", re.IGNORECASE)
+#: At most this many parts are embedded besides the whole query (each costs a KNN scan).
+MAX_QUERY_PARTS = 5
+
+
+def query_parts(query: str, limit: int = MAX_QUERY_PARTS) -> list[str]:
+    """The clauses of a query that asks for several things, or [] for a single request.
+
+    A task like "read the PDF, draw a word cloud and save it as a Word file" needs three tools;
+    one embedding of the whole sentence lands between them. Each part of two or more words can
+    be embedded as well, a tool counting with its best similarity to any of them (see
+    ``ToolSearch(split_words=...)``).
+    """
+    parts = [clause.strip() for sentence in _SENTENCE_END.split(query.strip())
+             for clause in _CLAUSE_BREAK.split(sentence)]
+    parts = [part for part in parts if len(part.split()) >= 2]
+    if len(parts) < 2 or limit <= 0:
+        return []
+    # The longest parts carry the most content when there are too many to embed them all.
+    keep = set(sorted(range(len(parts)), key=lambda i: -len(parts[i]))[:limit])
+    return [part for i, part in enumerate(parts) if i in keep]
+
+
+#: BM25 weights of the FTS columns, in :data:`~mcp_optimizer.db.virtual.FTS_COLUMNS` order (tool
+#: name, description, arguments, server name). A structural choice, not a fit: the name is short
+#: and names the action, so a word there counts double; the rest is the tool's own text and counts
+#: once. Weights within 0.5-2 moved no slice beyond noise (bench/RESULTS.md, "Lexical side").
+BM25_COLUMN_WEIGHTS = (2.0, 1.0, 1.0, 1.0)
+
+
 class ToolSearch:
-    """Read side of the index: find tools, find registry servers worth installing, list tools."""
+    """Read side of the index: find tools, find registry servers worth installing, list tools.
+
+    ``embedder`` None is keyword-only search: every mode is BM25 and no model is needed.
+    """
 
     def __init__(
         self,
         engine: AsyncEngine,
-        embedder: Embedder,
+        embedder: Embedder | None,
         *,
-        min_similarity: float = 0.3,
-        rrf_k: float = 20.0,
-        vector_weight: float = 1.25,
+        min_similarity: float | None = None,
+        fusion: FusionMethod = "minmax",
+        rrf_k: float = 60.0,
+        vector_weight: float = 0.5,
         bm25_weight: float = 1.0,
         candidates: int = 50,
-        bm25_columns: tuple[float, float, float] = (2.0, 1.0, 0.5),
-        max_query_parts: int = MAX_QUERY_PARTS,
+        bm25_columns: tuple[float, ...] = BM25_COLUMN_WEIGHTS,
+        split_words: int = 0,
     ) -> None:
         self.engine = engine
         self.embedder = embedder
-        self.min_similarity = min_similarity
+        #: Vector hits below this cosine similarity count only if BM25 found them too (None:
+        #: the model's own floor, :attr:`ModelSpec.min_similarity`).
+        self.min_similarity = (min_similarity if min_similarity is not None
+                               else embedder.spec.min_similarity if embedder is not None else 0.0)
+        self.fusion: FusionMethod = fusion
         self.rrf_k = rrf_k
         self.vector_weight = vector_weight
         self.bm25_weight = bm25_weight
         self.candidates = candidates
-        #: BM25 weights of the FTS columns (tool name, description, arguments).
+        #: BM25 weights of the FTS columns (tool name, description, arguments, server).
         self.bm25_columns = bm25_columns
-        #: Parts of a multi-request query embedded besides the whole (see :func:`query_parts`);
-        #: each costs one more KNN scan, 0 turns splitting off.
-        self.max_query_parts = max_query_parts
+        #: Queries of at least this many words are also embedded clause by clause (see
+        #: :func:`query_parts`); each clause costs one more KNN scan. 0: never.
+        self.split_words = split_words
 
     def _bm25(self, table: str) -> str:
         return f"bm25({table}, {', '.join(str(float(w)) for w in self.bm25_columns)})"
+
+    def _fuse(self, bm25: Ranking[Any], vector: Ranking[Any]) -> dict[Any, float]:
+        """The one fusion of every search (tools and registry servers)."""
+        # BM25's floor is 0, the score of a tool without a query word; cosine similarity has none.
+        return fuse([bm25, vector], self.fusion, weights=[self.bm25_weight, self.vector_weight],
+                    floors=[0.0, None], k=self.rrf_k)
 
     async def find_tools(
         self,
@@ -207,16 +247,20 @@ class ToolSearch:
 
         ``groups``/``namespaces`` restrict to those (an empty list means nothing is visible),
         ``server`` to one workload. Vector hits below ``min_similarity`` count only when the
-        full-text search found them too, so a query no tool answers returns nothing.
+        full-text search found them too, so a query no tool answers returns nothing. Without a
+        model every mode is ``bm25``.
         """
         if limit <= 0 or (groups is not None and not groups) or (namespaces is not None and not namespaces):
             return []
+        if self.embedder is None:
+            mode = "bm25"
         pool = max(self.candidates, limit * 3)
         match = fts_query(query, *(keywords or ())) if mode != "vector" else ""
         # The query is embedded (in a worker thread) while the full-text search runs.
         embedding: asyncio.Future[Any] | None = None
-        if mode != "bm25" and query.strip():
-            embedding = asyncio.ensure_future(self.embedder.aembed([query, *query_parts(query, self.max_query_parts)]))
+        if mode != "bm25" and query.strip() and self.embedder is not None:
+            parts = query_parts(query) if self.split_words and len(query.split()) >= self.split_words else []
+            embedding = asyncio.ensure_future(self.embedder.aembed([query, *parts], query=True))
         try:
             return await self._find_tools(match, embedding, limit, pool, groups, namespaces, server)
         finally:
@@ -233,64 +277,86 @@ class ToolSearch:
         namespaces: Sequence[str] | None,
         server: str | None,
     ) -> list[ToolHit]:
-        vector_hits: dict[int, tuple[int, float]] = {}
-        bm25_hits: dict[int, int] = {}
-        async with self.engine.connect() as conn:
-            server_id = None
-            if server is not None:
+        server_id = None
+        if server is not None:
+            async with self.engine.connect() as conn:
                 server_id = (await conn.execute(
                     text("SELECT id FROM mcpservers_workload WHERE workload_name = :w"), {"w": server})).scalar()
-                if server_id is None:
-                    return []
-            if match:
-                params: dict[str, Any] = {"m": match, "k": pool}
-                where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
-                    params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
-                if server_id is not None:
-                    where.append("s.id = :sid")
-                    params["sid"] = server_id
-                # CROSS JOIN fixes the join order: the full-text match runs once and drives the
-                # primary-key lookups. With a plain JOIN SQLite starts from the RUNNING servers and
-                # re-runs the MATCH for every one of their tools (35 ms on 527 tools, 0.5 ms so).
-                rows = await conn.execute(text(
-                    f"SELECT f.rowid FROM {WORKLOAD_TOOL_FTS} f CROSS JOIN tools_workload t ON t.id = f.rowid "
-                    f"CROSS JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
-                    f"ORDER BY {self._bm25(WORKLOAD_TOOL_FTS)}, f.rowid LIMIT :k"), params)
-                for rank, (rowid,) in enumerate(rows, start=1):
-                    bm25_hits[rowid] = rank
-            if embedding is not None:
-                embeddings = [to_bytes(v) for v in await embedding]
-                params = {"k": pool}
-                where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
-                         *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
-                if server_id is not None:
-                    where.append("server_id = :sid")
-                    params["sid"] = server_id
-                knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
-                           "ORDER BY distance")
-                # A tool's similarity is its best against the whole query or any of its parts.
-                best_similarity: dict[int, float] = {}
-                for vector in embeddings:
-                    for rowid, distance in await conn.execute(knn, {**params, "q": vector}):
-                        best_similarity[rowid] = max(best_similarity.get(rowid, -1.0), 1.0 - float(distance))
-                ranked = sorted(best_similarity, key=lambda r: (-best_similarity[r], r))[:pool]
-                vector_hits = {rowid: (rank, best_similarity[rowid]) for rank, rowid in enumerate(ranked, start=1)}
-            scores: dict[int, float] = {}
-            for rowid, (rank, similarity) in vector_hits.items():
-                if similarity >= self.min_similarity or rowid in bm25_hits:
-                    scores[rowid] = self.vector_weight / (self.rrf_k + rank)
-            for rowid, rank in bm25_hits.items():
-                scores[rowid] = scores.get(rowid, 0.0) + self.bm25_weight / (self.rrf_k + rank)
-            # Equal fused scores (one retriever's rank 1 + the other's rank 2, and vice versa) are
-            # common; the vector similarity breaks the tie.
-            best = sorted(scores, key=lambda r: (-scores[r], -vector_hits.get(r, (0, 0.0))[1]))[:limit]
+            if server_id is None:
+                return []
+        # The two retrievers run at once, each on its own connection (SQLite leaves Python's
+        # lock while it works): the KNN scan, the larger cost at 20,000 tools, starts as soon as
+        # the query is embedded instead of after the full-text query.
+        bm25, similarities = await asyncio.gather(
+            self._bm25_hits(match, pool, groups, namespaces, server_id),
+            self._vector_hits(embedding, pool, groups, namespaces, server_id))
+        found = {rowid for rowid, _ in bm25}
+        vector = [(rowid, similarity) for rowid, similarity in similarities
+                  if similarity >= self.min_similarity or rowid in found]
+        scores = self._fuse(bm25, vector)
+        similarity = dict(vector)
+        # Equal fused scores break by the vector similarity, then the id (stable answers).
+        best = sorted(scores, key=lambda r: (-scores[r], -similarity.get(r, -1.0), r))[:limit]
+        async with self.engine.connect() as conn:
             details = await self._tool_details(conn, best)
+        vector_rank = {rowid: rank for rank, (rowid, _) in enumerate(vector, start=1)}
+        bm25_rank = {rowid: rank for rank, (rowid, _) in enumerate(bm25, start=1)}
         return [
             ToolHit(**details[rowid], score=round(scores[rowid], 6),
-                    vector_rank=vector_hits[rowid][0] if rowid in vector_hits else None,
-                    bm25_rank=bm25_hits.get(rowid))
+                    vector_rank=vector_rank.get(rowid), bm25_rank=bm25_rank.get(rowid))
             for rowid in best if rowid in details
         ]
+
+    async def _bm25_hits(
+        self, match: str, pool: int, groups: Sequence[str] | None, namespaces: Sequence[str] | None,
+        server_id: str | None,
+    ) -> list[tuple[int, float]]:
+        """The ``pool`` best full-text matches of RUNNING workloads' tools, with their BM25 scores."""
+        if not match:
+            return []
+        params: dict[str, Any] = {"m": match, "k": pool}
+        where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
+            params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
+        if server_id is not None:
+            where.append("s.id = :sid")
+            params["sid"] = server_id
+        # CROSS JOIN fixes the join order: the full-text match runs once and drives the
+        # primary-key lookups. With a plain JOIN SQLite starts from the RUNNING servers and
+        # re-runs the MATCH for every one of their tools (35 ms on 527 tools, 0.5 ms so).
+        # FTS5's bm25() is lower-is-better; negated, every retriever's score is higher-is-better.
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(
+                f"SELECT f.rowid, -{self._bm25(WORKLOAD_TOOL_FTS)} AS score FROM {WORKLOAD_TOOL_FTS} f "
+                "CROSS JOIN tools_workload t ON t.id = f.rowid "
+                f"CROSS JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
+                "ORDER BY score DESC, f.rowid LIMIT :k"), params)
+            return [(rowid, float(score)) for rowid, score in rows]
+
+    async def _vector_hits(
+        self, embedding: asyncio.Future[Any] | None, pool: int, groups: Sequence[str] | None,
+        namespaces: Sequence[str] | None, server_id: str | None,
+    ) -> list[tuple[int, float]]:
+        """The ``pool`` RUNNING workloads' tools nearest to the query (or any of its parts),
+        best first, with their cosine similarity."""
+        if embedding is None:
+            return []
+        embeddings = [to_bytes(v) for v in await embedding]
+        params: dict[str, Any] = {"k": pool}
+        where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
+                 *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
+        if server_id is not None:
+            where.append("server_id = :sid")
+            params["sid"] = server_id
+        knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
+                   "ORDER BY distance")
+        # A tool's similarity is its best against the whole query or any of its parts.
+        best: dict[int, float] = {}
+        async with self.engine.connect() as conn:
+            for query_vector in embeddings:
+                for rowid, distance in await conn.execute(knn, {**params, "q": query_vector}):
+                    best[rowid] = max(best.get(rowid, -1.0), 1.0 - float(distance))
+        ranked = sorted(best, key=lambda r: (-best[r], r))[:pool]
+        return [(rowid, best[rowid]) for rowid in ranked]
 
     async def _tool_details(self, conn: AsyncConnection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         if not ids:
@@ -398,8 +464,9 @@ class ToolSearch:
         groups: Sequence[str] | None = None,
         namespaces: Sequence[str] | None = None,
     ) -> list[RegistryServerHit]:
-        """Registry servers worth installing for ``query``: fused ranks of server vectors, tool
-        vectors and tool full-text hits, each server ranked by its best tool.
+        """Registry servers worth installing for ``query``, fused like :meth:`find_tools`: the
+        full-text ranking of the servers by their best tool, and the vector ranking by the best
+        similarity of the server's own text or any of its tools.
 
         Servers that already have a RUNNING linked workload are left out unless
         ``exclude_running`` is False. ``groups``/``namespaces`` say which workloads count: an
@@ -408,33 +475,42 @@ class ToolSearch:
         if limit <= 0 or not query.strip():
             return []
         pool = max(self.candidates, limit * 5)
-        embedding = to_bytes(await self.embedder.aembed_one(query))
+        embedding = (to_bytes(await self.embedder.aembed_one(query, query=True))
+                     if self.embedder is not None else None)
         match = fts_query(query)
-        server_ranks: list[dict[str, int]] = []
         tool_names: dict[str, list[str]] = {}
+        bm25: dict[str, float] = {}
+        similarity: dict[str, float] = {}
+
+        def best(scores: dict[str, float], server_id: str, score: float, tool: str | None = None) -> None:
+            scores[server_id] = max(scores.get(server_id, score), score)
+            if tool is not None and tool not in tool_names.setdefault(server_id, []):
+                tool_names[server_id].append(tool)
+
         async with self.engine.connect() as conn:
-            rows = await conn.execute(text(
-                f"SELECT server_id, distance FROM {REGISTRY_SERVER_VECTOR} WHERE embedding MATCH :q AND k = :k "
-                "ORDER BY distance"), {"q": embedding, "k": pool})
-            server_ranks.append({row.server_id: rank for rank, row in enumerate(
-                (r for r in rows if 1.0 - r.distance >= self.min_similarity), start=1)})
-            rows = await conn.execute(text(
-                f"SELECT v.server_id, v.distance, t.name FROM {REGISTRY_TOOL_VECTORS} v "
-                f"JOIN tools_registry t ON t.id = v.rowid WHERE v.embedding MATCH :q AND v.k = :k "
-                "ORDER BY v.distance"), {"q": embedding, "k": pool})
-            server_ranks.append(self._first_ranks(
-                [(r.server_id, r.name) for r in rows if 1.0 - r.distance >= self.min_similarity], tool_names))
             if match:
                 rows = await conn.execute(text(
-                    f"SELECT t.server_id, t.name FROM {REGISTRY_TOOL_FTS} f CROSS JOIN tools_registry t "
-                    f"ON t.id = f.rowid WHERE {REGISTRY_TOOL_FTS} MATCH :m "
-                    f"ORDER BY {self._bm25(REGISTRY_TOOL_FTS)}, f.rowid LIMIT :k"),
-                    {"m": match, "k": pool})
-                server_ranks.append(self._first_ranks([(r.server_id, r.name) for r in rows], tool_names))
-            scores: dict[str, float] = {}
-            for ranks in server_ranks:
-                for server_id, rank in ranks.items():
-                    scores[server_id] = scores.get(server_id, 0.0) + 1.0 / (self.rrf_k + rank)
+                    f"SELECT t.server_id, t.name, -{self._bm25(REGISTRY_TOOL_FTS)} AS score FROM {REGISTRY_TOOL_FTS} f "
+                    f"CROSS JOIN tools_registry t ON t.id = f.rowid WHERE {REGISTRY_TOOL_FTS} MATCH :m "
+                    "ORDER BY score DESC, f.rowid LIMIT :k"), {"m": match, "k": pool})
+                for row in rows:
+                    best(bm25, row.server_id, float(row.score), row.name)
+            if embedding is not None:
+                rows = await conn.execute(text(
+                    f"SELECT server_id, distance FROM {REGISTRY_SERVER_VECTOR} WHERE embedding MATCH :q AND k = :k "
+                    "ORDER BY distance"), {"q": embedding, "k": pool})
+                for row in rows:
+                    best(similarity, row.server_id, 1.0 - float(row.distance))
+                rows = await conn.execute(text(
+                    f"SELECT v.server_id, v.distance, t.name FROM {REGISTRY_TOOL_VECTORS} v "
+                    f"JOIN tools_registry t ON t.id = v.rowid WHERE v.embedding MATCH :q AND v.k = :k "
+                    "ORDER BY v.distance"), {"q": embedding, "k": pool})
+                for row in rows:
+                    if 1.0 - float(row.distance) >= self.min_similarity:
+                        best(similarity, row.server_id, 1.0 - float(row.distance), row.name)
+            vector = [(sid, sim) for sid, sim in similarity.items() if sim >= self.min_similarity or sid in bm25]
+            scores = self._fuse(sorted(bm25.items(), key=lambda h: (-h[1], h[0])),
+                                sorted(vector, key=lambda h: (-h[1], h[0])))
             visible = not ((groups is not None and not groups) or (namespaces is not None and not namespaces))
             params: dict[str, Any] = {}
             if exclude_running and scores and visible:
@@ -444,13 +520,13 @@ class ToolSearch:
                     f"SELECT DISTINCT registry_server_id FROM mcpservers_workload WHERE {' AND '.join(where)}"),
                     params)).scalars())
                 scores = {k: v for k, v in scores.items() if k not in running}
-            best = sorted(scores, key=lambda s: -scores[s])[:limit]
-            if not best:
+            top = sorted(scores, key=lambda s: (-scores[s], -similarity.get(s, -1.0), s))[:limit]
+            if not top:
                 return []
             params = {}
             rows = await conn.execute(text(
                 "SELECT id, catalog, name, description, remote, url, package, transport FROM mcpservers_registry "
-                f"WHERE {_in_clause('id', 's', best, params)}"), params)
+                f"WHERE {_in_clause('id', 's', top, params)}"), params)
             by_id = {row.id: row for row in rows}
         return [
             RegistryServerHit(
@@ -458,15 +534,5 @@ class ToolSearch:
                 remote=bool(by_id[s].remote), url=by_id[s].url, package=by_id[s].package,
                 transport=by_id[s].transport, score=round(scores[s], 6), tools=tool_names.get(s, [])[:10],
             )
-            for s in best if s in by_id
+            for s in top if s in by_id
         ]
-
-    @staticmethod
-    def _first_ranks(hits: list[tuple[str, str]], tool_names: dict[str, list[str]]) -> dict[str, int]:
-        ranks: dict[str, int] = {}
-        for server_id, tool in hits:
-            ranks.setdefault(server_id, len(ranks) + 1)
-            names = tool_names.setdefault(server_id, [])
-            if tool not in names:
-                names.append(tool)
-        return ranks

@@ -25,8 +25,13 @@ REGISTRY_TOOL_FTS = "registry_tool_fts"
 WORKLOAD_TOOL_FTS = "workload_tool_fts"
 
 
-def virtual_table_ddl(dim: int = EMBEDDING_DIM) -> list[str]:
-    """CREATE statements for every virtual table of the index."""
+#: The FTS5 columns of a tool row, in order (see ``embeddings.texts.tool_fts_fields``); the
+#: BM25 column weights in ``db.search`` follow this order.
+FTS_COLUMNS = ("name", "description", "args", "server")
+
+
+def vector_table_ddl(dim: int = EMBEDDING_DIM) -> list[str]:
+    """CREATE statements for the sqlite-vec tables, for vectors of ``dim`` dimensions."""
     vector = f"embedding float[{dim}] distance_metric=cosine"
     return [
         f"CREATE VIRTUAL TABLE {REGISTRY_SERVER_VECTOR} USING vec0(server_id text primary key, {vector})",
@@ -35,18 +40,16 @@ def virtual_table_ddl(dim: int = EMBEDDING_DIM) -> list[str]:
         "status text, grp text, namespace text)",
         f"CREATE VIRTUAL TABLE {WORKLOAD_TOOL_VECTORS} USING vec0({vector}, "
         "server_id text, status text, grp text, namespace text)",
-        f"CREATE VIRTUAL TABLE {REGISTRY_TOOL_FTS} USING fts5(name, description, args, "
-        f"tokenize = '{FTS_TOKENIZER}')",
-        f"CREATE VIRTUAL TABLE {WORKLOAD_TOOL_FTS} USING fts5(name, description, args, "
-        f"tokenize = '{FTS_TOKENIZER}')",
     ]
 
 
-VIRTUAL_TABLES = (
-    REGISTRY_SERVER_VECTOR,
-    REGISTRY_TOOL_VECTORS,
-    WORKLOAD_SERVER_VECTOR,
-    WORKLOAD_TOOL_VECTORS,
-    REGISTRY_TOOL_FTS,
-    WORKLOAD_TOOL_FTS,
-)
+def fts_table_ddl() -> list[str]:
+    """CREATE statements for the FTS5 tables (the current columns, :data:`FTS_COLUMNS`)."""
+    columns = ", ".join(FTS_COLUMNS)
+    return [f"CREATE VIRTUAL TABLE {table} USING fts5({columns}, tokenize = '{FTS_TOKENIZER}')"
+            for table in (REGISTRY_TOOL_FTS, WORKLOAD_TOOL_FTS)]
+
+
+VECTOR_TABLES = (REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_VECTORS, WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_VECTORS)
+FTS_TABLES = (REGISTRY_TOOL_FTS, WORKLOAD_TOOL_FTS)
+VIRTUAL_TABLES = (*VECTOR_TABLES, *FTS_TABLES)

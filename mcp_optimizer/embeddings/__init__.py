@@ -2,12 +2,28 @@
 
 from mcp_optimizer.embeddings.model import (
     EMBEDDING_DIM,
+    KNOWN_MODELS,
     Embedder,
     EmbeddingError,
     FastEmbedder,
+    ModelSpec,
+    configured_embedder,
     from_bytes,
     mean_pool,
+    model_spec,
     to_bytes,
 )
 
-__all__ = ["EMBEDDING_DIM", "Embedder", "EmbeddingError", "FastEmbedder", "from_bytes", "mean_pool", "to_bytes"]
+__all__ = [
+    "EMBEDDING_DIM",
+    "KNOWN_MODELS",
+    "Embedder",
+    "EmbeddingError",
+    "FastEmbedder",
+    "ModelSpec",
+    "configured_embedder",
+    "from_bytes",
+    "mean_pool",
+    "model_spec",
+    "to_bytes",
+]

@@ -1,4 +1,7 @@
-"""The embedding model: fastembed's ONNX runtime over a local copy of all-MiniLM-L6-v2.
+"""The embedding model: fastembed's ONNX runtime over a local copy of a sentence embedder.
+
+Which model is a setting (:class:`ModelSpec`: name, dimension, query and passage prefixes);
+:data:`KNOWN_MODELS` describes the ones this project has measured (bench/RESULTS.md).
 
 Everything in the index that needs a vector goes through :class:`Embedder`, which adds two
 things the raw model lacks:
@@ -22,12 +25,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:
+    from mcp_optimizer.config import Settings
+
+#: The dimension of the default model's vectors (the schema's first revision was made for it).
 EMBEDDING_DIM = 384
 
 Vector = npt.NDArray[np.float32]
@@ -35,6 +43,60 @@ Vector = npt.NDArray[np.float32]
 
 class EmbeddingError(RuntimeError):
     """The model could not be loaded or could not embed a text."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the index needs to know about an embedding model besides its files.
+
+    ``name`` is fastembed's model name; a model fastembed does not describe itself is registered
+    with mean pooling and L2 normalisation (``TextEmbedding.add_custom_model``). Asymmetric
+    models (e5) were trained with a prefix on each side and rank worse without them.
+    """
+
+    name: str
+    dim: int
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    #: Cosine similarity below which a vector hit counts only if full-text search found it too:
+    #: a query no tool answers then returns nothing. Each model has its own scale (e5 puts
+    #: unrelated texts near 0.8, MiniLM near 0.2), so each known model's floor sits at the same
+    #: place: the 25th percentile of the similarity between a dev-set query and its relevant
+    #: tool (where MiniLM's long-standing 0.3 is; 10,000 pairs, bench/RESULTS.md).
+    min_similarity: float = 0.3
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the vectors this model makes of stored texts: the index records it
+        and re-embeds when it changes (the query prefix does not change stored vectors)."""
+        return f"{self.name}|dim={self.dim}|passage={self.passage_prefix!r}"
+
+
+MINILM = ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 384, min_similarity=0.30)
+E5_SMALL = ModelSpec("intfloat/multilingual-e5-small", 384, query_prefix="query: ", passage_prefix="passage: ",
+                     min_similarity=0.82)
+WORDLLAMA = ModelSpec("dleemiller/word-llama-l2-supercat", 256, min_similarity=0.28)
+#: The models measured on every retrieval slice (bench/retrieval.py), by fastembed name.
+KNOWN_MODELS = {spec.name: spec for spec in (MINILM, E5_SMALL, WORDLLAMA)}
+
+
+def model_spec(
+    name: str, *, dim: int | None = None, query_prefix: str | None = None, passage_prefix: str | None = None
+) -> ModelSpec:
+    """The spec of model ``name``: a known model's, with any of its fields overridden; another
+    model needs its dimension."""
+    known = KNOWN_MODELS.get(name)
+    if known is None and dim is None:
+        raise EmbeddingError(
+            f"unknown embedding model {name!r}: set its dimension (MCP_OPTIMIZER_EMBEDDING_DIM); "
+            f"known models: {', '.join(KNOWN_MODELS)}")
+    return ModelSpec(
+        name,
+        dim if dim is not None else known.dim,  # type: ignore[union-attr]
+        query_prefix if query_prefix is not None else (known.query_prefix if known else ""),
+        passage_prefix if passage_prefix is not None else (known.passage_prefix if known else ""),
+        known.min_similarity if known else ModelSpec.min_similarity,
+    )
 
 
 def to_bytes(vector: Vector) -> bytes:
@@ -59,11 +121,16 @@ def mean_pool(vectors: Sequence[Vector] | npt.NDArray[np.float32]) -> Vector:
 class Embedder:
     """Embeds texts with a cache and length-sorted batches. Subclasses implement :meth:`_embed_batch`.
 
+    Stored texts (tools, servers) are *passages*, user requests are *queries*; each side gets
+    its own prefix from the :class:`ModelSpec`, and the cache is keyed by the prefixed text.
     Thread-safe; the async helpers run the model in a worker thread so the event loop keeps
     serving pod events and MCP requests while a catalog is embedded.
     """
 
-    def __init__(self, *, batch_size: int = 64, cache_size: int = 50_000, char_budget: int = 2000) -> None:
+    def __init__(
+        self, spec: ModelSpec = MINILM, *, batch_size: int = 64, cache_size: int = 50_000, char_budget: int = 2000
+    ) -> None:
+        self.spec = spec
         self.batch_size = batch_size
         self.char_budget = char_budget
         self._cache: OrderedDict[str, Vector] = OrderedDict()
@@ -78,12 +145,19 @@ class Embedder:
         #: Called with (texts done, texts to do) after every model run of a call (progress).
         self.batch_observers: list[Callable[[int, int], None]] = []
 
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
     def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         raise NotImplementedError
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Unit vectors for ``texts``, in order, shape ``(len(texts), EMBEDDING_DIM)``."""
-        result = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> npt.NDArray[np.float32]:
+        """Unit vectors for ``texts`` (passages, or queries when ``query``), in order, shape
+        ``(len(texts), dim)``."""
+        prefix = self.spec.query_prefix if query else self.spec.passage_prefix
+        texts = [prefix + text for text in texts] if prefix else texts
+        result = np.empty((len(texts), self.dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._lock:
             for i, text in enumerate(texts):
@@ -110,7 +184,11 @@ class Embedder:
             raise
         except Exception as exc:  # the ONNX runtime raises its own types
             raise EmbeddingError(f"embedding failed: {exc}") from exc
-        matrix = np.concatenate(vectors) if vectors else np.empty((0, EMBEDDING_DIM), np.float32)
+        matrix = np.concatenate(vectors) if vectors else np.empty((0, self.dim), np.float32)
+        if matrix.shape != (len(unique), self.dim):
+            raise EmbeddingError(
+                f"model {self.spec.name} gave vectors of shape {matrix.shape[1:]}, expected ({self.dim},): "
+                "the configured dimension does not match the model")
         elapsed = time.perf_counter() - started
         for observer in self.observers:
             observer(len(unique), elapsed)
@@ -138,36 +216,58 @@ class Embedder:
             batches.append(current)
         return batches
 
-    def embed_one(self, text: str) -> Vector:
-        return cast(Vector, self.embed([text])[0])
+    def embed_one(self, text: str, *, query: bool = False) -> Vector:
+        return cast(Vector, self.embed([text], query=query)[0])
 
-    async def aembed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def aembed(self, texts: Sequence[str], *, query: bool = False) -> npt.NDArray[np.float32]:
         if not texts:
-            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
-        return await asyncio.to_thread(self.embed, list(texts))
+            return np.empty((0, self.dim), dtype=np.float32)
+        return await asyncio.to_thread(self.embed, list(texts), query=query)
 
-    async def aembed_one(self, text: str) -> Vector:
-        return cast(Vector, (await self.aembed([text]))[0])
+    async def aembed_one(self, text: str, *, query: bool = False) -> Vector:
+        return cast(Vector, (await self.aembed([text], query=query))[0])
+
+
+#: Model names registered with fastembed in this process (registration is process-wide).
+_registered: set[str] = set()
+_register_lock = threading.Lock()
+
+
+def _register_custom_model(spec: ModelSpec) -> None:
+    """Describe a model fastembed does not know: mean pooling, L2-normalised, ``model.onnx``."""
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    with _register_lock:
+        if spec.name in _registered:
+            return
+        known = {m["model"].lower() for m in TextEmbedding.list_supported_models()}
+        if spec.name.lower() not in known:
+            TextEmbedding.add_custom_model(
+                model=spec.name, pooling=PoolingType.MEAN, normalization=True,
+                sources=ModelSource(hf=spec.name), dim=spec.dim, model_file="model.onnx")
+        _registered.add(spec.name)
 
 
 class FastEmbedder(Embedder):
-    """all-MiniLM-L6-v2 (384 dimensions) through fastembed, loaded from a local directory.
+    """A sentence embedder (all-MiniLM-L6-v2 unless told otherwise) through fastembed, loaded
+    from a local directory (never downloaded).
 
-    fastembed applies this model's mean pooling and L2 normalisation itself. The model is
-    loaded lazily on first use so that commands which never embed start instantly.
+    fastembed applies the model's pooling and L2 normalisation itself. The model is loaded
+    lazily on first use so that commands which never embed start instantly.
     """
 
     def __init__(
         self,
         model_path: Path | None,
-        model_name: str = "sentence-transformers/all-MiniLM-L6-v2",
+        model: ModelSpec | str = MINILM,
         *,
         batch_size: int = 64,
         threads: int | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(model if isinstance(model, ModelSpec) else model_spec(model), batch_size=batch_size)
         self.model_path = model_path
-        self.model_name = model_name
+        self.model_name = self.spec.name
         self.threads = threads
         self._model: object | None = None
         self._load_lock = threading.Lock()
@@ -179,16 +279,19 @@ class FastEmbedder(Embedder):
                 return
             if self.model_path is None:
                 raise EmbeddingError(
-                    "no embedding model configured: set MCP_OPTIMIZER_EMBEDDING_MODEL_PATH to the "
-                    "directory holding the ONNX export of all-MiniLM-L6-v2"
+                    f"no embedding model configured: set MCP_OPTIMIZER_EMBEDDING_MODEL_PATH to the directory "
+                    f"holding the ONNX export of {self.spec.name} (or MCP_OPTIMIZER_SEARCH_MODE=bm25 to run "
+                    "without a model)"
                 )
             if not (self.model_path / "model.onnx").is_file():
                 raise EmbeddingError(f"no model.onnx in embedding model directory {self.model_path}")
             from fastembed import TextEmbedding
 
             try:
+                _register_custom_model(self.spec)
                 self._model = TextEmbedding(
-                    self.model_name, specific_model_path=str(self.model_path), threads=self.threads
+                    self.spec.name, specific_model_path=str(self.model_path), threads=self.threads,
+                    local_files_only=True,
                 )
             except Exception as exc:
                 raise EmbeddingError(f"cannot load embedding model from {self.model_path}: {exc}") from exc
@@ -198,3 +301,11 @@ class FastEmbedder(Embedder):
         model = self._model
         vectors = list(model.embed(texts, batch_size=len(texts)))  # type: ignore[union-attr]
         return np.asarray(vectors, dtype=np.float32)
+
+
+def configured_embedder(settings: Settings) -> FastEmbedder | None:
+    """The model ``settings`` name (not loaded yet), or None in keyword-only mode."""
+    if settings.keyword_only:
+        return None
+    return FastEmbedder(settings.embedding_model_path, settings.embedding_model_spec(),
+                        batch_size=settings.embedding_batch_size)

@@ -1,10 +1,16 @@
 """The texts that are embedded and full-text indexed for servers and tools.
 
 One place decides what a tool "says", so that ingestion, re-embedding and search agree.
-Measured on 533 real tools: BM25 over the tool name, description and argument names and
-descriptions beat embeddings alone, so the full-text row carries the arguments too; the
-embedding text is kept short (context, name, description) because MiniLM truncates at 256
-tokens and long argument lists drown the description.
+The full-text row is the tool's whole vocabulary: its name split into words, its server's
+name, its description, and its arguments (names split into words, descriptions, enum values,
+one level of nested object properties). Each part was measured with BM25 alone on every
+retrieval slice (``python -m bench.lexical``; bench/RESULTS.md, "Lexical side"): arguments are
+worth the most (BFCL live R@5 0.705 -> 0.773), enum values and nested properties next (BFCL
+live R@1 0.509 -> 0.574: users say "in fahrenheit" and the schema lists it), the server name
+helps where servers have real names (LiveMCPBench MRR@10 0.453 -> 0.471; BFCL's made-up
+server labels lose 0.004-0.008 R@5). The embedding text is kept short (context, name,
+description) because the models truncate at 256-512 word pieces and long argument lists
+drown the description.
 """
 
 from __future__ import annotations
@@ -51,18 +57,47 @@ def tool_embedding_text(context: str, tool: dict[str, Any]) -> str:
     return f"{head}. {description}" if description else head
 
 
-def tool_fts_fields(tool: dict[str, Any]) -> tuple[str, str, str]:
-    """(name, description, arguments) columns of the FTS5 row for a tool."""
+#: Bounds on what one tool's schema adds to its full-text row: a hostile or generated schema
+#: (thousands of properties or enum values) must not make one row dominate the index.
+MAX_SCHEMA_WORDS_CHARS = 4000
+MAX_ENUM_VALUES = 20
+_SCHEMA_DEPTH = 2
+
+
+def _schema_words(properties: object, depth: int, out: list[str]) -> None:
+    """Argument names (split into words), descriptions and enum values, nested objects and
+    arrays of objects down to :data:`_SCHEMA_DEPTH`."""
+    if not isinstance(properties, dict):
+        return
+    for arg_name, arg in properties.items():
+        out.append(split_identifier(str(arg_name)))
+        if not isinstance(arg, dict):
+            continue
+        if arg.get("description"):
+            out.append(str(arg["description"]))
+        if isinstance(arg.get("enum"), list):
+            out.append(" ".join(str(v) for v in arg["enum"][:MAX_ENUM_VALUES] if isinstance(v, str | int | float)))
+        if depth < _SCHEMA_DEPTH:
+            _schema_words(arg.get("properties"), depth + 1, out)
+            items = arg.get("items")
+            if isinstance(items, dict):
+                _schema_words(items.get("properties"), depth + 1, out)
+
+
+def tool_fts_fields(tool: dict[str, Any], context: str = "") -> tuple[str, str, str, str]:
+    """(name, description, arguments, server) columns of the FTS5 row for a tool.
+
+    ``context`` is the server name the tool is embedded with (the registry entry's name when a
+    workload is linked, else its own). The name keeps its original spelling beside the split
+    words, so ``getUserInfo`` matches a query that spells it either way.
+    """
     name = str(tool.get("name", ""))
     schema = tool.get("inputSchema") or {}
-    properties = schema.get("properties") if isinstance(schema, dict) else None
     args: list[str] = []
-    if isinstance(properties, dict):
-        for arg_name, arg in properties.items():
-            args.append(split_identifier(str(arg_name)))
-            if isinstance(arg, dict) and arg.get("description"):
-                args.append(str(arg["description"]))
-    return f"{name} {split_identifier(name)}", str(tool.get("description") or ""), " ".join(args)
+    if isinstance(schema, dict):
+        _schema_words(schema.get("properties"), 1, args)
+    return (f"{name} {split_identifier(name)}", str(tool.get("description") or ""),
+            " ".join(args)[:MAX_SCHEMA_WORDS_CHARS], split_identifier(context))
 
 
 def server_embedding_text(name: str, description: str, tags: list[str] | None = None) -> str:

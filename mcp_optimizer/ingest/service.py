@@ -10,6 +10,10 @@ Every write follows the same two phases so that slow embedding never holds the w
 
 So the final state never depends on the order in which concurrent changes arrived, and a pod
 phase change (:meth:`Indexer.set_workload_status`) waits for at most one short transaction.
+
+Without an embedder (keyword-only mode, ``MCP_OPTIMIZER_SEARCH_MODE=bm25``) the same writes
+store no new vectors; the index then forgets which model made the vectors it still has, so the
+next start with a model re-embeds everything once (:meth:`Indexer.ensure_embedding_model`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
@@ -31,9 +36,25 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.base import ToolRow, identifier_keys
 from mcp_optimizer.db.engine import WRITE_OPTION, create_engine
-from mcp_optimizer.db.models import REGISTRY_TOOLS, WORKLOAD_SERVERS, WorkloadStatus
+from mcp_optimizer.db.models import (
+    EMBEDDING_MODEL_KEY,
+    INDEX_META,
+    REGISTRY_SERVERS,
+    REGISTRY_TOOLS,
+    WORKLOAD_SERVERS,
+    WORKLOAD_TOOLS,
+    WorkloadStatus,
+    utcnow,
+)
 from mcp_optimizer.db.registry_ops import RegistryServerOps
-from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, mean_pool, to_bytes
+from mcp_optimizer.db.virtual import (
+    REGISTRY_SERVER_VECTOR,
+    REGISTRY_TOOL_VECTORS,
+    VECTOR_TABLES,
+    WORKLOAD_TOOL_VECTORS,
+    vector_table_ddl,
+)
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import (
     own_description,
     server_embedding_text,
@@ -186,9 +207,11 @@ def _key_of(remote: bool, url: str | None, package: str | None) -> tuple[bool, s
 class Indexer:
     """Writes the index: catalogs, workloads, status. Searches go through :class:`ToolSearch`."""
 
-    def __init__(self, engine: AsyncEngine, embedder: Embedder) -> None:
+    def __init__(self, engine: AsyncEngine, embedder: Embedder | None) -> None:
         self.engine = engine
+        #: None in keyword-only mode: nothing is embedded.
         self.embedder = embedder
+        self._model_forgotten = False
         self.registry = RegistryServerOps(engine)
         self.registry_tools = self.registry.tools
         self.workloads = self.registry.workloads
@@ -197,15 +220,25 @@ class Indexer:
 
     @classmethod
     async def open(cls, settings: Settings, embedder: Embedder | None = None) -> Indexer:
-        """Open (and create or upgrade) the index file named by ``settings``."""
+        """Open (and create or upgrade) the index file named by ``settings``.
+
+        ``embedder`` defaults to the configured model, and is ignored in keyword-only mode. When
+        the index's vectors were made by another model, they are all re-embedded now, once
+        (:meth:`ensure_embedding_model`); an :class:`EmbeddingError` then leaves the index as it was.
+        """
         engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
-        await migrate.upgrade(engine)
-        if embedder is None:
-            embedder = FastEmbedder(
-                settings.embedding_model_path, settings.embedding_model_name,
-                batch_size=settings.embedding_batch_size,
-            )
-        return cls(engine, embedder)
+        try:
+            await migrate.upgrade(engine)
+            if settings.keyword_only:
+                embedder = None
+            elif embedder is None:
+                embedder = configured_embedder(settings)
+            indexer = cls(engine, embedder)
+            await indexer.ensure_embedding_model()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return indexer
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -236,6 +269,8 @@ class Indexer:
             plan = await self._plan_catalog(conn, catalog, entries)
             vectors = await self._embed_map(plan.missing_texts())
             result = CatalogLoadResult(catalog, warnings=list(warnings), texts_embedded=len(vectors))
+            if self.embedder is None and plan.missing_texts():
+                await self._forget_embedding_model(conn)
             affected = await self._apply_catalog(conn, plan, vectors, result)
         result.rematched = await self.rematch_workloads(affected)
         return result
@@ -346,7 +381,7 @@ class Indexer:
             details = tool.to_mcp()
             text = tool_embedding_text(entry.name, details)
             digest = text_hash(text)
-            rows.append(ToolRow(tool.name, details, vectors.get(text) or stored.get(digest), digest))
+            rows.append(ToolRow(tool.name, details, vectors.get(text) or stored.get(digest), digest, entry.name))
         return rows
 
     # ---------------------------------------------------------------------------- workloads
@@ -488,7 +523,11 @@ class Indexer:
         for tool, text in zip(plan.tools, plan.texts, strict=True):
             digest = text_hash(text)
             embedding = vectors.get(text) or plan.stored.get(digest)
-            tool_rows.append(ToolRow(str(tool["name"]), tool, embedding, digest if embedding else None))
+            # Keyword-only: the hash still records the text (server name included) that the FTS
+            # row was made from, so a rename rewrites it; a failed embedding keeps no hash and
+            # is retried at the next sync.
+            keep_hash = embedding is not None or self.embedder is None
+            tool_rows.append(ToolRow(str(tool["name"]), tool, embedding, digest if keep_hash else None, plan.context))
             if embedding is not None:
                 tool_vectors.append(np.frombuffer(embedding, dtype="<f4"))
         description = own_description(spec.name, plan.tools)
@@ -498,7 +537,7 @@ class Indexer:
             server_embedding = plan.registry.server_embedding
         elif tool_vectors:
             server_embedding = to_bytes(mean_pool(tool_vectors))
-        elif not plan.tools and error is None:
+        elif not plan.tools and error is None and self.embedder is not None:
             try:
                 server_embedding = to_bytes(await self.embedder.aembed_one(description))
             except EmbeddingError as exc:
@@ -518,6 +557,8 @@ class Indexer:
             "description": description, "server_embedding": server_embedding,
             "embedding_context": plan.context, "group": spec.group, "namespace": spec.namespace,
         }
+        if self.embedder is None and any(t.embedding is None for t in tool_rows):
+            await self._forget_embedding_model(conn)
         row = await self.workloads.get_by_workload_name(spec.workload_name, conn)
         if row is None:
             server_id = await self.workloads.create(conn=conn, workload_name=spec.workload_name, **columns)
@@ -545,21 +586,155 @@ class Indexer:
             status_reason=reason, group=row.group, namespace=row.namespace, registry_ref=ref, tools=None,
         )
 
+    # ------------------------------------------------------------------------ model changes
+
+    async def recorded_embedding_model(self) -> str | None:
+        """The fingerprint of the model that made the stored vectors (None: none recorded)."""
+        async with self.engine.connect() as conn:
+            return await self._recorded_model(conn)
+
+    @staticmethod
+    async def _recorded_model(conn: AsyncConnection) -> str | None:
+        row = await conn.execute(select(INDEX_META.c.value).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
+        return row.scalar()
+
+    async def _forget_embedding_model(self, conn: AsyncConnection) -> None:
+        """Keyword-only mode stored a tool without a vector: the next start with a model must
+        re-embed, whatever model made the other vectors."""
+        if not self._model_forgotten:
+            await conn.execute(delete(INDEX_META).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
+            self._model_forgotten = True
+
+    async def ensure_embedding_model(self) -> int:
+        """Make every stored vector the configured model's; returns the texts embedded.
+
+        Nothing happens when the index records this model (every normal start: one SELECT).
+        Otherwise every stored text is embedded again (registry servers and tools, workload
+        tools, unlinked workloads' servers, mean-pooled as on ingest), the vector tables are
+        recreated with the model's dimension and the model is recorded, all in one transaction:
+        a failure leaves the index as it was. Embedding happens before the write lock, as for
+        every other write.
+        """
+        if self.embedder is None:
+            return 0
+        fingerprint = self.embedder.spec.fingerprint
+        async with self.engine.connect() as conn:
+            if await self._recorded_model(conn) == fingerprint:
+                return 0
+            texts = await self._stored_texts(conn)
+        await self._warm(texts.all())
+        async with self._write() as conn:
+            texts = await self._stored_texts(conn)  # what is stored now, under the lock
+            vectors = await self._embed_map(texts.all())
+            await self._replace_vectors(conn, texts, vectors)
+            await conn.execute(delete(INDEX_META).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
+            await conn.execute(INDEX_META.insert().values(key=EMBEDDING_MODEL_KEY, value=fingerprint))
+        if vectors:
+            log.info("re-embedded %d stored texts with %s", len(vectors), self.embedder.spec.name)
+        return len(vectors)
+
+    async def _stored_texts(self, conn: AsyncConnection) -> _StoredTexts:
+        texts = _StoredTexts()
+        for row in await conn.execute(select(REGISTRY_SERVERS.c.id, REGISTRY_SERVERS.c.name,
+                                             REGISTRY_SERVERS.c.description, REGISTRY_SERVERS.c.tags)):
+            texts.registry_servers[row.id] = server_embedding_text(row.name, row.description, list(row.tags or []))
+        for tool in await conn.execute(select(REGISTRY_TOOLS.c.id, REGISTRY_TOOLS.c.server_id,
+                                              REGISTRY_TOOLS.c.details, REGISTRY_SERVERS.c.name.label("server_name"))
+                                       .join(REGISTRY_SERVERS)):
+            texts.registry_tools[tool.id] = (tool.server_id, tool_embedding_text(tool.server_name, tool.details))
+        for wtool in await conn.execute(select(WORKLOAD_TOOLS.c.id, WORKLOAD_TOOLS.c.server_id,
+                                               WORKLOAD_TOOLS.c.details, WORKLOAD_SERVERS.c.embedding_context,
+                                               WORKLOAD_SERVERS.c.name.label("server_name")).join(WORKLOAD_SERVERS)):
+            context = wtool.embedding_context or wtool.server_name
+            texts.workload_tools[wtool.id] = (wtool.server_id, tool_embedding_text(context, wtool.details))
+        for server in await conn.execute(select(WORKLOAD_SERVERS.c.id, WORKLOAD_SERVERS.c.registry_server_id,
+                                                WORKLOAD_SERVERS.c.description)):
+            texts.workload_servers[server.id] = (server.registry_server_id, server.description)
+        return texts
+
+    async def _replace_vectors(self, conn: AsyncConnection, texts: _StoredTexts, vectors: dict[str, bytes]) -> None:
+        """Recreate the vector tables for the model's dimension and write every vector anew."""
+        assert self.embedder is not None
+        for name in VECTOR_TABLES:
+            await conn.execute(sql(f"DROP TABLE IF EXISTS {name}"))
+        for statement in vector_table_ddl(self.embedder.dim):
+            await conn.execute(sql(statement))
+        now = utcnow()
+        if texts.registry_servers:
+            await conn.execute(
+                update(REGISTRY_SERVERS).where(REGISTRY_SERVERS.c.id == bindparam("sid"))
+                .values(server_embedding=bindparam("e")),
+                [{"sid": sid, "e": vectors[t]} for sid, t in texts.registry_servers.items()])
+            await conn.execute(sql(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:sid, :e)"),
+                               [{"sid": sid, "e": vectors[t]} for sid, t in texts.registry_servers.items()])
+        for table, vector_table, tools, with_metadata in (
+            (REGISTRY_TOOLS, REGISTRY_TOOL_VECTORS, texts.registry_tools, False),
+            (WORKLOAD_TOOLS, WORKLOAD_TOOL_VECTORS, texts.workload_tools, True),
+        ):
+            if not tools:
+                continue
+            await conn.execute(
+                update(table).where(table.c.id == bindparam("tid")).values(
+                    details_embedding=bindparam("e"), embedding_hash=bindparam("h"), last_updated=now),
+                [{"tid": tid, "e": vectors[t], "h": text_hash(t)} for tid, (_, t) in tools.items()])
+            if with_metadata:
+                await conn.execute(sql(
+                    f"INSERT INTO {vector_table}(rowid, embedding, server_id, status, grp, namespace) "
+                    "SELECT :tid, :e, s.id, s.status, coalesce(s.\"group\", ''), coalesce(s.namespace, '') "
+                    "FROM mcpservers_workload s WHERE s.id = :sid"),
+                    [{"tid": tid, "e": vectors[t], "sid": sid} for tid, (sid, t) in tools.items()])
+            else:
+                await conn.execute(sql(
+                    f"INSERT INTO {vector_table}(rowid, embedding, server_id) VALUES (:tid, :e, :sid)"),
+                    [{"tid": tid, "e": vectors[t], "sid": sid} for tid, (sid, t) in tools.items()])
+        pooled: dict[str, list[Any]] = {}
+        for sid, t in texts.workload_tools.values():
+            pooled.setdefault(sid, []).append(np.frombuffer(vectors[t], dtype="<f4"))
+        for sid, (registry_id, description) in texts.workload_servers.items():
+            if registry_id is not None and registry_id in texts.registry_servers:
+                embedding = vectors[texts.registry_servers[registry_id]]
+            elif sid in pooled:
+                embedding = to_bytes(mean_pool(pooled[sid]))
+            else:
+                embedding = vectors[description]
+            await self.workloads.update(sid, conn, server_embedding=embedding)
+
     # ---------------------------------------------------------------------------- embedding
 
     async def _warm(self, texts: list[str]) -> None:
         """Embed outside the write lock so the locked phase finds the vectors in the cache."""
-        if texts:
+        if texts and self.embedder is not None:
             # The locked phase meets the same error and records it.
             with contextlib.suppress(EmbeddingError):
                 await self.embedder.aembed(texts)
 
     async def _embed_map(self, texts: list[str]) -> dict[str, bytes]:
-        if not texts:
+        if not texts or self.embedder is None:
             return {}
         unique = list(dict.fromkeys(texts))
         matrix = await self.embedder.aembed(unique)
         return {text: to_bytes(vector) for text, vector in zip(unique, matrix, strict=True)}
+
+
+@dataclass
+class _StoredTexts:
+    """Every text the index holds a vector of, as :meth:`Indexer.ensure_embedding_model` re-embeds them."""
+
+    registry_servers: dict[str, str] = field(default_factory=dict)
+    #: tool id -> (server id, embedding text)
+    registry_tools: dict[int, tuple[str, str]] = field(default_factory=dict)
+    workload_tools: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: server id -> (linked registry server id, own description: embedded when it has no tools)
+    workload_servers: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+
+    def all(self) -> list[str]:
+        pooled = {sid for sid, _ in self.workload_tools.values()}
+        return list(dict.fromkeys([
+            *self.registry_servers.values(), *(t for _, t in self.registry_tools.values()),
+            *(t for _, t in self.workload_tools.values()),
+            *(d for sid, (r, d) in self.workload_servers.items()
+              if sid not in pooled and (r is None or r not in self.registry_servers)),
+        ]))
 
 
 @dataclass

@@ -355,9 +355,8 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
     :class:`~mcp_optimizer.mcp.auth.AuthConfigError` for a bad tokens document and
     :class:`~mcp_optimizer.embeddings.EmbeddingError` when the model cannot be loaded.
     """
-    from mcp_optimizer.db import migrate
-    from mcp_optimizer.db.engine import create_engine
-    from mcp_optimizer.embeddings import FastEmbedder
+    from mcp_optimizer.embeddings import configured_embedder
+    from mcp_optimizer.ingest import Indexer
 
     kube_config = None
     if settings.auth_mode == AUTH_KUBERNETES:
@@ -380,19 +379,19 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
-        embedder = FastEmbedder(
-            settings.embedding_model_path, settings.embedding_model_name, batch_size=settings.embedding_batch_size
-        )
-        # Load the model now so a bad model path fails at start, not at the first find_tool.
-        await asyncio.to_thread(embedder.load)
-        engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
+        embedder = configured_embedder(settings)  # None in keyword-only mode: no model at all
+        if embedder is not None:
+            # Load the model now so a bad model path fails at start, not at the first find_tool.
+            await asyncio.to_thread(embedder.load)
+        # Opening migrates the schema and, if the index was made with another model, re-embeds
+        # its texts once (the endpoint must not compare vectors of two models).
+        indexer = await Indexer.open(settings, embedder)
         try:
-            await migrate.upgrade(engine)
             if not stop.is_set():
-                search = ToolSearch(engine, embedder, min_similarity=settings.min_similarity)
+                search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
                 await serve(settings, search, kube_config=kube_config, ready=ready, stop=stop)
         finally:
-            await engine.dispose()
+            await indexer.close()
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -416,17 +416,16 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
     until the endpoint fails (the operator is then stopped).
     """
     from mcp_optimizer.db.search import ToolSearch
-    from mcp_optimizer.embeddings import FastEmbedder
+    from mcp_optimizer.embeddings import configured_embedder
     from mcp_optimizer.mcp.server import McpEndpoint
     from mcp_optimizer.metrics import METRICS, start_metrics_server
 
-    embedder = FastEmbedder(
-        settings.embedding_model_path, settings.embedding_model_name, batch_size=settings.embedding_batch_size
-    )
-    # A bad model path fails at start, not at the first catalog or query.
-    await asyncio.to_thread(embedder.load)
+    embedder = configured_embedder(settings)  # None in keyword-only mode: no model at all
+    if embedder is not None:
+        # A bad model path fails at start, not at the first catalog or query.
+        await asyncio.to_thread(embedder.load)
+        METRICS.watch_embedder(embedder)
     indexer = await Indexer.open(settings, embedder)
-    METRICS.watch_embedder(embedder)
     metrics_server = None
     endpoint: McpEndpoint | None = None
     readiness: asyncio.Task[None] | None = None

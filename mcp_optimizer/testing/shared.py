@@ -28,3 +28,8 @@ def model_path() -> Path:
     """The embedding model directory: ``$MCP_OPTIMIZER_EMBEDDING_MODEL_PATH`` or the shared copy."""
     env = os.environ.get("MCP_OPTIMIZER_EMBEDDING_MODEL_PATH")
     return Path(env) if env else shared_dir() / "models" / "all-MiniLM-L6-v2"
+
+
+def shared_model_path(folder: str) -> Path:
+    """One of the models in ``shared/models`` (see its README), by folder name."""
+    return shared_dir() / "models" / folder

@@ -104,6 +104,8 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
         assert settings.namespaces == ()
         assert str(settings.db_path) == "/var/lib/mcp-optimizer/index.db"
         assert str(settings.embedding_model_path) == "/opt/mcp-optimizer/model"
+        assert settings.embedding_model_spec().name == Settings().embedding_model_name  # the image's model
+        assert settings.search_mode == "hybrid"
         assert settings.liveness_endpoint == "http://0.0.0.0:8081/healthz"
         assert settings.resync_interval == 300
         assert settings.auth_tokens_file is None

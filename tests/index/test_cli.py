@@ -113,6 +113,32 @@ def test_bad_workload_file(tmp_path: Path) -> None:
         "error: workload 'x': exactly one of url (remote) or package (container) is required")
 
 
+def test_keyword_only_mode_needs_no_model(tmp_path: Path) -> None:
+    """--search-mode bm25: the model path may point nowhere, nothing is embedded, search works."""
+    def bm25(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(tmp_path, "--search-mode", "bm25", "--model-path", str(tmp_path / "no-model"), *args)
+
+    result = bm25("catalog", "load", str(shared_dir() / "data/toolhive-registry/registry.json"), "--name", "th")
+    assert result.returncode == 0, result.stderr
+    assert "102 added" in result.stdout and "0 texts embedded" in result.stdout
+    (tmp_path / "w.yaml").write_text("""
+- workload_name: team/github
+  name: github
+  package: ghcr.io/github/github-mcp-server:v99
+  tools: [{name: create_issue, description: Create a new issue in a GitHub repository}]
+""")
+    result = bm25("workload", "apply", str(tmp_path / "w.yaml"))
+    assert result.returncode == 0 and "RUNNING" in result.stdout, result.stderr
+    hits = json.loads(bm25("search", "create a github issue", "--json").stdout)
+    assert [h["tool"] for h in hits] == ["create_issue"]
+    registry = json.loads(bm25("search", "query a postgres database", "--registry", "--json").stdout)
+    assert any("postgres" in h["server"] for h in registry)
+    # The same index with a model: everything is embedded once and hybrid search works.
+    result = run(tmp_path, "search", "open a ticket for a bug in my repository", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["tool"] == "create_issue"
+
+
 def test_db_upgrade(tmp_path: Path) -> None:
     result = run(tmp_path, "db", "upgrade")
     assert result.returncode == 0 and "latest schema" in result.stdout

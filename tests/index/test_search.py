@@ -30,7 +30,7 @@ async def search(indexer: Indexer) -> ToolSearch:
 
 
 async def test_finds_the_right_tool_first(search: ToolSearch) -> None:
-    for query, expected in [("open a bug report on github", "create_issue"),
+    for query, expected in [("report a bug on github", "create_issue"),
                             ("will it rain in Paris tomorrow", "get_forecast"),
                             ("read the contents of config.yaml from disk", "read_file")]:
         hits = await search.find_tools(query, limit=3)
@@ -92,6 +92,35 @@ def test_fts_query_quotes_every_word() -> None:
     assert fts_query('NEAR("xy" AND *)') == '"near" OR "xy"'
     assert fts_query("the of and") == ""
     assert fts_query("read", "read", "file") == '"read" OR "file"'
+
+
+def test_fts_query_drops_request_filler_but_keeps_words_that_matter() -> None:
+    assert fts_query("Hi, could you please help me find the user with id 7 and give me their details?") == \
+        '"find" OR "user" OR "id" OR "details"'
+    assert fts_query("turn off the lights, not all of them") == '"turn" OR "off" OR "lights" OR "not" OR "all"'
+
+
+async def test_a_clear_word_match_is_not_overturned_by_the_embedding(search: ToolSearch) -> None:
+    """BM25 leads the fusion: the vector list breaks near-ties but cannot undo an exact match of
+    the tool's own words (a weak embedder must not drag a lexical answer down)."""
+    hits = await search.find_tools("list open pull requests", limit=2)
+    assert hits[0].tool == "list_pull_requests" and hits[0].bm25_rank == 1
+    # With no word in common the embedding alone decides.
+    [hit] = await search.find_tools("will it rain tomorrow", limit=1)
+    assert hit.tool == "get_forecast" and hit.bm25_rank is None and hit.vector_rank == 1
+
+
+async def test_server_name_and_schema_words_are_searchable(indexer: Indexer) -> None:
+    await indexer.apply_workload(workload("ns/acme-crm", package="ghcr.io/x/acme-crm", tools=[
+        {"name": "getRecord", "description": "Fetch one record",
+         "inputSchema": {"type": "object", "properties": {
+             "unit": {"type": "string", "enum": ["fahrenheit", "celsius"]},
+             "filter": {"type": "object", "properties": {"ownerEmail": {"description": "Owner mailbox"}}}}}},
+    ]))
+    search = ToolSearch(indexer.engine, indexer.embedder)
+    for query in ("acme crm", "get record", "getRecord", "in fahrenheit", "owner email", "mailbox"):
+        hits = await search.find_tools(query, mode="bm25")
+        assert [h.tool for h in hits] == ["getRecord"], query
 
 
 async def test_keywords_help_bm25(search: ToolSearch) -> None:

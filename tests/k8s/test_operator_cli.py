@@ -52,13 +52,17 @@ def agent_token(kube, ns: str) -> str:
     return str(kube.core.create_namespaced_service_account_token("agent", ns, request).status.token)
 
 
-async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path):
+@pytest.mark.parametrize("mode", ["hybrid", "bm25"])
+async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path, mode):
     """`mcp-optimizer run` with no auth settings: Kubernetes auth, a caller needs its token."""
     mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
     auth = {"Authorization": f"Bearer {agent_token(kube, ns)}"}
     env = {
         **os.environ,
-        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path),
+        # Keyword-only: no model at all (the path points nowhere, so loading one would fail).
+        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(op_settings.embedding_model_path if mode == "hybrid"
+                                                  else tmp_path / "no-model"),
+        "MCP_OPTIMIZER_SEARCH_MODE": mode,
         "MCP_OPTIMIZER_NAMESPACES": ns,
         # Flags override the environment: these must lose.
         "MCP_OPTIMIZER_MCP_HOST": "0.0.0.0",

@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
@@ -235,11 +236,16 @@ async def test_run_endpoint_needs_an_index(tmp_path: Path) -> None:
         await run_endpoint(Settings(db_path=tmp_path / "none.db"))
 
 
-async def test_run_endpoint_serves_an_index_file_until_sigterm(world: Indexer, settings: Settings) -> None:
+@pytest.mark.parametrize("mode", ["hybrid", "bm25"])
+async def test_run_endpoint_serves_an_index_file_until_sigterm(
+    world: Indexer, settings: Settings, tmp_path: Path, mode: str
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     configured = endpoint_settings(settings, mcp_port=port)
+    if mode == "bm25":  # keyword-only: no model is loaded (its path points nowhere)
+        configured = replace(configured, search_mode="bm25", embedding_model_path=tmp_path / "no-model")
     task = asyncio.create_task(run_endpoint(configured))
     url = f"http://127.0.0.1:{port}"
     async with httpx2.AsyncClient() as http:

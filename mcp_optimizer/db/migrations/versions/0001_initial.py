@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from mcp_optimizer.db.virtual import VIRTUAL_TABLES, virtual_table_ddl
+from mcp_optimizer.db.virtual import VIRTUAL_TABLES
 
 revision = "0001"
 down_revision = None
@@ -105,9 +105,22 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tools_workload')),
     sa.UniqueConstraint('server_id', 'name', name=op.f('uq_tools_workload_server_id_name'))
     )
-    # The vector dimension is the model's at the time of this revision: a model of another
-    # dimension needs a migration that rebuilds these tables and re-embeds.
-    for statement in virtual_table_ddl(384):
+    # The virtual tables as this revision made them (later revisions change them; this one must
+    # not follow the current DDL, or upgrading from it would test nothing). The vector dimension
+    # is all-MiniLM-L6-v2's; another model re-embeds on open (``Indexer.ensure_embedding_model``).
+    vector = "embedding float[384] distance_metric=cosine"
+    for statement in (
+        f"CREATE VIRTUAL TABLE registry_server_vector USING vec0(server_id text primary key, {vector})",
+        f"CREATE VIRTUAL TABLE registry_tool_vectors USING vec0({vector}, server_id text)",
+        f"CREATE VIRTUAL TABLE workload_server_vector USING vec0(server_id text primary key, {vector}, "
+        "status text, grp text, namespace text)",
+        f"CREATE VIRTUAL TABLE workload_tool_vectors USING vec0({vector}, "
+        "server_id text, status text, grp text, namespace text)",
+        "CREATE VIRTUAL TABLE registry_tool_fts USING fts5(name, description, args, "
+        "tokenize = 'porter unicode61 remove_diacritics 2')",
+        "CREATE VIRTUAL TABLE workload_tool_fts USING fts5(name, description, args, "
+        "tokenize = 'porter unicode61 remove_diacritics 2')",
+    ):
         op.execute(statement)
 
 
