@@ -21,11 +21,12 @@ from typing import Any
 import kopf
 
 from mcp_optimizer.catalog import CatalogParseError, parse_catalog
+from mcp_optimizer.db.health import classify
 from mcp_optimizer.embeddings.texts import text_hash
 from mcp_optimizer.ingest import CatalogLoadResult, Indexer
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.status import post_event
-from mcp_optimizer.operator.workloads import WorkloadReconciler, backoff
+from mcp_optimizer.operator.workloads import IndexUnavailableError, WorkloadReconciler, backoff
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class CatalogSync:
     async def seed(self) -> None:
         self.known |= await self.indexer.catalog_names()
 
+    def forget_loaded(self) -> None:
+        """The index lost (or may have lost) what was loaded: the next load writes every catalog."""
+        self.loaded.clear()
+
     async def apply(self, body: Mapping[str, Any], *, deleted: bool) -> None:
         """Level-triggered: make the index hold what this ConfigMap says now."""
         meta = body.get("metadata") or {}
@@ -80,7 +85,8 @@ class CatalogSync:
         if self.loaded.get(catalog) == digest:
             return True
         try:
-            parsed = parse_catalog(text)
+            # A 1 MiB catalog takes ~0.5 s to parse and validate: not on the event loop.
+            parsed = await asyncio.to_thread(parse_catalog, text)
         except CatalogParseError as exc:
             METRICS.catalog_parse_error(catalog)
             kept = "the previously loaded catalog is kept" if catalog in self.known else "nothing is loaded"
@@ -94,6 +100,11 @@ class CatalogSync:
                     result = await self.indexer.load_catalog(catalog, parsed.entries, parsed.warnings)
                     break
                 except Exception as exc:
+                    fault = classify(exc)
+                    if fault is not None:
+                        # The index repair loads every catalog again once the index works.
+                        raise IndexUnavailableError(f"catalog {catalog}: the index could not be written: "
+                                                    f"{fault.message}") from exc
                     if attempt + 1 >= LOAD_ATTEMPTS:
                         raise
                     logger.warning("Loading catalog %s failed (%s); retrying", catalog, exc)
@@ -156,7 +167,11 @@ def concerns_catalog(*, namespace: str | None, name: str, labels: kopf.Labels, m
 async def catalog_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Any event of a (former) catalog ConfigMap, including the initial listing."""
     catalogs: CatalogSync = memo.catalogs
-    await catalogs.apply(body, deleted=type == "DELETED")
+    try:
+        await catalogs.apply(body, deleted=type == "DELETED")
+    except IndexUnavailableError as exc:
+        # Not retried here (kopf does not retry event handlers): the index repair reloads it.
+        logger.warning("%s; it is loaded again once the index is repaired", exc)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from sqlalchemy.exc import DBAPIError
 
+from mcp_optimizer.db.health import describe
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 
@@ -64,10 +66,10 @@ async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.
                 "Could not remove the index rows after %d attempts (%s); releasing the finalizer "
                 "anyway. The garbage collector removes the rows later.",
                 retry + 1,
-                exc,
+                _reason(exc),
             )
             return
-        raise kopf.TemporaryError(f"removing the index rows failed: {exc}", delay=backoff(retry)) from exc
+        raise kopf.TemporaryError(f"removing the index rows failed: {_reason(exc)}", delay=backoff(retry)) from exc
 
 
 async def server_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -84,11 +86,16 @@ async def _sync(body: kopf.Body, reconciler: WorkloadReconciler, *, retry: int, 
     except (kopf.PermanentError, kopf.TemporaryError):
         raise
     except Exception as exc:
-        raise kopf.TemporaryError(f"sync failed: {exc}", delay=backoff(retry)) from exc
+        raise kopf.TemporaryError(f"sync failed: {_reason(exc)}", delay=backoff(retry)) from exc
     if outcome is Outcome.INVALID:
         raise kopf.PermanentError(f"invalid spec: {view.spec_error or 'rejected by the index'}")
     if outcome is Outcome.TOOLS_FAILED and retrying:
         raise kopf.TemporaryError("tools/list failed; see the ToolsIndexed condition", delay=backoff(retry))
+
+
+def _reason(exc: BaseException) -> str:
+    """An error for logs and kopf's Events: a database error without its SQL and parameters."""
+    return describe(exc) if isinstance(exc, DBAPIError) else str(exc)
 
 
 def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None:

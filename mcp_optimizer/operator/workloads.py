@@ -13,13 +13,17 @@ last leaves the index matching the cluster (level-triggered), whatever order eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
+from sqlalchemy.exc import DBAPIError
+
+from mcp_optimizer.db.health import describe
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import EmbeddingError
 from mcp_optimizer.ingest import (
@@ -41,6 +45,7 @@ from mcp_optimizer.operator.mapping import (
     tools_listed,
     workload_spec,
 )
+from mcp_optimizer.operator.readiness import Readiness
 from mcp_optimizer.operator.status import (
     IndexProblem,
     ServerFacts,
@@ -77,6 +82,11 @@ class Outcome(Enum):
     INVALID = "invalid"
     #: The object changed or went away meanwhile; a newer sync takes over.
     STALE = "stale"
+
+
+class IndexUnavailableError(RuntimeError):
+    """The index could not be written (full, damaged, unreadable); the status says so. Retried,
+    and the operator's repair re-syncs every MCPServer once the index works again."""
 
 
 def problem_from(error: BaseException | None) -> IndexProblem | None:
@@ -117,8 +127,10 @@ class WorkloadReconciler:
         *,
         mcp_timeout: float,
         list_tools: ListTools | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.indexer = indexer
+        self.readiness = readiness
         self.writer = writer
         self.mcp_timeout = mcp_timeout
         self._list_tools = list_tools or _default_list_tools
@@ -153,15 +165,20 @@ class WorkloadReconciler:
         and resync). ``current_status`` is the object's status as found, used after a restart to
         keep condition transition times and to skip writing an unchanged status.
         """
-        with METRICS.reconcile("MCPServer", view.workload_name) as timer:
-            outcome = await self._sync(view, read_tools=read_tools, current_status=current_status)
-            timer.outcome = outcome.value
-            tracked = self._tracked.get(view.workload_name)
-            if tracked is not None and outcome is not Outcome.STALE:
-                facts = tracked.facts
-                registry = "/".join(facts.registry) if facts.registry else "none"
-                timer.changes = f"status {facts.status.value}, {facts.tool_count} tools, registry {registry}"
-            return outcome
+        try:
+            with METRICS.reconcile("MCPServer", view.workload_name) as timer:
+                outcome = await self._sync(view, read_tools=read_tools, current_status=current_status)
+                timer.outcome = outcome.value
+                tracked = self._tracked.get(view.workload_name)
+                if tracked is not None and outcome is not Outcome.STALE:
+                    facts = tracked.facts
+                    registry = "/".join(facts.registry) if facts.registry else "none"
+                    timer.changes = f"status {facts.status.value}, {facts.tool_count} tools, registry {registry}"
+                return outcome
+        finally:
+            # Synced or failed, this object has had its pass (readiness waits for every one at start).
+            if self.readiness is not None:
+                self.readiness.settled(view.workload_name)
 
     async def _sync(
         self,
@@ -195,7 +212,9 @@ class WorkloadReconciler:
             if self._superseded(view):
                 return Outcome.STALE
             tracked = self._track(view, current_status)
-            facts = tracked.facts
+            # What this sync establishes goes into a copy: the status takes it only once the index
+            # has committed it, so it never claims tools (or a generation) that were not written.
+            facts = dataclasses.replace(tracked.facts)
             if facts.generation != view.generation:
                 # A failure of the previous spec says nothing about this one.
                 facts.tools_error = None
@@ -222,12 +241,24 @@ class WorkloadReconciler:
                 facts.registry_note = None
                 if tools is not None:
                     facts.tool_count = len(tools)
+            except DBAPIError as exc:
+                await self._index_failed(tracked, view, exc)
             else:
                 self._absorb(facts, result)
             facts.runtime = runtime
+            facts.index_unavailable = None
+            tracked.facts = facts
             tracked.view = view
             await self._publish(tracked)
         return Outcome.TOOLS_FAILED if tools_error is not None else Outcome.OK
+
+    async def _index_failed(self, tracked: _Tracked, view: ServerView, exc: DBAPIError) -> NoReturn:
+        """The index did not take the write: say so in the status (keeping what it does hold), raise."""
+        reason = describe(exc)
+        tracked.facts.index_unavailable = reason
+        tracked.view = view
+        await self._publish(tracked)
+        raise IndexUnavailableError(f"the index could not be written: {reason}") from exc
 
     async def _invalid(self, tracked: _Tracked, view: ServerView, message: str) -> Outcome:
         # The cluster holds no valid workload by this name, so the index must not either
@@ -272,8 +303,17 @@ class WorkloadReconciler:
             if runtime != facts.runtime and facts.spec_error is None:
                 with METRICS.reconcile("Pod", name) as timer:
                     before = facts.runtime.status.value if facts.runtime else "none"
-                    await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                    try:
+                        await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                    except DBAPIError as exc:
+                        # Not retried here: the index repair re-syncs every MCPServer.
+                        facts.index_unavailable = describe(exc)
+                        timer.outcome = "index-failed"
+                        timer.changes = f"status {runtime.status.value} not written: {facts.index_unavailable}"
+                        await self._publish(tracked)
+                        return
                     facts.runtime = runtime
+                    facts.index_unavailable = None
                     await self._publish(tracked)
                     timer.changes = f"status {before} -> {runtime.status.value} ({runtime.code})"
             # First Running (for this spec) or a failed read: the tools must be read now.
@@ -335,6 +375,8 @@ class WorkloadReconciler:
                     tracked.tools_task.cancel()
                 del self._tracked[name]
             await self.indexer.delete_workload(name)
+        if self.readiness is not None:
+            self.readiness.settled(name)
 
     async def remove_stale(self, names: Iterable[str]) -> list[str]:
         """Delete rows of workloads found gone from the cluster, unless a handler revived them."""
@@ -347,6 +389,27 @@ class WorkloadReconciler:
                 if await self.indexer.delete_workload(name):
                     removed.append(name)
         return removed
+
+    async def resync_all(self, *, concurrency: int = 8) -> None:
+        """Sync every MCPServer kopf knows, reading its tools: the index repair's pass (after a new
+        file, or once writes work again). Failures are logged; the kopf handlers retry them."""
+        views = [view for namespace in list(self.servers) for view in list(self.servers.get(namespace, ()))]
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(view: ServerView) -> None:
+            async with semaphore:
+                try:
+                    await self.sync(view, read_tools=True)
+                except Exception as exc:
+                    logger.warning("Re-syncing %s after the index repair failed: %s", view.workload_name, exc)
+
+        await asyncio.gather(*(one(view) for view in views if not view.deleting))
+
+    def index_replaced(self) -> None:
+        """The index file was replaced by an empty one: nothing this process wrote is in it now."""
+        for tracked in self._tracked.values():
+            tracked.facts.tools_generation = None
+            tracked.facts.tool_count = 0
 
     async def close(self) -> None:
         tasks = [t.tools_task for t in self._tracked.values() if t.tools_task is not None]

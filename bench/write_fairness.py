@@ -1,0 +1,214 @@
+"""Write fairness (issue 10, point 7): how fast a pod phase change reaches ``find_tool`` while a
+5,000-entry catalog loads, and while it is deleted.
+
+* Control plane: ``scripts/control-plane start`` (or ``--kubeconfig``); the benchmark plays the
+  kubelet (it writes the pods' status), as :mod:`bench.operator` does.
+* MCP servers: ``--servers`` MCPServers (default 20) served by one farm process
+  (:class:`bench.operator.Farm`, real MCP over streamable HTTP), each with one Running pod.
+* Operator: :func:`mcp_optimizer.operator.run_operator` in this process with the real model.
+* Catalog: one ConfigMap of ``--entries`` registry entries (default 5,000; ``--quick`` 1,000),
+  variants of the ToolHive registry entries kept small enough for a ConfigMap (1 MiB): each has
+  its own image, the base entry's description (clipped to 40 characters) and its first 4 tool
+  names. Every entry's texts are new, so the load embeds ~5 texts per entry.
+
+Figures, for three phases (idle, during the catalog load, during its delete): ``--flippers``
+(default 4) concurrent flippers each take a Running server, set its pod to CrashLoopBackOff or
+back to Running, and time from the status write until ``find_tool`` (a :class:`ToolSearch` over the
+operator's index file, sharing its model) agrees, polled every 5 ms; p50/p99/max over every flip
+of the phase, and how many took over 1 s. The load phase runs from the ConfigMap's creation until
+every entry is in the index; the delete phase from its deletion until none is.
+
+Run with the code under test on ``PYTHONPATH`` to compare versions (``bench/RESULTS.md`` says how).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from sqlalchemy import text
+
+from bench.common import Report, base_parser, load_embedder, ms_summary, percentile, print_header, registry_bases
+from bench.operator import ControlPlane, Farm, OperatorThread, farm_tools, install_crd, pod_status, server_name
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.engine import create_engine
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
+
+MERGE_PATCH = "application/merge-patch+json"
+CATALOG_LABEL = "mcp-optimizer.dev/registry-catalog"
+#: The ConfigMap limit is 1 MiB for all of its data.
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def catalog_document(count: int) -> str:
+    """A legacy-format catalog of ``count`` container entries, small enough for one ConfigMap."""
+    bases = registry_bases()
+    servers: dict[str, Any] = {}
+    for i in range(count):
+        base = bases[i % len(bases)]
+        servers[f"{base.name[:24]}-{i:04d}"] = {
+            "image": f"ghcr.io/bench/{base.name[:24]}-{i:04d}:1",
+            "description": base.description[:40],
+            "tools": [t.name for t in base.tools[:4]],
+        }
+    document = json.dumps({"servers": servers}, separators=(",", ":"))
+    if len(document) > CONFIGMAP_LIMIT:
+        raise SystemExit(f"a {count}-entry catalog is {len(document)} bytes, over the ConfigMap limit")
+    return document
+
+
+async def registry_rows(engine: Any, catalog: str) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(
+            text("SELECT count(*) FROM mcpservers_registry WHERE catalog = :c"), {"c": catalog})).scalar_one())
+
+
+class Flipper:
+    """Flips one server's pod and times until search agrees, until told to stop."""
+
+    def __init__(self, core: client.CoreV1Api, ns: str, search: ToolSearch, index: int) -> None:
+        self.core = core
+        self.ns = ns
+        self.search = search
+        self.name = server_name(index)
+        self.workload = workload_name(ns, self.name)
+        tool = farm_tools(index)[0]
+        self.query = f"{tool['name']} {tool.get('description') or ''}"[:200]
+        self.running = True  # the pod's state as last written
+
+    async def visible(self) -> bool:
+        return bool(await self.search.find_tools(self.query, server=self.workload, limit=1))
+
+    async def flip(self) -> float:
+        want = not self.running
+        body = pod_status("Running") if want else pod_status("Running", ready=False, waiting="CrashLoopBackOff")
+        started = time.perf_counter()
+        await asyncio.to_thread(self.core.patch_namespaced_pod_status, f"{self.name}-0", self.ns, body,
+                                _content_type=MERGE_PATCH)
+        while await self.visible() != want:
+            if time.perf_counter() - started > 900:
+                raise TimeoutError(f"{self.workload}: search did not follow the pod within 900 s")
+            await asyncio.sleep(0.005)
+        self.running = want
+        return time.perf_counter() - started
+
+    async def run(self, until: Callable[[], Awaitable[bool]], samples: list[float], *, pause: float) -> None:
+        while True:  # at least one flip, so that a phase shorter than one flip is still measured
+            samples.append(await self.flip())
+            if await until():
+                return
+            await asyncio.sleep(pause)
+
+
+async def phase(flippers: list[Flipper], until: Callable[[], Awaitable[bool]], *, pause: float) -> list[float]:
+    samples: list[float] = []
+    await asyncio.gather(*(f.run(until, samples, pause=pause) for f in flippers))
+    return samples
+
+
+async def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--entries", type=int, help="catalog entries (default 5000; --quick 1000)")
+    parser.add_argument("--servers", type=int, default=20, help="MCPServers (default 20)")
+    parser.add_argument("--flippers", type=int, default=4, help="servers flipped concurrently (default 4)")
+    parser.add_argument("--idle-flips", type=int, default=40, help="flips timed with no catalog write (40)")
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between one flipper's flips (0.05)")
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
+    args = parser.parse_args()
+    entries = args.entries or (1000 if args.quick else 5000)
+    print_header(f"Write fairness: pod flips during a {entries}-entry catalog load and delete", args)
+    document = catalog_document(entries)
+    print(f"catalog: {entries} entries, {len(document)} bytes", flush=True)
+    report = Report()
+    plane = None if args.kubeconfig else ControlPlane()
+    kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
+    farm = Farm(args.servers)
+    operator: OperatorThread | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="mcp-bench-fair-")
+    try:
+        api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        install_crd(api)
+        ns = f"mcp-bench-{uuid.uuid4().hex[:6]}"
+        core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
+        embedder = load_embedder()
+        settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
+                            namespaces=(ns,), resync_interval=3600.0)
+        operator = OperatorThread(settings, kubeconfig, embedder)
+        for i in range(args.servers):
+            name = server_name(i)
+            objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
+                "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "endpoint": farm.url(i)},
+            })
+            core.create_namespaced_pod(ns, {  # type: ignore[arg-type]
+                "metadata": {"name": f"{name}-0", "labels": {INSTANCE_LABEL: name}},
+                "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
+            })
+            core.patch_namespaced_pod_status(f"{name}-0", ns, pod_status("Running"), _content_type=MERGE_PATCH)
+        engine = create_engine(settings.db_path)
+        search = ToolSearch(engine, embedder)
+        flippers = [Flipper(core, ns, search, i) for i in range(min(args.flippers, args.servers))]
+        deadline = time.monotonic() + 600
+        for flipper in flippers:
+            while not await flipper.visible():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{flipper.workload} was not indexed within 600 s")
+                await asyncio.sleep(0.1)
+        print(f"{args.servers} MCPServers indexed", flush=True)
+
+        # Idle: no catalog write.
+        idle: list[float] = []
+        for n in range(args.idle_flips):
+            idle.append(await flippers[n % len(flippers)].flip())
+            await asyncio.sleep(args.pause)
+        report.add("pod flip -> find_tool, idle", ms_summary(idle))
+
+        catalog = f"{ns}/big"
+
+        # During the load.
+        async def loaded() -> bool:
+            return await registry_rows(engine, catalog) >= entries
+
+        started = time.perf_counter()
+        core.create_namespaced_config_map(ns, {  # type: ignore[arg-type]
+            "metadata": {"name": "big", "labels": {CATALOG_LABEL: "true"}}, "data": {"registry.json": document}})
+        load = await phase(flippers, loaded, pause=args.pause)
+        took = time.perf_counter() - started
+        slow = sum(1 for s in load if s > 1.0)
+        report.add(f"pod flip -> find_tool during the {entries}-entry catalog load ({took:.0f} s)",
+                   f"{ms_summary(load)}; {slow} over 1 s", "p99 < 1 s", percentile(load, 99) < 1.0)
+
+        # During the delete.
+        async def deleted() -> bool:
+            return await registry_rows(engine, catalog) == 0
+
+        started = time.perf_counter()
+        core.delete_namespaced_config_map("big", ns)
+        delete = await phase(flippers, deleted, pause=args.pause)
+        took = time.perf_counter() - started
+        slow = sum(1 for s in delete if s > 1.0)
+        report.add(f"pod flip -> find_tool during its delete ({took:.1f} s)",
+                   f"{ms_summary(delete)}; {slow} over 1 s", "p99 < 1 s", percentile(delete, 99) < 1.0)
+        await engine.dispose()
+        core.delete_namespace(ns)
+    finally:
+        if operator is not None:
+            operator.stop()
+        farm.stop()
+        if plane is not None:
+            plane.stop()
+        tmp.cleanup()
+    report.print_table()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
