@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -279,8 +279,7 @@ class IndexHealth:
         self.reports += 1
         current = self.fault
         if current is None or (fault.kind.needs_rebuild and not current.kind.needs_rebuild):
-            if current is None:
-                logger.warning("The index is unhealthy: %s", fault)
+            logger.debug("Index fault: %s", fault)  # the repairer logs what it does about it
             self.fault = fault
         for listener in self.listeners:
             listener(fault)
@@ -319,12 +318,3 @@ def watch_engine(engine: AsyncEngine, health: IndexHealth) -> None:
         if connection is not None and connection.info.get("index_epoch", health.epoch) != health.epoch:
             return  # a connection to a file already replaced
         health.report(fault)
-
-
-def first_fault(errors: Sequence[BaseException]) -> IndexFault | None:
-    """The first index fault among ``errors`` (for results gathered with return_exceptions)."""
-    for error in errors:
-        fault = classify(error)
-        if fault is not None:
-            return fault
-    return None

@@ -41,7 +41,7 @@ from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.base import ToolRow, identifier_keys
-from mcp_optimizer.db.engine import WRITE_OPTION, create_engine
+from mcp_optimizer.db.engine import WRITE_OPTION, IndexOpenError, create_engine
 from mcp_optimizer.db.health import (
     FaultKind,
     FileIdentity,
@@ -194,6 +194,14 @@ def _key_of(remote: bool, url: str | None, package: str | None) -> tuple[bool, s
     return remote, (url_key if remote else package_key) or ""
 
 
+async def _move_aside(path: Path, fault: IndexFault, *, keep: int) -> Path | None:
+    try:
+        return await asyncio.to_thread(move_aside, path, keep=keep)
+    except OSError as exc:
+        raise IndexOpenError(f"index {path} cannot be used ({fault.message}) and cannot be moved aside: "
+                             f"{exc.strerror or exc}") from exc
+
+
 async def _migrate(engine: AsyncEngine, path: Path) -> None:
     """Bring the file to the head schema and check that it has every table of it."""
     await migrate.upgrade(engine)
@@ -260,7 +268,7 @@ class Indexer:
             raise IndexDamagedError(path, fault)
         moved_to = None
         if fault is not None:
-            moved_to = await asyncio.to_thread(move_aside, path, keep=settings.index_damaged_keep)
+            moved_to = await _move_aside(path, fault, keep=settings.index_damaged_keep)
         engine = create_engine(path, mmap_size=settings.sqlite_mmap_size, max_bytes=settings.index_max_bytes)
         try:
             await _migrate(engine, path)
@@ -272,7 +280,7 @@ class Indexer:
                     raise
                 raise IndexDamagedError(path, late or IndexFault(FaultKind.CORRUPT, describe(exc))) from exc
             fault = late  # damage the check did not see (it was off): replace the file once
-            moved_to = await asyncio.to_thread(move_aside, path, keep=settings.index_damaged_keep)
+            moved_to = await _move_aside(path, fault, keep=settings.index_damaged_keep)
             engine = create_engine(path, mmap_size=settings.sqlite_mmap_size, max_bytes=settings.index_max_bytes)
             await _migrate(engine, path)
         if embedder is None:
@@ -309,7 +317,7 @@ class Indexer:
         async with self.scheduler.exclusive():
             self.health.epoch += 1
             await self.engine.dispose()
-            moved_to = await asyncio.to_thread(move_aside, self.path, keep=self.damaged_keep)
+            moved_to = await _move_aside(self.path, fault, keep=self.damaged_keep)
             await _migrate(self.engine, self.path)
             self.identity = FileIdentity.of(self.path)
         log.warning("The index %s was replaced by a new one (%s)%s", self.path, fault,

@@ -36,7 +36,7 @@ from kubernetes import client
 from sqlalchemy import text
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.db.health import FaultKind, IndexFault
+from mcp_optimizer.db.health import FaultKind, IndexFault, describe
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.metrics import METRICS
 
@@ -151,7 +151,14 @@ class IndexDoctor:
         delay = self.interval
         while True:
             if fault.kind.needs_rebuild:
-                repair = await self.indexer.rebuild(fault)
+                try:
+                    repair = await self.indexer.rebuild(fault)
+                except Exception as exc:  # e.g. no room for the new file, a read-only directory
+                    logger.warning("Replacing the index file failed (%s); trying again in %.0f s",
+                                   describe(exc), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_DELAY)
+                    continue
                 self.on_replaced()
                 METRICS.index_rebuilt(fault.kind.value)
                 await self.events.post("Warning", "IndexRebuilt", self._rebuilt_message(fault, repair.moved_to))

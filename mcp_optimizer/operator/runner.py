@@ -176,8 +176,8 @@ async def reconcile_everything(context: OperatorContext) -> None:
 
 
 async def _watch_readiness(context: OperatorContext) -> None:
-    """Log when the operator turns ready (or not); stop waiting for MCPServers deleted since the
-    start's listing (kopf never resumes those)."""
+    """Log when the operator turns ready (or not); stop waiting for MCPServers deleted (or being
+    deleted) since the start's listing: kopf never resumes those."""
     was_ready: bool | None = None
     listed = 0.0
     while True:
@@ -187,8 +187,10 @@ async def _watch_readiness(context: OperatorContext) -> None:
         if readiness.pending and loop_time - listed > context.settings.index_heal_interval:
             listed = loop_time
             with contextlib.suppress(Exception):  # the next round tries again
-                readiness.keep_only(await context.lister.workload_names())
-        ready, why = METRICS.readiness_state() if METRICS.readiness is not None else readiness.state()
+                present = await context.lister.workload_names()
+                # One being deleted is settled by its delete handler, or never (another finalizer).
+                readiness.keep_only(name for name in present if not context.reconciler.deleting(name))
+        ready, why = readiness.state()
         if ready != was_ready:
             if ready:
                 logger.info("Operator ready: the first full pass is done and the index is healthy")

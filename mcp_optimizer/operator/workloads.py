@@ -405,6 +405,12 @@ class WorkloadReconciler:
 
         await asyncio.gather(*(one(view) for view in views if not view.deleting))
 
+    def deleting(self, workload_name: str) -> bool:
+        """Whether kopf's index shows this MCPServer being deleted (unknown ones are not: kopf may
+        not have listed them yet)."""
+        view = self._latest(workload_name)
+        return view is not None and view.deleting
+
     def index_replaced(self) -> None:
         """The index file was replaced by an empty one: nothing this process wrote is in it now."""
         for tracked in self._tracked.values():
