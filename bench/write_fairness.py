@@ -114,23 +114,18 @@ async def phase(flippers: list[Flipper], until: Callable[[], Awaitable[bool]], *
     return samples
 
 
-async def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--entries", type=int, help="catalog entries (default 5000; --quick 1000)")
-    parser.add_argument("--servers", type=int, default=20, help="MCPServers (default 20)")
-    parser.add_argument("--flippers", type=int, default=4, help="servers flipped concurrently (default 4)")
-    parser.add_argument("--idle-flips", type=int, default=40, help="flips timed with no catalog write (40)")
-    parser.add_argument("--pause", type=float, default=0.05, help="seconds between one flipper's flips (0.05)")
-    parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
-    args = parser.parse_args()
-    entries = args.entries or (1000 if args.quick else 5000)
-    print_header(f"Write fairness: pod flips during a {entries}-entry catalog load and delete", args)
+async def measure(
+    *, entries: int, servers: int = 20, flippers: int = 4, idle_flips: int = 40, pause: float = 0.05,
+    kubeconfig: str | None = None, report: Report | None = None,
+) -> Report:
+    """Run the three phases and add their figures to ``report`` (a new one when None); starts and
+    stops its own control plane unless ``kubeconfig`` names a cluster. For :mod:`bench.hostile`."""
+    report = report if report is not None else Report()
     document = catalog_document(entries)
     print(f"catalog: {entries} entries, {len(document)} bytes", flush=True)
-    report = Report()
-    plane = None if args.kubeconfig else ControlPlane()
-    kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
-    farm = Farm(args.servers)
+    plane = None if kubeconfig else ControlPlane()
+    kubeconfig = kubeconfig or (plane.kubeconfig if plane else "")
+    farm = Farm(servers)
     operator: OperatorThread | None = None
     tmp = tempfile.TemporaryDirectory(prefix="mcp-bench-fair-")
     try:
@@ -143,7 +138,7 @@ async def main() -> None:
         settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
                             namespaces=(ns,), resync_interval=3600.0)
         operator = OperatorThread(settings, kubeconfig, embedder)
-        for i in range(args.servers):
+        for i in range(servers):
             name = server_name(i)
             objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
@@ -156,20 +151,20 @@ async def main() -> None:
             core.patch_namespaced_pod_status(f"{name}-0", ns, pod_status("Running"), _content_type=MERGE_PATCH)
         engine = create_engine(settings.db_path)
         search = ToolSearch(engine, embedder)
-        flippers = [Flipper(core, ns, search, i) for i in range(min(args.flippers, args.servers))]
+        flipping = [Flipper(core, ns, search, i) for i in range(min(flippers, servers))]
         deadline = time.monotonic() + 600
-        for flipper in flippers:
+        for flipper in flipping:
             while not await flipper.visible():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{flipper.workload} was not indexed within 600 s")
                 await asyncio.sleep(0.1)
-        print(f"{args.servers} MCPServers indexed", flush=True)
+        print(f"{servers} MCPServers indexed", flush=True)
 
         # Idle: no catalog write.
         idle: list[float] = []
-        for n in range(args.idle_flips):
-            idle.append(await flippers[n % len(flippers)].flip())
-            await asyncio.sleep(args.pause)
+        for n in range(idle_flips):
+            idle.append(await flipping[n % len(flipping)].flip())
+            await asyncio.sleep(pause)
         report.add("pod flip -> find_tool, idle", ms_summary(idle))
 
         catalog = f"{ns}/big"
@@ -181,7 +176,7 @@ async def main() -> None:
         started = time.perf_counter()
         core.create_namespaced_config_map(ns, {  # type: ignore[arg-type]
             "metadata": {"name": "big", "labels": {CATALOG_LABEL: "true"}}, "data": {"registry.json": document}})
-        load = await phase(flippers, loaded, pause=args.pause)
+        load = await phase(flipping, loaded, pause=pause)
         took = time.perf_counter() - started
         slow = sum(1 for s in load if s > 1.0)
         report.add(f"pod flip -> find_tool during the {entries}-entry catalog load ({took:.0f} s)",
@@ -193,7 +188,7 @@ async def main() -> None:
 
         started = time.perf_counter()
         core.delete_namespaced_config_map("big", ns)
-        delete = await phase(flippers, deleted, pause=args.pause)
+        delete = await phase(flipping, deleted, pause=pause)
         took = time.perf_counter() - started
         slow = sum(1 for s in delete if s > 1.0)
         report.add(f"pod flip -> find_tool during its delete ({took:.1f} s)",
@@ -207,6 +202,22 @@ async def main() -> None:
         if plane is not None:
             plane.stop()
         tmp.cleanup()
+    return report
+
+
+async def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--entries", type=int, help="catalog entries (default 5000; --quick 1000)")
+    parser.add_argument("--servers", type=int, default=20, help="MCPServers (default 20)")
+    parser.add_argument("--flippers", type=int, default=4, help="servers flipped concurrently (default 4)")
+    parser.add_argument("--idle-flips", type=int, default=40, help="flips timed with no catalog write (40)")
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between one flipper's flips (0.05)")
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
+    args = parser.parse_args()
+    entries = args.entries or (1000 if args.quick else 5000)
+    print_header(f"Write fairness: pod flips during a {entries}-entry catalog load and delete", args)
+    report = await measure(entries=entries, servers=args.servers, flippers=args.flippers,
+                           idle_flips=args.idle_flips, pause=args.pause, kubeconfig=args.kubeconfig)
     report.print_table()
 
 
