@@ -156,8 +156,11 @@ class ToolOps(Ops):
             return ToolSyncResult(added, updated, len(removed), unchanged)
 
     async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
+        return await self.delete_by_servers([server_id], conn)
+
+    async def delete_by_servers(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> int:
         async with self._tx(conn) as c:
-            ids = (await c.execute(select(self.table.c.id).where(self.table.c.server_id == server_id))).scalars()
+            ids = (await c.execute(select(self.table.c.id).where(self.table.c.server_id.in_(server_ids)))).scalars()
             return await self._delete_ids(c, list(ids))
 
     async def _delete_ids(self, c: AsyncConnection, ids: list[int]) -> int:

@@ -66,13 +66,20 @@ class RegistryServerOps(Ops):
     async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> list[str]:
         """Delete a registry server and its tools; its linked workloads are unlinked and fall back
         to their own description and mean-pooled embedding. Returns the unlinked workload ids."""
+        return await self.delete_many([server_id], conn)
+
+    async def delete_many(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> list[str]:
+        """:meth:`delete` for many servers in a fixed number of statements (a catalog delete)."""
+        if not server_ids:
+            return []
         async with self._tx(conn) as c:
-            linked = list((await c.execute(
-                select(WORKLOAD_SERVERS.c.id).where(WORKLOAD_SERVERS.c.registry_server_id == server_id))).scalars())
+            linked = list((await c.execute(select(WORKLOAD_SERVERS.c.id).where(
+                WORKLOAD_SERVERS.c.registry_server_id.in_(server_ids)))).scalars())
             await self.workloads.remove_registry_relationships(linked, c)
-            await self.tools.delete_by_server(server_id, c)
-            await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
-            await c.execute(delete(servers).where(servers.c.id == server_id))
+            await self.tools.delete_by_servers(server_ids, c)
+            await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"),
+                            [{"id": server_id} for server_id in server_ids])
+            await c.execute(delete(servers).where(servers.c.id.in_(server_ids)))
         return linked
 
     async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
