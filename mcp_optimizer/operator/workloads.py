@@ -227,7 +227,6 @@ class WorkloadReconciler:
                 else:
                     facts.tools_error = None
                     facts.tools_generation = view.generation
-                    facts.last_sync_time = now_rfc3339()
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
             try:
@@ -245,6 +244,8 @@ class WorkloadReconciler:
                 await self._index_failed(tracked, view, exc)
             else:
                 self._absorb(facts, result)
+            if attempted and tools_error is None:
+                facts.last_sync_time = now_rfc3339()  # the tools read are committed now
             facts.runtime = runtime
             facts.index_unavailable = None
             tracked.facts = facts
