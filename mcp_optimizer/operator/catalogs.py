@@ -124,7 +124,15 @@ class CatalogSync:
         if catalog not in self.known and catalog not in self.loaded:
             return
         with METRICS.reconcile("Catalog", catalog) as timer:
-            result = await self.indexer.delete_catalog(catalog)
+            try:
+                result = await self.indexer.delete_catalog(catalog)
+            except Exception as exc:
+                fault = classify(exc)
+                if fault is None:
+                    raise
+                # The index repair's pass removes it (the ConfigMap is gone from its listing).
+                raise IndexUnavailableError(f"catalog {catalog}: the index could not be written: "
+                                            f"{fault.message}") from exc
             timer.outcome = "deleted"
             timer.changes = f"{len(result.removed)} removed, {len(result.rematched)} workloads re-matched"
         METRICS.forget_catalog(catalog)

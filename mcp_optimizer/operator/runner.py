@@ -256,12 +256,11 @@ async def run_operator(
         indexer, StatusWriter(api_client), mcp_timeout=settings.mcp_timeout, list_tools=list_tools,
         readiness=readiness,
     )
-    catalog_sync = CatalogSync(indexer, reconciler)
     context = OperatorContext(
         settings=settings,
         indexer=indexer,
         reconciler=reconciler,
-        catalogs=catalog_sync,
+        catalogs=CatalogSync(indexer, reconciler),
         lister=ClusterLister(api_client, settings.namespaces),
         readiness=readiness,
         doctor=IndexDoctor(
