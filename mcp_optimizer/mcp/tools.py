@@ -186,7 +186,8 @@ class OptimizerTools:
             if fault is not None:
                 # The operator reports and repairs the index (/readyz fails meanwhile): one line, no SQL.
                 logger.warning("MCP tool %s failed: index %s", name, fault)
-                return _error_result(f"{name} is unavailable while the index is repaired; try again shortly.")
+                return _error_result(f"{name} is unavailable: the search index cannot be read right now; "
+                                     "try again shortly.")
             # Details go to the log only: they may name things outside the caller's scope.
             logger.exception("MCP tool %s failed", name)
             return _error_result(f"{name} failed because of an internal error; the server log has the details.")
