@@ -48,8 +48,9 @@ SQLITE_CANTOPEN = 14
 SQLITE_NOTADB = 26
 
 #: How ``inspect_file`` checks a file: ``quick`` (``PRAGMA quick_check``: every page and b-tree,
-#: not index contents; 1.7 s on a 5,000-entry + 20,000-tool index here), ``full``
-#: (``integrity_check``: also index contents, about 2x slower) or ``off``.
+#: not whether indexes match their tables) or ``full`` (``integrity_check``), or ``off``. On a
+#: 223 MB index (5,000 catalog entries, 20,000 workload tools) quick took 0.57 s warm and 2.2 s
+#: with the file out of the page cache, full 0.88 s and 3.1 s (``python -m bench.index_check``).
 CHECK_MODES = ("quick", "full", "off")
 #: The suffix of moved-aside files: ``index.db.damaged-20261201T101500.123456Z``.
 DAMAGED_SUFFIX = ".damaged-"

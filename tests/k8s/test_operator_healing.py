@@ -233,7 +233,8 @@ async def test_corruption_at_run_time_fails_readyz_and_repairs_itself(
 
         faults.corrupt_pages(op_settings.db_path)
         # The next search hits the damage (it used to answer "internal error" forever)...
-        await operator.find_tool("translate text into french")
+        answer = await operator.find_tool("translate text into french")
+        assert answer.startswith("error:") and "cannot be read right now" in answer
         status, why = await eventually(lambda: _not_ready(operator), timeout=20, what="/readyz fails")
         assert status == 503 and "repaired" in why and "corrupt" in why
         # ... and the operator repairs it by itself.
