@@ -21,6 +21,11 @@ every entry is in the index; the delete phase from its deletion until none is. W
 index's write lock (the share of the flip latency the scheduling is responsible for; the rest is
 the API server, kopf and CPU shared with the model).
 
+``--index-only`` measures the same without Kubernetes, on the Indexer alone: the catalog's texts
+are embedded once first (a load and a delete, untimed), then a second load and delete are timed
+while a writer sets a workload's status every 20 ms, timing each ``set_workload_status`` (p50/p99/
+max): the cost of the write scheduling alone, without the API server, kopf or the model.
+
 Run with the code under test on ``PYTHONPATH`` to compare versions (``bench/RESULTS.md`` says how).
 """
 
@@ -236,6 +241,50 @@ async def measure(
     return report
 
 
+async def index_only(entries: int, report: Report | None = None) -> Report:
+    """The ``--index-only`` figures (see the module docstring)."""
+    from mcp_optimizer.catalog import parse_catalog
+    from mcp_optimizer.db.models import WorkloadStatus
+    from mcp_optimizer.ingest import Indexer, WorkloadSpec
+
+    report = report if report is not None else Report()
+    parsed = parse_catalog(catalog_document(entries))
+    embedder = load_embedder()
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-fair-") as tmp:
+        indexer = await Indexer.open(Settings(db_path=Path(tmp) / "index.db"), embedder)
+        try:
+            await indexer.apply_workload(WorkloadSpec(
+                workload_name="ns/flipper", name="flipper", package="ghcr.io/acme/flipper:1",
+                status=WorkloadStatus.RUNNING, tools=[{"name": "flip", "description": "Flip a coin"}]))
+            await indexer.load_catalog("big", parsed.entries)  # embeds every text once (untimed)
+            await indexer.delete_catalog("big")
+
+            async def timed(work: Awaitable[Any]) -> tuple[float, list[float]]:
+                task = asyncio.ensure_future(work)
+                samples: list[float] = []
+                flip = 0
+                started = time.perf_counter()
+                while not task.done():
+                    flip += 1
+                    status = WorkloadStatus.RUNNING if flip % 2 else WorkloadStatus.STOPPED
+                    t0 = time.perf_counter()
+                    await indexer.set_workload_status("ns/flipper", status)
+                    samples.append(time.perf_counter() - t0)
+                    await asyncio.sleep(0.02)
+                await task
+                return time.perf_counter() - started, samples
+
+            took, samples = await timed(indexer.load_catalog("big", parsed.entries))
+            report.add(f"set_workload_status during a {entries}-entry catalog load, texts cached ({took:.1f} s)",
+                       ms_summary(samples), "p99 < 1 s", percentile(samples, 99) < 1.0)
+            took, samples = await timed(indexer.delete_catalog("big"))
+            report.add(f"set_workload_status during its delete ({took:.1f} s)", ms_summary(samples),
+                       "p99 < 1 s", percentile(samples, 99) < 1.0)
+        finally:
+            await indexer.close()
+    return report
+
+
 async def main() -> None:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--entries", type=int, help="catalog entries (default 5000; --quick 1000)")
@@ -244,8 +293,13 @@ async def main() -> None:
     parser.add_argument("--idle-flips", type=int, default=40, help="flips timed with no catalog write (40)")
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between one flipper's flips (0.05)")
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
+    parser.add_argument("--index-only", action="store_true", help="the Indexer alone, no Kubernetes")
     args = parser.parse_args()
     entries = args.entries or (1000 if args.quick else 5000)
+    if args.index_only:
+        print_header(f"Write fairness, index only: status writes during a {entries}-entry catalog load", args)
+        (await index_only(entries)).print_table()
+        return
     print_header(f"Write fairness: pod flips during a {entries}-entry catalog load and delete", args)
     report = await measure(entries=entries, servers=args.servers, flippers=args.flippers,
                            idle_flips=args.idle_flips, pause=args.pause, kubeconfig=args.kubeconfig)

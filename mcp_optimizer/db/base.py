@@ -155,6 +155,41 @@ class ToolOps(Ops):
                 await self._insert_virtual(c, tool_id, server_id, tool, metadata)
             return ToolSyncResult(added, updated, len(removed), unchanged)
 
+    async def insert_new(
+        self, servers_tools: Sequence[tuple[str, Sequence[ToolRow]]], conn: AsyncConnection | None = None
+    ) -> None:
+        """Insert the tools of servers that have none yet, with their vector and FTS rows, in a
+        fixed number of statements. Ids are allocated here (the caller holds the write lock), as
+        SQLite would: after the largest in use."""
+        async with self._tx(conn) as c:
+            next_id = int((await c.execute(text(f"SELECT coalesce(max(id), 0) FROM {self.table.name}"))).scalar_one())
+            now = utcnow()
+            rows, fts, vectors = [], [], []
+            for server_id, tools in servers_tools:
+                metadata = await self._vector_metadata(c, server_id)
+                for tool in tools:
+                    next_id += 1
+                    rows.append({"id": next_id, "server_id": server_id, "name": tool.name, "details": tool.details,
+                                 "details_embedding": tool.embedding, "embedding_hash": tool.embedding_hash,
+                                 "created_at": now, "last_updated": now})
+                    name, description, args = tool_fts_fields(tool.details)
+                    fts.append({"id": next_id, "n": name, "d": description, "a": args})
+                    if tool.embedding is not None:
+                        vectors.append({"rowid": next_id, "embedding": tool.embedding, "server_id": server_id,
+                                        **metadata})
+            if not rows:
+                return
+            await c.execute(self.table.insert(), rows)
+            await c.execute(
+                text(f"INSERT INTO {self.fts_table}(rowid, name, description, args) VALUES (:id, :n, :d, :a)"), fts)
+            for group in _same_columns(vectors):
+                columns = list(group[0])
+                await c.execute(
+                    text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
+                         f"VALUES ({', '.join(':' + col for col in columns)})"),
+                    group,
+                )
+
     async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
         return await self.delete_by_servers([server_id], conn)
 
@@ -192,3 +227,11 @@ class ToolOps(Ops):
                      f"VALUES ({', '.join(':' + col for col in columns)})"),
                 values,
             )
+
+
+def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``rows`` grouped by their keys (one executemany per shape)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return list(groups.values())

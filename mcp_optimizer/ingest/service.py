@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import defaultdict
@@ -83,10 +82,13 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SECONDS = 0.05
 #: Catalog operations whose texts are embedded together, outside the lock, before being written.
 _EMBED_BATCH = 64
-#: Removals deleted together, in a fixed number of statements: 1,000 entries of 4 tools took 24 s
-#: one by one and 8 s in groups of 64 here (a loaded machine), but a group of 64 held the lock for
-#: ~0.4 s; 16 keeps a group near the chunk budget.
-_REMOVE_GROUP = 16
+#: Additions and removals are written in groups, a fixed number of statements per group instead
+#: of ~20 per entry (every statement is a round trip to aiosqlite's thread, slow when the CPU is
+#: shared). A group is the smallest unit between two commits, so it is kept small: at most 8
+#: entries (or 128 tools). Measured on this machine under load average 11-16 (see bench/RESULTS.md,
+#: "catalog writes"): 1,000 entries of 4 tools loaded in 57 s one by one, ~15 s in groups.
+_GROUP_ENTRIES = 8
+_GROUP_TOOLS = 128
 #: Times a catalog load plans again when the committed state moved under it (another process).
 _REPLANS = 5
 
@@ -425,18 +427,17 @@ class Indexer:
                 async with self._write(WritePriority.BULK) as conn:
                     deadline = time.monotonic() + self.catalog_chunk_seconds
                     while position < len(batch):
-                        # Removals go in groups: a few statements for the group instead of ~10 each.
-                        group = list(itertools.islice(itertools.takewhile(
-                            lambda op: op.kind == "remove", batch[position:]), _REMOVE_GROUP))
-                        ops = group or [batch[position]]
+                        ops = _next_group(batch, position)
                         if not await self._still_apply(conn, plan.catalog, ops):
                             return False
-                        if group:
-                            await self._remove_entries(conn, group, result, affected)
+                        vectors = await self._embed_map(plan.missing_texts(ops))  # cache hits
+                        result.texts_embedded += len(vectors)
+                        if ops[0].kind == "remove":
+                            await self._remove_entries(conn, ops, result, affected)
+                        elif ops[0].kind == "add":
+                            await self._add_entries(conn, plan, ops, vectors, result, affected)
                         else:
-                            vectors = await self._embed_map(plan.missing_texts(ops))
-                            result.texts_embedded += len(vectors)
-                            await self._apply_catalog_op(conn, plan, ops[0], vectors, result, affected)
+                            await self._change_entry(conn, plan, ops[0], vectors, result, affected)
                         position += len(ops)
                         if time.monotonic() >= deadline:
                             break
@@ -476,30 +477,36 @@ class Indexer:
         result.removed.extend(old.name for old in olds)
         await self._touched(conn, {_key_of(old.remote, old.url, old.package) for old in olds}, affected)
 
-    async def _apply_catalog_op(
+    async def _add_entries(
+        self, conn: AsyncConnection, plan: _CatalogPlan, ops: Sequence[_CatalogOp], vectors: dict[str, bytes],
+        result: CatalogLoadResult, affected: set[str],
+    ) -> None:
+        """Insert the registry rows of addition ops; add the workloads they may link to ``affected``."""
+        entries = [op.entry for op in ops if op.entry is not None]
+        await self.registry.create_many(plan.catalog, [
+            (self._entry_columns(entry, vectors, plan.stored), self._entry_tools(entry, vectors, plan.stored))
+            for entry in entries
+        ], conn)
+        result.added.extend(entry.name for entry in entries)
+        await self._touched(conn, {_key_of(e.remote, e.url, e.package) for e in entries}, affected)
+
+    async def _change_entry(
         self, conn: AsyncConnection, plan: _CatalogPlan, op: _CatalogOp, vectors: dict[str, bytes],
         result: CatalogLoadResult, affected: set[str],
     ) -> None:
-        """Write one planned update, rename or addition; add the workloads it may re-link to ``affected``."""
-        assert op.entry is not None
-        entry = op.entry
-        touched_keys = {_key_of(entry.remote, entry.url, entry.package)}
-        if op.old is not None:
-            old = op.old
-            touched_keys.add(_key_of(old.remote, old.url, old.package))
-            affected.update(w.workload_name for w in await self.workloads.list_servers_by_registry(old.id, conn))
-            await self.registry.update(old.id, conn, **self._entry_columns(entry, vectors, plan.stored))
-            await self.registry_tools.bulk_upsert(old.id, self._entry_tools(entry, vectors, plan.stored), conn)
-            if op.kind == "rename":
-                result.renamed.append((old.name, entry.name))
-            else:
-                result.updated.append(entry.name)
+        """Write one planned update or rename (in place: the row keeps its id and links); add the
+        workloads it may re-link to ``affected``."""
+        assert op.old is not None and op.entry is not None
+        old, entry = op.old, op.entry
+        affected.update(w.workload_name for w in await self.workloads.list_servers_by_registry(old.id, conn))
+        await self.registry.update(old.id, conn, **self._entry_columns(entry, vectors, plan.stored))
+        await self.registry_tools.bulk_upsert(old.id, self._entry_tools(entry, vectors, plan.stored), conn)
+        if op.kind == "rename":
+            result.renamed.append((old.name, entry.name))
         else:
-            columns = self._entry_columns(entry, vectors, plan.stored)
-            server_id = await self.registry.create(catalog=plan.catalog, conn=conn, **columns)
-            await self.registry_tools.bulk_upsert(server_id, self._entry_tools(entry, vectors, plan.stored), conn)
-            result.added.append(entry.name)
-        await self._touched(conn, touched_keys, affected)
+            result.updated.append(entry.name)
+        await self._touched(conn, {_key_of(old.remote, old.url, old.package),
+                                   _key_of(entry.remote, entry.url, entry.package)}, affected)
 
     @staticmethod
     async def _touched(conn: AsyncConnection, keys: set[tuple[bool, str]], affected: set[str]) -> None:
@@ -757,6 +764,21 @@ class _CatalogPlan:
                 texts.append(server_embedding_text(entry.name, entry.description, entry.tags))
                 texts.extend(tool_embedding_text(entry.name, tool.to_mcp()) for tool in entry.tools)
         return [t for t in texts if text_hash(t) not in self.stored]
+
+
+def _next_group(ops: Sequence[_CatalogOp], position: int) -> list[_CatalogOp]:
+    """The ops written next together: consecutive additions or removals (bounded), else one op."""
+    first = ops[position]
+    if first.kind not in ("add", "remove"):
+        return [first]
+    group: list[_CatalogOp] = []
+    tools = 0
+    for op in ops[position:]:
+        tools += len(op.entry.tools) if op.entry is not None else 0
+        if op.kind != first.kind or len(group) >= _GROUP_ENTRIES or (group and tools > _GROUP_TOOLS):
+            break
+        group.append(op)
+    return group
 
 
 def _diff_catalog(
