@@ -155,7 +155,7 @@ class ToolOps(Ops):
                 await self._insert_virtual(c, tool_id, server_id, tool, metadata)
             return ToolSyncResult(added, updated, len(removed), unchanged)
 
-    async def insert_new(
+    async def insert_for_new_servers(
         self, servers_tools: Sequence[tuple[str, Sequence[ToolRow]]], conn: AsyncConnection | None = None
     ) -> None:
         """Insert the tools of servers that have none yet, with their vector and FTS rows, in a

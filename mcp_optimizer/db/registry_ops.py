@@ -85,8 +85,8 @@ class RegistryServerOps(Ops):
             if vectors:
                 await c.execute(text(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:id, :e)"),
                                 vectors)
-            await self.tools.insert_new([(row["id"], tools) for row, (_, tools) in zip(rows, servers_tools,
-                                                                                        strict=True)], c)
+            await self.tools.insert_for_new_servers(
+                [(row["id"], tools) for row, (_, tools) in zip(rows, servers_tools, strict=True)], c)
         return [row["id"] for row in rows]
 
     async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:

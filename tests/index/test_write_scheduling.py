@@ -10,9 +10,14 @@ from typing import Any
 from sqlalchemy import text
 
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition
+from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings.model import to_bytes
+from mcp_optimizer.embeddings.texts import server_embedding_text, text_hash, tool_embedding_text
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
+from mcp_optimizer.ingest.service import _GROUP_ENTRIES, _CatalogOp, _next_group
 
 from .helpers import tool, workload
 
@@ -245,3 +250,147 @@ async def test_a_load_cut_short_is_finished_by_the_next_load(settings, embedder)
         assert await dump(restarted) == await reference(settings, embedder, v1, "whole.db")
     finally:
         await restarted.close()
+
+
+# ------------------------------------------------------------------------------ grouped writes
+
+
+def entry_rows(embedder: Any, entries: list[CatalogEntry]) -> list[tuple[dict[str, Any], list[ToolRow]]]:
+    """What :meth:`RegistryServerOps.create` and the tool ops take for ``entries``, embedded by the
+    real model; a tool named ``*_unembedded`` gets no vector (as when the model failed for it)."""
+    texts = [server_embedding_text(e.name, e.description, e.tags) for e in entries]
+    texts += [tool_embedding_text(e.name, t.to_mcp()) for e in entries for t in e.tools]
+    vectors = dict(zip(texts, (to_bytes(v) for v in embedder.embed(texts)), strict=True))
+    items = []
+    for e in entries:
+        columns = {"name": e.name, "remote": e.remote, "url": e.url, "package": e.package, "transport": e.transport,
+                   "description": e.description, "tags": list(e.tags), "content_hash": e.content_hash(),
+                   "server_embedding": vectors[server_embedding_text(e.name, e.description, e.tags)]}
+        tools = []
+        for t in e.tools:
+            details = t.to_mcp()
+            embedded = tool_embedding_text(e.name, details)
+            tools.append(ToolRow(t.name, details, None if t.name.endswith("_unembedded") else vectors[embedded],
+                                 text_hash(embedded)))
+        items.append((columns, tools))
+    return items
+
+
+async def full_dump(engine: Any) -> dict[str, Any]:
+    """The registry side with its tool ids, FTS rows and vector rows (server ids by name: they are
+    random)."""
+    async with engine.connect() as conn:
+        async def query(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in (await conn.execute(text(sql))).all()]
+        return {
+            "servers": await query(
+                'SELECT catalog, name, remote, url, url_key, package, package_key, transport, description, tags, '
+                '"group", content_hash, server_embedding FROM mcpservers_registry ORDER BY name'),
+            "tools": await query(
+                "SELECT t.id, s.name, t.name, t.details, t.details_embedding, t.embedding_hash FROM tools_registry t "
+                "JOIN mcpservers_registry s ON s.id = t.server_id ORDER BY t.id"),
+            "fts": await query("SELECT rowid, name, description, args FROM registry_tool_fts ORDER BY rowid"),
+            "tool_vectors": await query(
+                "SELECT v.rowid, s.name, v.embedding FROM registry_tool_vectors v "
+                "LEFT JOIN mcpservers_registry s ON s.id = v.server_id ORDER BY v.rowid"),
+            "server_vectors": await query(
+                "SELECT s.name, v.embedding FROM registry_server_vector v "
+                "LEFT JOIN mcpservers_registry s ON s.id = v.server_id ORDER BY s.name"),
+        }
+
+
+def assert_search_rows_are_the_tools_own(dump_: dict[str, Any]) -> None:
+    """Every tool's FTS row and vector row carry that tool (same rowid), and no row is left over."""
+    tools = {row[0]: row for row in dump_["tools"]}
+    assert [row[0] for row in dump_["fts"]] == sorted(tools)
+    for rowid, name, _, _ in dump_["fts"]:
+        assert name.split(" ")[0] == tools[rowid][2]
+    embedded = sorted(i for i, row in tools.items() if row[4] is not None)
+    assert [row[0] for row in dump_["tool_vectors"]] == embedded
+    for rowid, server, embedding in dump_["tool_vectors"]:
+        assert (server, embedding) == (tools[rowid][1], tools[rowid][4])
+    servers = {row[1]: row[12] for row in dump_["servers"]}
+    assert dump_["server_vectors"] == sorted((n, e) for n, e in servers.items() if e is not None)
+
+
+async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, embedder):
+    """The grouped insert allocates tool ids itself: after a server lost its newest tools (their
+    ids free again), it must store exactly what the one-by-one writes store, each tool's FTS and
+    vector rows under its own id."""
+    entries = [
+        *catalog(5),
+        CatalogEntry(name="remote-one", remote=True, url="https://mcp.example.com/mcp", transport="streamable-http",
+                     description="A remote server", tags=["web"],
+                     tools=[ToolDefinition(name="fetch_page", description="Fetch a web page",
+                                           input_schema={"type": "object", "properties": {
+                                               "url": {"type": "string", "description": "The page address"}}}),
+                            ToolDefinition(name="fetch_unembedded")]),
+        CatalogEntry(name="no-tools", remote=False, package="ghcr.io/acme/empty:1", transport="stdio"),
+    ]
+    items = entry_rows(embedder, entries)
+    earlier = entry_rows(embedder, catalog(1, start=900))[0]
+    dumps = []
+    for path, grouped in (("grouped.db", True), ("one-by-one.db", False)):
+        indexer = await Indexer.open(replace(settings, db_path=settings.db_path.with_name(path)), embedder)
+        try:
+            registry, tools = indexer.registry, indexer.registry_tools
+            first = await registry.create(catalog="c", **earlier[0])
+            await tools.bulk_upsert(first, earlier[1])
+            await tools.bulk_upsert(first, earlier[1][:1])  # the two newest tools go: their ids are free
+            if grouped:
+                async with indexer.engine.begin() as conn:
+                    await registry.create_many("c", items[:4], conn)
+                    await registry.create_many("c", items[4:], conn)
+                assert await registry.create_many("c", []) == []
+            else:
+                for columns, rows_ in items:
+                    server_id = await registry.create(catalog="c", **columns)
+                    await tools.bulk_upsert(server_id, rows_)
+            dumps.append(await full_dump(indexer.engine))
+        finally:
+            await indexer.close()
+    grouped_dump, one_by_one_dump = dumps
+    assert grouped_dump == one_by_one_dump
+    assert_search_rows_are_the_tools_own(grouped_dump)
+    assert len(grouped_dump["tools"]) == 1 + 5 * 3 + 2 and len(grouped_dump["tool_vectors"]) == 1 + 5 * 3 + 1
+
+
+async def test_grouped_catalog_writes_keep_every_tool_searchable(settings, embedder):
+    """A chunked load and a change of most of the catalog (removals, renames, changes and additions
+    written in groups) leave each tool's search rows its own, and search finds the added tools."""
+    indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
+    try:
+        await indexer.load_catalog("c", catalog(300))
+        assert_search_rows_are_the_tools_own(await full_dump(indexer.engine))
+        result = await indexer.load_catalog("c", version_two())
+        assert (len(result.removed), len(result.renamed), len(result.updated), len(result.added)) == (50, 50, 50, 40)
+        dump_ = await full_dump(indexer.engine)
+        assert_search_rows_are_the_tools_own(dump_)
+        assert len(dump_["servers"]) == 290 and len(dump_["tools"]) == 290 * 3
+        hits = await ToolSearch(indexer.engine, embedder).find_registry_servers("write_339", limit=3)
+        assert hits and hits[0].name == "server-0339"
+    finally:
+        await indexer.close()
+
+
+def test_groups_are_bounded_and_never_mix_kinds():
+    def op(kind: str, tools: int, i: int) -> _CatalogOp:
+        entry = CatalogEntry(name=f"s{i}", remote=False, package=f"ghcr.io/acme/s{i}:1", transport="stdio",
+                             tools=[ToolDefinition(name=f"t{n}") for n in range(tools)])
+        return _CatalogOp(kind, None, None if kind == "remove" else entry)
+
+    ops = [*(op("remove", 0, i) for i in range(10)), *(op("add", 3, i) for i in range(3)),
+           op("update", 3, 99), *(op("add", 60, i) for i in range(3)), op("add", 200, 7), op("add", 1, 8)]
+    groups = []
+    position = 0
+    while position < len(ops):
+        group = _next_group(ops, position)
+        groups.append([(o.kind, len(o.entry.tools) if o.entry else 0) for o in group])
+        position += len(group)
+    assert groups == [
+        [("remove", 0)] * _GROUP_ENTRIES, [("remove", 0)] * 2,  # at most 8 entries
+        [("add", 3)] * 3, [("update", 3)],  # kinds are not mixed; updates go one by one
+        [("add", 60)] * 2, [("add", 60)],  # at most 128 tools...
+        [("add", 200)],  # ...unless one entry has more: it goes alone
+        [("add", 1)],
+    ]
