@@ -41,6 +41,11 @@ def _env_int(name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"{ENV_PREFIX}{name} must be positive, got {value}")
     return value
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _env(name, default).strip().lower()
+    if raw not in choices:
+        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -200,6 +205,25 @@ class Settings:
         if self.search_mode not in SEARCH_MODES:
             raise ValueError(f"{ENV_PREFIX}SEARCH_MODE must be one of {', '.join(SEARCH_MODES)}, "
                              f"got {self.search_mode!r}")
+    # --- The index as a cache: healing and write scheduling (issue 10, part C) ---
+    #: How ``mcp-optimizer run`` checks the index file before using it: ``quick``
+    #: (``PRAGMA quick_check``), ``full`` (``integrity_check``) or ``off``. A file that fails is
+    #: moved aside and rebuilt from the cluster.
+    index_check: str = "quick"
+    #: Moved-aside (damaged) index files kept for forensics, newest first; 0 deletes them at once.
+    index_damaged_keep: int = 2
+    #: Largest index file in bytes (SQLite ``max_page_count``); 0: only the disk limits it.
+    index_max_bytes: int = 0
+    #: Seconds between checks that the index file is still the one opened, and the first wait
+    #: before retrying a repair (then doubling, up to a minute).
+    index_heal_interval: float = 5.0
+    #: Seconds one catalog write transaction may hold the index's write lock; a large catalog is
+    #: written in many such chunks so pod phase changes never wait long behind it.
+    catalog_chunk_seconds: float = 0.05
+    #: The operator's own Pod (downward API): index repairs are reported as Events on it.
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    pod_uid: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -262,6 +286,14 @@ class Settings:
             embedding_dim=int(_env_float("EMBEDDING_DIM", 0)) or None,
             embedding_query_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_QUERY_PREFIX"),
             embedding_passage_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_PASSAGE_PREFIX"),
+            index_check=_env_choice("INDEX_CHECK", cls.index_check, ("quick", "full", "off")),
+            index_damaged_keep=int(_env_float("INDEX_DAMAGED_KEEP", cls.index_damaged_keep)),
+            index_max_bytes=int(_env_float("INDEX_MAX_BYTES", cls.index_max_bytes)),
+            index_heal_interval=_env_float("INDEX_HEAL_INTERVAL", cls.index_heal_interval),
+            catalog_chunk_seconds=_env_float("CATALOG_CHUNK_SECONDS", cls.catalog_chunk_seconds),
+            pod_name=_env("POD_NAME", "") or None,
+            pod_namespace=_env("POD_NAMESPACE", "") or None,
+            pod_uid=_env("POD_UID", "") or None,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -19,10 +19,17 @@ own with a private registry. What is measured:
   the wall time of every call that ran the model (a query, a workload's tools, a catalog),
   reported by the embedder itself;
 * ``mcp_optimizer_catalog_parse_errors_total{catalog}``: catalogs that failed to parse;
-* ``mcp_optimizer_ready``: 1 once the first reconcile pass is done (:meth:`Metrics.set_ready`).
+* ``mcp_optimizer_ready``: 1 when ``/readyz`` says ready: the first full pass is done and the
+  index is healthy (:attr:`Metrics.readiness`, see :mod:`mcp_optimizer.operator.readiness`);
+* ``mcp_optimizer_index_healthy``, ``mcp_optimizer_index_faults_total{kind}`` (SQLite errors by
+  :class:`~mcp_optimizer.db.health.FaultKind`) and ``mcp_optimizer_index_rebuilds_total{kind}``
+  (index files replaced): see :mod:`mcp_optimizer.operator.healing`;
+* ``mcp_optimizer_index_write_wait_seconds{priority}``: how long writes waited for the index's
+  write lock, by :class:`~mcp_optimizer.ingest.scheduler.WritePriority`.
 
-:class:`MetricsServer` serves ``/metrics`` and ``/readyz`` (200 once ready, else 503) with
-aiohttp (kopf's own HTTP stack) in the running event loop: no thread, no extra dependency.
+:class:`MetricsServer` serves ``/metrics`` and ``/readyz`` (200 once ready, else 503 with the
+reason) with aiohttp (kopf's own HTTP stack) in the running event loop: no thread, no extra
+dependency.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 #: find_tool is a hybrid search over SQLite: milliseconds, embedding the query included.
 FIND_TOOL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 EMBEDDING_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 120)
+#: Waiting for the write lock: a status write should wait at most one catalog chunk (~50 ms).
+WRITE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30)
 #: Seconds an index count stays cached (scrapes are every 15-60 s; counting is cheap anyway).
 INDEX_COUNT_TTL = 5.0
 
@@ -145,13 +154,34 @@ class Metrics:
         self.registry_tools = Gauge(
             "registry_tools", "Registry tools in the index by catalog.", ["catalog"], namespace=NAMESPACE, registry=r
         )
-        self.ready = Gauge("ready", "1 once the first reconcile pass is done.", namespace=NAMESPACE, registry=r)
+        self.ready = Gauge(
+            "ready", "1 once the first full reconcile pass is done and the index is healthy.",
+            namespace=NAMESPACE, registry=r,
+        )
+        self.index_healthy = Gauge(
+            "index_healthy", "1 while the index file works; 0 from a fault until its repair is done.",
+            namespace=NAMESPACE, registry=r,
+        )
+        self.index_faults = Counter(
+            "index_faults", "SQLite errors of the index file by kind (corrupt, replaced, full, io).",
+            ["kind"], namespace=NAMESPACE, registry=r,
+        )
+        self.index_rebuilds = Counter(
+            "index_rebuilds", "Index files moved aside and rebuilt from the cluster, by the fault's kind.",
+            ["kind"], namespace=NAMESPACE, registry=r,
+        )
+        self.index_write_wait = Histogram(
+            "index_write_wait_seconds", "Time writes waited for the index's write lock, by priority.",
+            ["priority"], namespace=NAMESPACE, buckets=WRITE_WAIT_BUCKETS, registry=r,
+        )
         for status in WORKLOAD_STATUSES:
             self.workload_servers.labels(status).set(0)
             self.workload_tools.labels(status).set(0)
         self._embedders = _EmbedderCollector()
         r.register(self._embedders)
         self._ready = False
+        #: Computes readiness when set (the operator: first pass done, index healthy): (ready, why).
+        self.readiness: Callable[[], tuple[bool, str]] | None = None
         self._catalogs: set[str] = set()
 
     # --- operator -----------------------------------------------------------------------
@@ -201,7 +231,30 @@ class Metrics:
 
     @property
     def is_ready(self) -> bool:
-        return self._ready
+        return self.readiness_state()[0]
+
+    def readiness_state(self) -> tuple[bool, str]:
+        """(ready, why), from :attr:`readiness` when set, else from :meth:`set_ready`."""
+        if self.readiness is not None:
+            ready, why = self.readiness()
+        else:
+            ready, why = self._ready, "ok" if self._ready else "the first reconcile pass is not done"
+        self.ready.set(1 if ready else 0)
+        return ready, why
+
+    # --- the index file -----------------------------------------------------------------
+
+    def index_fault(self, kind: str) -> None:
+        self.index_faults.labels(kind).inc()
+
+    def index_rebuilt(self, kind: str) -> None:
+        self.index_rebuilds.labels(kind).inc()
+
+    def set_index_healthy(self, healthy: bool) -> None:
+        self.index_healthy.set(1 if healthy else 0)
+
+    def observe_write_wait(self, priority: str, seconds: float) -> None:
+        self.index_write_wait.labels(priority).observe(seconds)
 
     # --- MCP endpoint and embeddings ----------------------------------------------------
 
@@ -326,6 +379,7 @@ class MetricsServer:
         return int(sockets[0].getsockname()[1]) if sockets else self.requested_port
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        self.metrics.readiness_state()  # refreshes the ready gauge
         if self.index is not None:
             try:
                 snap = await (self.index.snapshot() if isinstance(self.index, IndexCounts) else self.index())
@@ -336,9 +390,10 @@ class MetricsServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, _: web.Request) -> web.Response:
-        if self.metrics.is_ready:
+        ready, why = self.metrics.readiness_state()
+        if ready:
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="not ready: the first reconcile pass is not done\n")
+        return web.Response(status=503, text=f"not ready: {why}\n")
 
     async def start(self) -> MetricsServer:
         app = web.Application()

@@ -12,16 +12,19 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.exc import DBAPIError
 
 from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
 from mcp_optimizer.cli.progress import Progress
 from mcp_optimizer.config import SEARCH_MODES, Settings
 from mcp_optimizer.db.engine import IndexOpenError
+from mcp_optimizer.db.health import describe, inspect_file
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import EmbeddingError
@@ -61,6 +64,20 @@ async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return await _with_indexer(settings, action)
+
+
+async def cmd_db_check(args: argparse.Namespace, settings: Settings) -> int:
+    mode = "full" if args.full else "quick"
+    if not settings.db_path.is_file():
+        raise CliError(f"no index at {settings.db_path}")
+    started = time.perf_counter()
+    fault = await asyncio.to_thread(inspect_file, settings.db_path, mode=mode)
+    took = time.perf_counter() - started
+    if fault is not None:
+        print(f"index {settings.db_path}: {fault} ({mode} check, {took:.2f} s)")
+        return 1
+    print(f"index {settings.db_path}: ok ({mode} check, {took:.2f} s)")
+    return 0
 
 
 async def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -423,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="manage the index file").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="create the index or migrate it to the latest schema").set_defaults(
         handler=cmd_db_upgrade)
+    check = db.add_parser("check", help="check the index file (PRAGMA quick_check, or integrity_check)")
+    check.add_argument("--full", action="store_true", help="integrity_check: also index contents (slower)")
+    check.set_defaults(handler=cmd_db_check)
 
     catalog = commands.add_parser("catalog", help="registry catalogs").add_subparsers(
         dest="catalog_command", required=True)
@@ -521,6 +541,7 @@ def _run_then_exit(coroutine: Awaitable[int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("text", "DEBUG" if args.verbose else "WARNING")
+    settings: Settings | None = None
     try:
         settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path,
                                                       embedding_model_name=args.model, search_mode=args.search_mode)
@@ -536,6 +557,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(asyncio.run(args.handler(args, settings)))
     except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        # A full disk, a damaged file, ...: SQLite's message, never the SQL and its parameters.
+        where = f"index {settings.db_path}" if settings is not None else "index"
+        print(f"error: {where}: {describe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

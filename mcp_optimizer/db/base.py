@@ -164,9 +164,53 @@ class ToolOps(Ops):
     async def _after_write(self, c: AsyncConnection, tool_ids: list[int]) -> None:
         """Derived columns of the tools just inserted or updated (none on this side)."""
 
-    async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
+    async def insert_for_new_servers(
+        self, servers_tools: Sequence[tuple[str, Sequence[ToolRow]]], conn: AsyncConnection | None = None
+    ) -> None:
+        """Insert the tools of servers that have none yet, with their vector and FTS rows, in a
+        fixed number of statements. Ids are allocated here (the caller holds the write lock), as
+        SQLite would: after the largest in use."""
         async with self._tx(conn) as c:
-            ids = (await c.execute(select(self.table.c.id).where(self.table.c.server_id == server_id))).scalars()
+            next_id = int((await c.execute(text(f"SELECT coalesce(max(id), 0) FROM {self.table.name}"))).scalar_one())
+            now = utcnow()
+            rows, fts, vectors = [], [], []
+            ids: list[int] = []
+            for server_id, tools in servers_tools:
+                metadata = await self._vector_metadata(c, server_id)
+                for tool in tools:
+                    next_id += 1
+                    ids.append(next_id)
+                    rows.append({"id": next_id, "server_id": server_id, "name": tool.name, "details": tool.details,
+                                 "details_embedding": tool.embedding, "embedding_hash": tool.embedding_hash,
+                                 "created_at": now, "last_updated": now})
+                    fts.append({"id": next_id, **dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context),
+                                                              strict=True))})
+                    if tool.embedding is not None:
+                        vectors.append({"rowid": next_id, "embedding": tool.embedding, "server_id": server_id,
+                                        **metadata})
+            if not rows:
+                return
+            await c.execute(self.table.insert(), rows)
+            await c.execute(
+                text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
+                     f"VALUES (:id, {', '.join(':' + col for col in FTS_COLUMNS)})"),
+                fts,
+            )
+            for group in _same_columns(vectors):
+                columns = list(group[0])
+                await c.execute(
+                    text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
+                         f"VALUES ({', '.join(':' + col for col in columns)})"),
+                    group,
+                )
+            await self._after_write(c, ids)
+
+    async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
+        return await self.delete_by_servers([server_id], conn)
+
+    async def delete_by_servers(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> int:
+        async with self._tx(conn) as c:
+            ids = (await c.execute(select(self.table.c.id).where(self.table.c.server_id.in_(server_ids)))).scalars()
             return await self._delete_ids(c, list(ids))
 
     async def _delete_ids(self, c: AsyncConnection, ids: list[int]) -> int:
@@ -199,3 +243,11 @@ class ToolOps(Ops):
                      f"VALUES ({', '.join(':' + col for col in columns)})"),
                 values,
             )
+
+
+def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``rows`` grouped by their keys (one executemany per shape)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return list(groups.values())

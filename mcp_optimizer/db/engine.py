@@ -47,8 +47,13 @@ def sqlite_module() -> ModuleType:
     return module
 
 
-def connect_sync(path: Path | str, *, mmap_size: int = 0) -> Any:
-    """A plain DB-API connection with sqlite-vec loaded and the index's pragmas applied."""
+def connect_sync(path: Path | str, *, mmap_size: int = 0, max_bytes: int = 0) -> Any:
+    """A plain DB-API connection with sqlite-vec loaded and the index's pragmas applied.
+
+    ``max_bytes`` > 0 caps the file (``max_page_count``): a write that would grow it past the cap
+    fails with SQLITE_FULL, as on a full disk, and the operator waits for space (it never deletes
+    what the cluster says to keep).
+    """
     module = sqlite_module()
     conn = module.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     try:
@@ -70,6 +75,9 @@ def connect_sync(path: Path | str, *, mmap_size: int = 0) -> Any:
         # (a 130 MB index and 8 busy connections read as 800 MB RSS, though the kernel holds
         # one copy).
         conn.execute(f"PRAGMA mmap_size={int(mmap_size)}")
+    if max_bytes > 0:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // page_size)}")
     return conn
 
 
@@ -91,7 +99,7 @@ class _AiosqliteDbapi(AsyncAdapt_aiosqlite_dbapi):
             setattr(self, name, getattr(self.sqlite, name))
 
 
-def create_engine(path: Path | str, *, mmap_size: int = 0, echo: bool = False) -> AsyncEngine:
+def create_engine(path: Path | str, *, mmap_size: int = 0, max_bytes: int = 0, echo: bool = False) -> AsyncEngine:
     """An async engine on the index file (not yet migrated: see :func:`mcp_optimizer.db.open_index`)."""
     path = Path(path)
     if str(path) == ":memory:":
@@ -100,7 +108,9 @@ def create_engine(path: Path | str, *, mmap_size: int = 0, echo: bool = False) -
         raise IndexOpenError(f"directory {path.parent} does not exist")
 
     async def creator() -> aiosqlite.Connection:
-        connection = aiosqlite.Connection(lambda: connect_sync(path, mmap_size=mmap_size), iter_chunk_size=64)
+        connection = aiosqlite.Connection(
+            lambda: connect_sync(path, mmap_size=mmap_size, max_bytes=max_bytes), iter_chunk_size=64
+        )
         connection._thread.daemon = True  # never keep the interpreter alive at exit
         return await connection
 

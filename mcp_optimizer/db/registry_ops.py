@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Row, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
+from mcp_optimizer.db.base import Ops, ToolOps, ToolRow, identifier_keys
 from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, WORKLOAD_SERVERS, new_id, utcnow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 from mcp_optimizer.db.workload_ops import WorkloadServerOps
@@ -56,6 +56,39 @@ class RegistryServerOps(Ops):
             await self._sync_vector(c, server_id, server_embedding)
         return server_id
 
+    async def create_many(
+        self, catalog: str, servers_tools: Sequence[tuple[dict[str, Any], Sequence[ToolRow]]],
+        conn: AsyncConnection | None = None,
+    ) -> list[str]:
+        """:meth:`create` for many servers, with their tools, in a fixed number of statements (a
+        catalog load). Each item is (the columns :meth:`create` takes, the server's tools)."""
+        if not servers_tools:
+            return []
+        now = utcnow()
+        rows = []
+        for columns, _ in servers_tools:
+            remote = bool(columns["remote"])
+            url_key, package_key = identifier_keys(remote, columns.get("url"), columns.get("package"))
+            rows.append({
+                "id": new_id(), "catalog": catalog, "name": columns["name"], "remote": remote,
+                "url": columns.get("url") if remote else None, "url_key": url_key,
+                "package": None if remote else columns.get("package"), "package_key": package_key,
+                "transport": columns.get("transport"), "description": columns.get("description", ""),
+                "tags": list(columns.get("tags") or ()), "server_embedding": columns.get("server_embedding"),
+                "group": columns.get("group"), "content_hash": columns.get("content_hash", ""),
+                "created_at": now, "last_updated": now,
+            })
+        async with self._tx(conn) as c:
+            await c.execute(servers.insert(), rows)
+            vectors = [{"id": row["id"], "e": row["server_embedding"]} for row in rows
+                       if row["server_embedding"] is not None]
+            if vectors:
+                await c.execute(text(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:id, :e)"),
+                                vectors)
+            await self.tools.insert_for_new_servers(
+                [(row["id"], tools) for row, (_, tools) in zip(rows, servers_tools, strict=True)], c)
+        return [row["id"] for row in rows]
+
     async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
         """Update columns; identifiers are re-normalised and the vector row follows the embedding."""
         async with self._tx(conn) as c:
@@ -66,13 +99,20 @@ class RegistryServerOps(Ops):
     async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> list[str]:
         """Delete a registry server and its tools; its linked workloads are unlinked and fall back
         to their own description and mean-pooled embedding. Returns the unlinked workload ids."""
+        return await self.delete_many([server_id], conn)
+
+    async def delete_many(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> list[str]:
+        """:meth:`delete` for many servers in a fixed number of statements (a catalog delete)."""
+        if not server_ids:
+            return []
         async with self._tx(conn) as c:
-            linked = list((await c.execute(
-                select(WORKLOAD_SERVERS.c.id).where(WORKLOAD_SERVERS.c.registry_server_id == server_id))).scalars())
+            linked = list((await c.execute(select(WORKLOAD_SERVERS.c.id).where(
+                WORKLOAD_SERVERS.c.registry_server_id.in_(server_ids)))).scalars())
             await self.workloads.remove_registry_relationships(linked, c)
-            await self.tools.delete_by_server(server_id, c)
-            await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
-            await c.execute(delete(servers).where(servers.c.id == server_id))
+            await self.tools.delete_by_servers(server_ids, c)
+            await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"),
+                            [{"id": server_id} for server_id in server_ids])
+            await c.execute(delete(servers).where(servers.c.id.in_(server_ids)))
         return linked
 
     async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:

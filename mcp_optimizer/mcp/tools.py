@@ -24,6 +24,7 @@ from mcp_types import INVALID_PARAMS
 from pydantic import BaseModel, ValidationError
 
 from mcp_optimizer.config import Settings
+from mcp_optimizer.db.health import classify
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolHit, ToolSearch, WorkloadInfo
 from mcp_optimizer.mcp.arguments import (
@@ -216,7 +217,13 @@ class OptimizerTools:
             raise
         except _Refusal as refusal:
             return _error_result(str(refusal))
-        except Exception:
+        except Exception as exc:
+            fault = classify(exc)
+            if fault is not None:
+                # The operator reports and repairs the index (/readyz fails meanwhile): one line, no SQL.
+                logger.warning("MCP tool %s failed: index %s", name, fault)
+                return _error_result(f"{name} is unavailable: the search index cannot be read right now; "
+                                     "try again shortly.")
             # Details go to the log only: they may name things outside the caller's scope.
             logger.exception("MCP tool %s failed", name)
             return _error_result(f"{name} failed because of an internal error; the server log has the details.")

@@ -28,12 +28,13 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from mcp_optimizer.catalog import CatalogParseError, parse_catalog
+from mcp_optimizer.db.health import classify
 from mcp_optimizer.embeddings.texts import text_hash
 from mcp_optimizer.ingest import CatalogLoadResult, Indexer
 from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.status import post_event
-from mcp_optimizer.operator.workloads import WorkloadReconciler, backoff
+from mcp_optimizer.operator.workloads import IndexUnavailableError, WorkloadReconciler, backoff
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class CatalogSync:
     async def seed(self) -> None:
         self.known |= await self.indexer.catalog_names()
 
+    def forget_loaded(self) -> None:
+        """The index lost (or may have lost) what was loaded: the next load writes every catalog."""
+        self.loaded.clear()
+
     async def apply(self, body: Mapping[str, Any], *, deleted: bool) -> None:
         """Level-triggered: make the index hold what this ConfigMap says now."""
         meta = body.get("metadata") or {}
@@ -111,7 +116,8 @@ class CatalogSync:
         if self.loaded.get(catalog) == digest:
             return True
         try:
-            parsed = parse_catalog(text)
+            # A 1 MiB catalog takes ~0.5 s to parse and validate: not on the event loop.
+            parsed = await asyncio.to_thread(parse_catalog, text)
         except CatalogParseError as exc:
             METRICS.catalog_parse_error(catalog)
             kept = "the previously loaded catalog is kept" if catalog in self.known else "nothing is loaded"
@@ -125,6 +131,11 @@ class CatalogSync:
                     result = await self.indexer.load_catalog(catalog, parsed.entries, parsed.warnings)
                     break
                 except Exception as exc:
+                    fault = classify(exc)
+                    if fault is not None:
+                        # The index repair loads every catalog again once the index works.
+                        raise IndexUnavailableError(f"catalog {catalog}: the index could not be written: "
+                                                    f"{fault.message}") from exc
                     if attempt + 1 >= LOAD_ATTEMPTS:
                         raise
                     logger.warning("Loading catalog %s failed (%s); retrying", catalog, exc)
@@ -144,7 +155,15 @@ class CatalogSync:
         if catalog not in self.known and catalog not in self.loaded:
             return
         with METRICS.reconcile("Catalog", catalog) as timer:
-            result = await self.indexer.delete_catalog(catalog)
+            try:
+                result = await self.indexer.delete_catalog(catalog)
+            except Exception as exc:
+                fault = classify(exc)
+                if fault is None:
+                    raise
+                # The index repair's pass removes it (the ConfigMap is gone from its listing).
+                raise IndexUnavailableError(f"catalog {catalog}: the index could not be written: "
+                                            f"{fault.message}") from exc
             timer.outcome = "deleted"
             timer.changes = f"{len(result.removed)} removed, {len(result.rematched)} workloads re-matched"
         METRICS.forget_catalog(catalog)
@@ -257,6 +276,9 @@ class CatalogWatch:
     async def _apply(self, body: dict[str, Any], *, deleted: bool) -> None:
         try:
             await self.sync.apply(body, deleted=deleted)
+        except IndexUnavailableError as exc:
+            # The index repair reloads every catalog once the index works again.
+            logger.warning("%s; it is loaded again once the index is repaired", exc)
         except Exception:
             # The next list (after WATCH_SECONDS at the latest) tries again.
             meta = body.get("metadata") or {}

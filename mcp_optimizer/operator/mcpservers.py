@@ -28,7 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from sqlalchemy.exc import DBAPIError
 
+from mcp_optimizer.db.health import describe
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, REFRESH_ANNOTATION, VERSION, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 
@@ -88,10 +90,10 @@ async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.
                 "Could not remove the index rows after %d attempts (%s); releasing the finalizer "
                 "anyway. The garbage collector removes the rows later.",
                 retry + 1,
-                exc,
+                _reason(exc),
             )
             return
-        raise kopf.TemporaryError(f"removing the index rows failed: {exc}", delay=backoff(retry)) from exc
+        raise kopf.TemporaryError(f"removing the index rows failed: {_reason(exc)}", delay=backoff(retry)) from exc
 
 
 async def server_event(*, type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -113,7 +115,7 @@ async def _sync(
     except (kopf.PermanentError, kopf.TemporaryError):
         raise
     except Exception as exc:
-        raise kopf.TemporaryError(f"sync failed: {exc}", delay=backoff(retry)) from exc
+        raise kopf.TemporaryError(f"sync failed: {_reason(exc)}", delay=backoff(retry)) from exc
     if outcome is Outcome.INVALID:
         raise kopf.PermanentError(f"invalid spec: {view.spec_error or 'rejected by the index'}")
     if outcome is Outcome.TOOLS_FAILED and retrying:
@@ -127,6 +129,11 @@ def _deleted_or_refreshable(*, type: str | None, annotations: kopf.Annotations, 
     """Events :func:`server_event` acts on: deletions, and events of servers that carry the
     refresh annotation (whether its value is new is the reconciler's to tell)."""
     return type == "DELETED" or (type is not None and REFRESH_ANNOTATION in annotations)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error for logs and kopf's Events: a database error without its SQL and parameters."""
+    return describe(exc) if isinstance(exc, DBAPIError) else str(exc)
 
 
 def register(registry: kopf.OperatorRegistry, *, resync_interval: float, probe_interval: float) -> None:

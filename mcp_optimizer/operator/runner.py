@@ -16,6 +16,10 @@ ToolHive's resources are watched when they can be (:mod:`.toolhive`). Which ones
 run of kopf; when that changes (ToolHive installed after the operator, say), kopf is stopped and
 started again in the same process with the new set: the index, the model and the MCP endpoint
 stay as they are, and kopf's start resumes every object (nothing unchanged is re-embedded).
+``/readyz`` turns ready once that first pass has reached every MCPServer listed at start
+(:class:`~mcp_optimizer.operator.readiness.Readiness`), and fails again while the index is being
+repaired (:class:`~mcp_optimizer.operator.healing.IndexDoctor`, whose repair pass,
+:func:`reconcile_everything`, is this same pass run again).
 
 :func:`main` is ``mcp-optimizer run``: the operator and the MCP endpoint in one process.
 """
@@ -36,18 +40,22 @@ import kopf
 from kubernetes import client
 
 from mcp_optimizer.config import Settings
+from mcp_optimizer.db.health import classify
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.kubeapi import KubeApi
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp.client import ClientPolicy
+from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator import mcpservers, pods, toolhive
 from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
 from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info, load_client_config
+from mcp_optimizer.operator.healing import IndexDoctor, PodEvents
 from mcp_optimizer.operator.mapping import GROUP
+from mcp_optimizer.operator.readiness import Readiness
 from mcp_optimizer.operator.status import EventPoster, StatusWriter, event_sink
 from mcp_optimizer.operator.toolhive_mapping import ToolHiveOptions
-from mcp_optimizer.operator.workloads import ListTools, WorkloadReconciler
+from mcp_optimizer.operator.workloads import IndexUnavailableError, ListTools, WorkloadReconciler
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +100,8 @@ class OperatorContext:
     kube: KubeApi
     #: Events posted outside kopf's handlers (catalog watches, start-up, garbage collection).
     events: EventPoster
+    readiness: Readiness
+    doctor: IndexDoctor
     background: set[asyncio.Task[None]] = field(default_factory=set)
     #: Run first when the operator stops (the process's other servers), see :func:`run_operator`.
     on_stop: Callable[[], Awaitable[None]] | None = None
@@ -152,8 +162,14 @@ def build_registry(
         )
         # kopf posts Events only from resource handlers; this task and those it starts post their own.
         event_sink.set(context.events.post_soon)
+        # The doctor first: a fault met by the start pass is repaired (its pass redoes the start's).
+        if not context.background:
+            for coro, name in ((context.doctor.run(), "index doctor"), (_watch_readiness(context), "readiness")):
+                task = asyncio.create_task(coro, name=name)
+                context.background.add(task)
+            await context.doctor.report_start_repair()
         await context.catalogs.seed()
-        await collect_garbage(context, load_catalogs=True)
+        await collect_garbage(context, load_catalogs=True, first_pass=True)
         task = asyncio.create_task(_garbage_collector(context), name="index garbage collector")
         context.background.add(task)
         trusted = context.settings.trusted_catalog_namespaces
@@ -192,38 +208,79 @@ def build_registry(
     return registry
 
 
-async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = False) -> None:
+async def collect_garbage(context: OperatorContext, *, load_catalogs: bool = False, first_pass: bool = False) -> None:
     """Delete rows whose MCPServer, ToolHive object or catalog ConfigMap is not in the cluster.
 
     The index is read *before* the cluster is listed: anything added to the index after that
     read is not considered, so a resource created meanwhile cannot be collected by mistake.
     ``load_catalogs`` also loads every catalog (at start, before MCPServers are resumed, so
-    workloads link at once instead of embedding on their own first).
+    workloads link at once instead of embedding on their own first). ``first_pass``: the start's
+    pass, which readiness waits for (every MCPServer listed here, and the catalogs).
     """
     indexed_workloads = await context.indexer.workload_names()
     indexed_catalogs = await context.indexer.catalog_names()
     present_workloads = await context.lister.workload_names()
     present_catalogs = await context.lister.catalogs()
+    if first_pass:
+        context.readiness.expect(present_workloads)
+    try:
+        removed = await context.reconciler.remove_stale(sorted(indexed_workloads - present_workloads))
+        for name in removed:
+            logger.info("Removed workload %s: its object is gone (or is no longer indexed)", name)
+        for catalog in sorted(indexed_catalogs - set(present_catalogs.bodies)):
+            if catalog_namespace(catalog) in present_catalogs.unreadable:
+                continue  # not listed this time: unknown, not gone
+            if not context.catalogs.is_trusted(catalog):
+                # E.g. loaded by an earlier version that read every namespace: logged once, as it goes.
+                logger.info("Removing catalog %s: its namespace is not a trusted catalog namespace", catalog)
+            else:
+                logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
+            await context.catalogs.remove(catalog)
+        if load_catalogs:
+            for catalog, body in sorted(present_catalogs.bodies.items()):
+                try:
+                    await context.catalogs.apply(body, deleted=False)
+                except IndexUnavailableError as exc:
+                    logger.warning("%s; it is loaded again once the index is repaired", exc)
+                except Exception:
+                    # The catalog watch will try again (and report) when it lists the namespace.
+                    logger.exception("Loading catalog %s at start failed", catalog)
+    finally:
+        if first_pass:
+            # Loaded or failed (a broken catalog has its Event): the start does not wait on it.
+            context.readiness.catalogs_loaded()
 
-    removed = await context.reconciler.remove_stale(sorted(indexed_workloads - present_workloads))
-    for name in removed:
-        logger.info("Removed workload %s: its object is gone (or is no longer indexed)", name)
-    for catalog in sorted(indexed_catalogs - set(present_catalogs.bodies)):
-        if catalog_namespace(catalog) in present_catalogs.unreadable:
-            continue  # not listed this time: unknown, not gone
-        if not context.catalogs.is_trusted(catalog):
-            # E.g. loaded by an earlier version that read every namespace: logged once, as it goes.
-            logger.info("Removing catalog %s: its namespace is not a trusted catalog namespace", catalog)
-        else:
-            logger.info("Removing catalog %s: its ConfigMap is gone or no longer labelled", catalog)
-        await context.catalogs.remove(catalog)
-    if load_catalogs:
-        for catalog, body in sorted(present_catalogs.bodies.items()):
-            try:
-                await context.catalogs.apply(body, deleted=False)
-            except Exception:
-                # The catalog watch will try again (and report) when it lists the namespace.
-                logger.exception("Loading catalog %s at start failed", catalog)
+
+async def reconcile_everything(context: OperatorContext) -> None:
+    """The index repair's pass: what a restart does, without the restart. Every catalog is
+    written again (the index may have lost it) and every MCPServer synced with its tools read."""
+    context.catalogs.forget_loaded()
+    await collect_garbage(context, load_catalogs=True)
+    await context.reconciler.resync_all()
+
+
+async def _watch_readiness(context: OperatorContext) -> None:
+    """Log when the operator turns ready (or not); stop waiting for MCPServers deleted (or being
+    deleted) since the start's listing: kopf never resumes those."""
+    was_ready: bool | None = None
+    listed = 0.0
+    while True:
+        await asyncio.sleep(0.5)
+        readiness = context.readiness
+        loop_time = asyncio.get_running_loop().time()
+        if readiness.pending and loop_time - listed > context.settings.index_heal_interval:
+            listed = loop_time
+            with contextlib.suppress(Exception):  # the next round tries again
+                present = await context.lister.workload_names()
+                # One being deleted is settled by its delete handler, or never (another finalizer).
+                readiness.keep_only(name for name in present if not context.reconciler.deleting(name))
+        ready, why = readiness.state()
+        if ready != was_ready:
+            if ready:
+                logger.info("Operator ready: the first full pass is done and the index is healthy")
+            elif was_ready is not None:
+                logger.warning("Operator not ready: %s", why)
+            was_ready = ready
 
 
 async def _garbage_collector(context: OperatorContext) -> None:
@@ -232,8 +289,12 @@ async def _garbage_collector(context: OperatorContext) -> None:
         await asyncio.sleep(interval)
         try:
             await collect_garbage(context)
-        except Exception:
-            logger.exception("Garbage collection failed; trying again in %.0fs", interval)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault is None:
+                logger.exception("Garbage collection failed; trying again in %.0fs", interval)
+            else:
+                logger.warning("Garbage collection failed (index %s); trying again in %.0fs", fault, interval)
 
 
 async def _stop_background(context: OperatorContext) -> None:
@@ -257,13 +318,15 @@ async def run_operator(
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or a signal).
 
     ``kubeconfig``: a kubeconfig file; None uses the in-cluster config, else the default
-    kubeconfig. ``indexer``: an open index (closed by the caller); None opens
-    ``settings.db_path`` with ``embedder`` (or the model from ``settings``). ``ready_flag`` is
-    set once the startup handler (garbage collection, catalogs) has finished.
+    kubeconfig. ``indexer``: an open index (closed by the caller); None opens (and if needed
+    replaces) ``settings.db_path`` with ``embedder`` (or the model from ``settings``).
+    ``ready_flag`` is set once the startup handler (garbage collection, catalogs) has finished;
+    ``readiness`` (made here when None) then tells when the first full pass is done.
 
     ``policy``: bounds and destination rules for ``tools/list`` (default: from ``settings``, with
     the apiserver this operator talks to refused). ``call_failures``: the endpoint's relay, which
@@ -283,7 +346,10 @@ async def run_operator(
         policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
     own_indexer = indexer is None
     if indexer is None:
-        indexer = await Indexer.open(settings, embedder)
+        indexer = await Indexer.open(settings, embedder, repair=True)
+    if readiness is None:
+        readiness = Readiness(indexer.health)
+    indexer.scheduler.observer = METRICS.observe_write_wait
     api_client = client.ApiClient(kube_config)
     kube = KubeApi(kube_config, timeout=settings.mcp_timeout)
     reconciler = WorkloadReconciler(
@@ -293,6 +359,7 @@ async def run_operator(
         list_tools=list_tools,
         policy=policy,
         probe_interval=settings.remote_probe_interval,
+        readiness=readiness,
     )
     trusted = settings.trusted_catalog_namespaces
     if call_failures is not None:
@@ -306,6 +373,12 @@ async def run_operator(
         kube=kube,
         events=EventPoster(kube),
         on_stop=on_stop,
+        readiness=readiness,
+        doctor=IndexDoctor(
+            indexer, interval=settings.index_heal_interval, events=PodEvents(api_client, settings),
+            full_pass=lambda: reconcile_everything(context), on_replaced=reconciler.index_replaced,
+            max_bytes=settings.index_max_bytes,
+        ),
     )
     # Started before kopf (which cancels the tasks created while it runs): the caller's stop flag.
     stopping = asyncio.create_task(_raised(stop_flag), name="operator stop flag") if stop_flag is not None else None
@@ -425,10 +498,12 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         # A bad model path fails at start, not at the first catalog or query.
         await asyncio.to_thread(embedder.load)
         METRICS.watch_embedder(embedder)
-    indexer = await Indexer.open(settings, embedder)
+    # A file that cannot be used is moved aside here and the index rebuilt from the cluster.
+    indexer = await Indexer.open(settings, embedder, repair=True)
+    readiness = Readiness(indexer.health)
+    METRICS.readiness = readiness.state  # /readyz: the first full pass done, the index healthy
     metrics_server = None
     endpoint: McpEndpoint | None = None
-    readiness: asyncio.Task[None] | None = None
     # One policy for the operator's tools/list and the endpoint's forwarded calls.
     kube_config = load_client_config(kubeconfig)
     policy = ClientPolicy.from_settings(settings, apiserver_url=kube_config.host)
@@ -445,14 +520,7 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
             settings, search, kube_config=kube_config, policy=policy, call_failures=call_failures
         )
         await endpoint.start()
-        ready = asyncio.Event()
         stop = asyncio.Event()
-
-        async def report_ready() -> None:
-            # /readyz turns 200 once the startup pass (garbage collection, catalogs) is done.
-            await ready.wait()
-            METRICS.set_ready()
-            logger.info("Operator ready: the first reconcile pass is done")
 
         async def watch_endpoint(serving: McpEndpoint) -> None:
             await serving.wait()
@@ -462,22 +530,21 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
 
         async def stop_serving() -> None:
             stop.set()
+            METRICS.readiness = None  # not ready from now on, whatever the pass and the index say
             METRICS.set_ready(False)
             if endpoint is not None:
                 await endpoint.stop()
 
-        readiness = asyncio.create_task(report_ready(), name="readiness")
         watcher = asyncio.create_task(watch_endpoint(endpoint), name="mcp endpoint watcher")
         try:
             await run_operator(
                 settings, kubeconfig=kubeconfig, indexer=indexer, policy=policy, call_failures=call_failures,
-                ready_flag=ready, stop_flag=stop, on_stop=stop_serving,
+                readiness=readiness, stop_flag=stop, on_stop=stop_serving,
             )
         finally:
             watcher.cancel()
     finally:
-        if readiness is not None:
-            readiness.cancel()
+        METRICS.readiness = None
         METRICS.set_ready(False)
         if endpoint is not None:
             await endpoint.stop()

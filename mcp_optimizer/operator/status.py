@@ -89,6 +89,9 @@ class ServerFacts:
     last_sync_time: str | None = None
     #: "image ghcr.io/x" / "url https://..", for messages.
     identifier: str = ""
+    #: Why the index did not take this server's last write (full, damaged, unreadable); cleared
+    #: by the next write it takes. The other facts are what the index holds.
+    index_unavailable: str | None = None
 
     @property
     def status(self) -> WorkloadStatus:
@@ -123,6 +126,14 @@ def _ready(facts: ServerFacts) -> Condition:
 def _tools_indexed(facts: ServerFacts) -> Condition:
     if facts.spec_error is not None:
         return Condition("ToolsIndexed", "False", "InvalidSpec", "the spec must be fixed first")
+    if facts.index_unavailable is not None:
+        return Condition(
+            "ToolsIndexed",
+            "False",
+            "IndexUnavailable",
+            f"the index could not be written ({facts.index_unavailable}); the operator repairs it and syncs "
+            f"this server again; {facts.tool_count} tools from an earlier write are indexed",
+        )
     if facts.tools_error is not None:
         return Condition("ToolsIndexed", "False", facts.tools_error_code, facts.tools_error)
     if facts.tools_generation is not None and facts.tools_generation == facts.generation:

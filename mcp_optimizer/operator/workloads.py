@@ -25,13 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
+from sqlalchemy.exc import DBAPIError
+
+from mcp_optimizer.db.health import describe
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import EmbeddingError
 from mcp_optimizer.ingest import (
@@ -55,6 +59,7 @@ from mcp_optimizer.operator.mapping import (
     tools_listed,
     workload_spec,
 )
+from mcp_optimizer.operator.readiness import Readiness
 from mcp_optimizer.operator.status import (
     IndexProblem,
     ServerFacts,
@@ -123,6 +128,11 @@ def failure_code(error: McpClientError) -> str:
     return {"destination": "DestinationRefused", "limit": "LimitExceeded"}.get(error.reason, "ToolsListFailed")
 
 
+class IndexUnavailableError(RuntimeError):
+    """The index could not be written (full, damaged, unreadable); the status says so. Retried,
+    and the operator's repair re-syncs every MCPServer once the index works again."""
+
+
 def problem_from(error: BaseException | None) -> IndexProblem | None:
     """An index-level error as the status reports it."""
     if error is None:
@@ -172,8 +182,10 @@ class WorkloadReconciler:
         list_tools: ListTools | None = None,
         policy: ClientPolicy | None = None,
         probe_interval: float = 60.0,
+        readiness: Readiness | None = None,
     ) -> None:
         self.indexer = indexer
+        self.readiness = readiness
         self.writer = writer
         self.mcp_timeout = mcp_timeout
         self.policy = policy or ClientPolicy()
@@ -226,15 +238,20 @@ class WorkloadReconciler:
         remote server's periodic probe, which leaves ``lastSyncTime`` alone when nothing changed
         (a status write a minute per remote server would be load on the apiserver for nothing).
         """
-        with METRICS.reconcile(view.kind_label, view.workload_name) as timer:
-            outcome = await self._sync(view, read_tools=read_tools, current_status=current_status, probe=probe)
-            timer.outcome = outcome.value
-            tracked = self._tracked.get(view.workload_name)
-            if tracked is not None and outcome is not Outcome.STALE:
-                facts = tracked.facts
-                registry = "/".join(facts.registry) if facts.registry else "none"
-                timer.changes = f"status {facts.status.value}, {facts.tool_count} tools, registry {registry}"
-            return outcome
+        try:
+            with METRICS.reconcile(view.kind_label, view.workload_name) as timer:
+                outcome = await self._sync(view, read_tools=read_tools, current_status=current_status, probe=probe)
+                timer.outcome = outcome.value
+                tracked = self._tracked.get(view.workload_name)
+                if tracked is not None and outcome is not Outcome.STALE:
+                    facts = tracked.facts
+                    registry = "/".join(facts.registry) if facts.registry else "none"
+                    timer.changes = f"status {facts.status.value}, {facts.tool_count} tools, registry {registry}"
+                return outcome
+        finally:
+            # Synced or failed, this object has had its pass (readiness waits for every one at start).
+            if self.readiness is not None:
+                self.readiness.settled(view.workload_name)
 
     async def _sync(
         self,
@@ -257,6 +274,8 @@ class WorkloadReconciler:
         tools: list[dict[str, Any]] | None = None
         repeated: list[str] = []
         tools_error: str | None = None
+        #: A probe that found the same tools as last time leaves lastSyncTime alone.
+        unchanged = False
         error_code = "ToolsListFailed"
         attempted = read_tools and (
             view.status_from_tools_list or self._cluster_status(view).status is WorkloadStatus.RUNNING
@@ -283,7 +302,9 @@ class WorkloadReconciler:
             if self._superseded(view):
                 return Outcome.STALE
             tracked = self._track(view, current_status)
-            facts = tracked.facts
+            # What this sync establishes goes into a copy: the status takes it only once the index
+            # has committed it, so it never claims tools (or a generation) that were not written.
+            facts = dataclasses.replace(tracked.facts)
             if tracked.view.read_key != view.read_key:
                 # A failure of the previous spec (or proxy URL) says nothing about this one.
                 facts.tools_error = None
@@ -304,9 +325,6 @@ class WorkloadReconciler:
                     facts.tools_error = None
                     facts.clip_note = clip_note(tools, self.policy.limits)
                     facts.tools_generation = view.generation
-                    tracked.tools_read_key = view.read_key
-                    if not (probe and unchanged and facts.last_sync_time):
-                        facts.last_sync_time = now_rfc3339()
                     facts.repeated_tools = tuple(repeated)
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
             spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
@@ -322,15 +340,31 @@ class WorkloadReconciler:
                 facts.registry_note = None
                 if tools is not None:
                     facts.tool_count = len(tools)
+            except DBAPIError as exc:
+                await self._index_failed(tracked, view, exc)
             else:
                 self._absorb(facts, result)
                 if tools is not None:
                     # Only a tools read knows them: re-matches work on the stored (callable) tools.
                     facts.task_only_tools = tuple(result.task_only_tools)
+            if attempted and tools_error is None:
+                tracked.tools_read_key = view.read_key
+                if not (probe and unchanged and facts.last_sync_time):
+                    facts.last_sync_time = now_rfc3339()  # the tools read are committed now
             facts.runtime = runtime
+            facts.index_unavailable = None
+            tracked.facts = facts
             tracked.view = view
             await self._publish(tracked)
         return Outcome.TOOLS_FAILED if tools_error is not None else Outcome.OK
+
+    async def _index_failed(self, tracked: _Tracked, view: ServerView, exc: DBAPIError) -> NoReturn:
+        """The index did not take the write: say so in the status (keeping what it does hold), raise."""
+        reason = describe(exc)
+        tracked.facts.index_unavailable = reason
+        tracked.view = view
+        await self._publish(tracked)
+        raise IndexUnavailableError(f"the index could not be written: {reason}") from exc
 
     async def _invalid(self, tracked: _Tracked, view: ServerView, message: str) -> Outcome:
         # The cluster holds no valid workload by this name, so the index must not either
@@ -376,8 +410,17 @@ class WorkloadReconciler:
             if runtime != facts.runtime and facts.spec_error is None:
                 with METRICS.reconcile("Pod" if view.toolhive is None else view.kind_label, name) as timer:
                     before = facts.runtime.status.value if facts.runtime else "none"
-                    await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                    try:
+                        await self.indexer.set_workload_status(name, runtime.status, runtime.message)
+                    except DBAPIError as exc:
+                        # Not retried here: the index repair re-syncs every MCPServer.
+                        facts.index_unavailable = describe(exc)
+                        timer.outcome = "index-failed"
+                        timer.changes = f"status {runtime.status.value} not written: {facts.index_unavailable}"
+                        await self._publish(tracked)
+                        return
                     facts.runtime = runtime
+                    facts.index_unavailable = None
                     await self._publish(tracked)
                     timer.changes = f"status {before} -> {runtime.status.value} ({runtime.code})"
             # First Running (for this spec) or a failed read: the tools must be read now.
@@ -612,6 +655,8 @@ class WorkloadReconciler:
                     tracked.tools_task.cancel()
                 del self._tracked[name]
             await self.indexer.delete_workload(name)
+        if self.readiness is not None:
+            self.readiness.settled(name)
 
     async def remove_stale(self, names: Iterable[str]) -> list[str]:
         """Delete rows of workloads found gone from the cluster, unless a handler revived them."""
@@ -624,6 +669,35 @@ class WorkloadReconciler:
                 if await self.indexer.delete_workload(name):
                     removed.append(name)
         return removed
+
+    async def resync_all(self, *, concurrency: int = 8) -> None:
+        """Sync every MCPServer (ours and ToolHive's) kopf knows, reading its tools: the index
+        repair's pass (after a new file, or once writes work again). Failures are logged; the kopf
+        handlers retry them."""
+        views = [view for namespace in list(self.servers) for view in list(self.servers.get(namespace, ()))]
+        views += [view for view in self.toolhive_views() if belongs_in_index(view)]
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(view: ServerView) -> None:
+            async with semaphore:
+                try:
+                    await self.sync(view, read_tools=True)
+                except Exception as exc:
+                    logger.warning("Re-syncing %s after the index repair failed: %s", view.workload_name, exc)
+
+        await asyncio.gather(*(one(view) for view in views if not view.deleting))
+
+    def deleting(self, workload_name: str) -> bool:
+        """Whether kopf's index shows this MCPServer being deleted (unknown ones are not: kopf may
+        not have listed them yet)."""
+        view = self._latest(workload_name)
+        return view is not None and view.deleting
+
+    def index_replaced(self) -> None:
+        """The index file was replaced by an empty one: nothing this process wrote is in it now."""
+        for tracked in self._tracked.values():
+            tracked.facts.tools_generation = None
+            tracked.facts.tool_count = 0
 
     async def close(self) -> None:
         tasks = [t.tools_task for t in self._tracked.values() if t.tools_task is not None]
