@@ -216,7 +216,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         th.set_status(kube_api, "MCPRemoteProxy", tns, "notion", phase="Ready", url=notion_proxy.url)
         th.set_status(kube_api, "MCPServerEntry", tns, "context7", phase="Pending")
         th.set_status(kube_api, "MCPServerEntry", tns, "weather", phase="Valid")
-        operator = start_operator([tns])
+        operator = start_operator([tns], catalog_namespaces=(tns,))
         counter = operator.list_tools
         assert counter is not None
         # The catalogs come after the start (the ToolHive catalog's ~1,800 texts take a while on a
