@@ -434,6 +434,9 @@ async def main() -> None:
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
     parser.add_argument("--why", action="store_true", help="also measure why an unbounded 20 MB tool slowed find_tool")
     parser.add_argument("--only", help="only the hostile servers whose name contains this")
+    parser.add_argument("--write-fairness", action="store_true",
+                        help="also time pod flip -> find_tool during a 5,000-entry catalog load and delete "
+                             "(bench.write_fairness; --quick: 1,000 entries)")
     parser.add_argument("--servers-child", action="store_true", help=argparse_hidden())
     args = parser.parse_args()
     if args.servers_child:
@@ -446,6 +449,10 @@ async def main() -> None:
     if args.why:
         await why_find_tool_slowed(args, report)
     await hostile_servers(args, report)
+    if args.write_fairness:
+        from bench.write_fairness import measure
+
+        await measure(entries=1000 if args.quick else 5000, kubeconfig=args.kubeconfig, report=report)
     report.print_table()
 
 

@@ -63,6 +63,7 @@ from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
 from mcp_optimizer.testing import toolhive
+from mcp_optimizer.testing.mcp_servers import LOOPBACK
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -254,8 +255,9 @@ async def main() -> None:
         ns = f"mcp-bench-{uuid.uuid4().hex[:6]}"
         core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
         embedder = load_embedder()
+        # The farm's servers are on loopback, which the operator refuses unless it is admitted.
         settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
-                            namespaces=(ns,), resync_interval=3600.0)
+                            namespaces=(ns,), resync_interval=3600.0, allowed_destinations=LOOPBACK)
         operator = OperatorThread(settings, kubeconfig, embedder)
         expected_tools = sum(len(farm_tools(i)) for i in range(count))
         engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
@@ -349,7 +351,7 @@ async def toolhive_run(
     core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
     embedder = load_embedder()
     settings = Settings(db_path=tmp / "index.db", embedding_model_path=embedder.model_path,
-                        namespaces=(ns,), resync_interval=3600.0)
+                        namespaces=(ns,), resync_interval=3600.0, allowed_destinations=LOOPBACK)
     operator = OperatorThread(settings, kubeconfig, embedder)
     try:
         await _toolhive_figures(api, ns, farm, count, changes, settings, embedder, report)

@@ -51,6 +51,7 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing.mcp_servers import LOOPBACK
 
 MERGE_PATCH = "application/merge-patch+json"
 CATALOG_LABEL = "mcp-optimizer.dev/registry-catalog"
@@ -170,8 +171,11 @@ async def measure(
         ns = f"mcp-bench-{uuid.uuid4().hex[:6]}"
         core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
         embedder = load_embedder()
+        # The catalog is in the servers' namespace (a trusted catalog namespace here), and the
+        # servers are on loopback, which the operator refuses unless it is admitted.
         settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
-                            namespaces=(ns,), resync_interval=3600.0)
+                            namespaces=(ns,), resync_interval=3600.0, catalog_namespaces=(ns,),
+                            allowed_destinations=LOOPBACK)
         operator = OperatorThread(settings, kubeconfig, embedder)
         for i in range(servers):
             name = server_name(i)
