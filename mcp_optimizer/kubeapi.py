@@ -13,6 +13,7 @@ slow review or a long watch must not hold one of the few default executor thread
 embedding model and SQLite also need. Credentials come from the same kubernetes
 ``Configuration`` as the rest of the operator (in-cluster or a kubeconfig); a rotating
 in-cluster token is re-read through the configuration's refresh hook on every request.
+:func:`load_client_config` makes that configuration for every part of the process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from kubernetes import client
+from kubernetes import client, config
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,19 @@ MAX_WATCH_LINE = 4 * 1024 * 1024
 #: Concurrent connections to the API server; reviews and watches are small and short or few.
 _CONNECTIONS = 64
 _STATUS_MESSAGE_LIMIT = 300
+
+
+def load_client_config(kubeconfig: str | None) -> client.Configuration:
+    """The kubernetes client configuration: ``kubeconfig`` if given, else in-cluster, else default."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return configuration
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
 
 
 class KubeApiError(Exception):

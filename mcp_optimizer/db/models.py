@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -34,6 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mcp_optimizer.vocabulary import WorkloadStatus
+
+__all__ = ["WorkloadStatus"]  # re-exported: the status column's type, and older imports
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -41,12 +44,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class WorkloadStatus(StrEnum):
-    RUNNING = "RUNNING"
-    STOPPED = "STOPPED"
-    ERROR = "ERROR"
 
 
 def utcnow() -> datetime:

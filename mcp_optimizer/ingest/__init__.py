@@ -1,5 +1,8 @@
 """Ingestion: catalogs and workloads into the index, with matching and embedding."""
 
+# The index file's health belongs to the Indexer (it classifies every SQLite error through its
+# engine): the operator reaches its vocabulary through here, not through the database layer.
+from mcp_optimizer.db.health import FaultKind, IndexFault, IndexHealth, classify, describe
 from mcp_optimizer.ingest.errors import (
     DuplicateRegistryServersError,
     IndexError_,
@@ -17,11 +20,16 @@ from mcp_optimizer.ingest.service import (
 __all__ = [
     "CatalogLoadResult",
     "DuplicateRegistryServersError",
+    "FaultKind",
     "IndexError_",
+    "IndexFault",
+    "IndexHealth",
     "Indexer",
     "RegistryNote",
     "RegistryRef",
     "WorkloadResult",
     "WorkloadSpec",
     "WorkloadSpecError",
+    "classify",
+    "describe",
 ]

@@ -361,7 +361,7 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
     kube_config = None
     if settings.auth_mode == AUTH_KUBERNETES:
         # Only when asked for: on a laptop `serve` needs no cluster (and then runs without auth, on loopback).
-        from mcp_optimizer.operator.cluster import load_client_config
+        from mcp_optimizer.kubeapi import load_client_config
 
         try:
             kube_config = load_client_config(None)

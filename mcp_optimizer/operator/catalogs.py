@@ -28,9 +28,8 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from mcp_optimizer.catalog import CatalogParseError, parse_catalog
-from mcp_optimizer.db.health import classify
 from mcp_optimizer.embeddings.texts import text_hash
-from mcp_optimizer.ingest import CatalogLoadResult, Indexer
+from mcp_optimizer.ingest import CatalogLoadResult, Indexer, classify
 from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator.status import post_event

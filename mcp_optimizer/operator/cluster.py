@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 
 from mcp_optimizer.operator.catalogs import CATALOG_LABEL, catalog_name
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
@@ -34,19 +34,6 @@ from mcp_optimizer.operator.toolhive_mapping import (
 logger = logging.getLogger(__name__)
 
 _PAGE = 500
-
-
-def load_client_config(kubeconfig: str | None) -> client.Configuration:
-    """The kubernetes client configuration: ``kubeconfig`` if given, else in-cluster, else default."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return configuration
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return configuration
 
 
 def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:

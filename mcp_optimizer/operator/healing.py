@@ -36,8 +36,7 @@ from kubernetes import client
 from sqlalchemy import text
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.db.health import FaultKind, IndexFault, describe
-from mcp_optimizer.ingest import Indexer
+from mcp_optimizer.ingest import FaultKind, Indexer, IndexFault, describe
 from mcp_optimizer.metrics import METRICS
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import RegistryRef, WorkloadSpec
 from mcp_optimizer.redaction import redact_url
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 if TYPE_CHECKING:
     from mcp_optimizer.operator.toolhive_mapping import ToolHiveState

@@ -30,7 +30,7 @@ from typing import Any
 import kopf
 from sqlalchemy.exc import DBAPIError
 
-from mcp_optimizer.db.health import describe
+from mcp_optimizer.ingest import describe
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, REFRESH_ANNOTATION, VERSION, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 

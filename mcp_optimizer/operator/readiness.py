@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mcp_optimizer.db.health import IndexHealth
+from mcp_optimizer.ingest import IndexHealth
 
 
 class Readiness:

@@ -40,16 +40,15 @@ import kopf
 from kubernetes import client
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.db.health import classify
 from mcp_optimizer.embeddings import Embedder
-from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.kubeapi import KubeApi
+from mcp_optimizer.ingest import Indexer, classify
+from mcp_optimizer.kubeapi import KubeApi, load_client_config
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator import mcpservers, pods, toolhive
 from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
-from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info, load_client_config
+from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info
 from mcp_optimizer.operator.healing import IndexDoctor, PodEvents
 from mcp_optimizer.operator.mapping import GROUP
 from mcp_optimizer.operator.readiness import Readiness

@@ -24,10 +24,10 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import RegistryNote
 from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
-from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.operator.mapping import DEFAULT_GROUP, RuntimeStatus, ServerView, SpecError
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 TOOLHIVE_GROUP = "toolhive.stacklok.dev"
 #: ToolHive's fallback for an object's group.

@@ -35,14 +35,13 @@ from typing import Any, NoReturn, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from mcp_optimizer.db.health import describe
-from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import EmbeddingError
 from mcp_optimizer.ingest import (
     DuplicateRegistryServersError,
     Indexer,
     WorkloadResult,
     WorkloadSpecError,
+    describe,
 )
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp import list_tools as mcp_list_tools
@@ -72,6 +71,7 @@ from mcp_optimizer.operator.status import (
 )
 from mcp_optimizer.operator.toolhive_mapping import belongs_in_index, toolhive_status
 from mcp_optimizer.redaction import redact_url
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 logger = logging.getLogger(__name__)
 

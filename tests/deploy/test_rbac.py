@@ -34,8 +34,8 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.ingest import WorkloadSpec
+from mcp_optimizer.kubeapi import load_client_config
 from mcp_optimizer.mcp.server import McpEndpoint
-from mcp_optimizer.operator.cluster import load_client_config
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm

@@ -32,11 +32,10 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
-from mcp_optimizer.kubeapi import KubeApi
+from mcp_optimizer.kubeapi import KubeApi, load_client_config
 from mcp_optimizer.mcp.auth import Unauthorized
 from mcp_optimizer.mcp.kube_auth import TOKEN_REVIEWS, AccessResource, KubernetesAuth
 from mcp_optimizer.mcp.server import McpEndpoint
-from mcp_optimizer.operator.cluster import load_client_config
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServerFarm
 from tests.mcp.server_env import GITHUB, POSTGRES, SLACK, connect, error_text, farm, hits, payload
 
