@@ -6,15 +6,21 @@ instead of reading the environment on its own.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mcp_optimizer.errors import ConfigError
+
 if TYPE_CHECKING:
     from mcp_optimizer.embeddings.model import ModelSpec
 
 ENV_PREFIX = "MCP_OPTIMIZER_"
+#: ``MCP_OPTIMIZER_LOG_FORMAT`` and ``_LOG_LEVEL`` (any case).
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: How ``find_tool`` ranks: both retrievers fused, or keyword-only (no model).
 SEARCH_MODES = ("hybrid", "bm25")
 
@@ -23,12 +29,34 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(ENV_PREFIX + name, default)
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, *, minimum: float | None = None, positive: bool = False) -> float:
+    """A finite number; ``positive``: above zero (a timeout or an interval of 0 would spin)."""
     raw = _env(name, str(default))
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from exc
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a finite number, got {raw!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be above 0, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _env_whole(name: str, default: int, *, minimum: int | None = 0, maximum: int | None = None) -> int:
+    """A whole number in range: ``8080.9`` is refused rather than read as 8080."""
+    raw = _env(name, str(default)).strip()
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from exc
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "" if minimum is None else f"at least {minimum}"
+        high = "" if maximum is None else f"at most {maximum}"
+        raise ConfigError(f"{ENV_PREFIX}{name} must be {' and '.join(x for x in (low, high) if x)}, got {raw!r}")
+    return value
 
 
 def _env_int(name: str, default: int) -> int:
@@ -37,14 +65,14 @@ def _env_int(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from exc
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from exc
     if value <= 0:
-        raise ValueError(f"{ENV_PREFIX}{name} must be positive, got {value}")
+        raise ConfigError(f"{ENV_PREFIX}{name} must be positive, got {value}")
     return value
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = _env(name, default).strip().lower()
     if raw not in choices:
-        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+        raise ConfigError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
 
 
@@ -203,7 +231,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.search_mode not in SEARCH_MODES:
-            raise ValueError(f"{ENV_PREFIX}SEARCH_MODE must be one of {', '.join(SEARCH_MODES)}, "
+            raise ConfigError(f"{ENV_PREFIX}SEARCH_MODE must be one of {', '.join(SEARCH_MODES)}, "
                              f"got {self.search_mode!r}")
     # --- The index as a cache: healing and write scheduling (issue 10, part C) ---
     #: How ``mcp-optimizer run`` checks the index file before using it: ``quick``
@@ -232,26 +260,26 @@ class Settings:
             db_path=Path(_env("DB", "mcp-optimizer.db")),
             embedding_model_path=Path(model) if model else None,
             embedding_model_name=_env("EMBEDDING_MODEL_NAME", cls.embedding_model_name),
-            embedding_batch_size=int(_env_float("EMBEDDING_BATCH_SIZE", cls.embedding_batch_size)),
-            mcp_timeout=_env_float("MCP_TIMEOUT", cls.mcp_timeout),
-            resync_interval=_env_float("RESYNC_INTERVAL", cls.resync_interval),
+            embedding_batch_size=_env_whole("EMBEDDING_BATCH_SIZE", cls.embedding_batch_size, minimum=1),
+            mcp_timeout=_env_float("MCP_TIMEOUT", cls.mcp_timeout, positive=True),
+            resync_interval=_env_float("RESYNC_INTERVAL", cls.resync_interval, positive=True),
             namespaces=_env_list("NAMESPACES"),
             liveness_endpoint=_env("LIVENESS_ENDPOINT", "") or None,
             peering_name=_env("PEERING_NAME", "") or None,
-            peering_priority=int(_env_float("PEERING_PRIORITY", 0)) if _env("PEERING_PRIORITY", "") else None,
+            peering_priority=_env_whole("PEERING_PRIORITY", 0, minimum=None) if _env("PEERING_PRIORITY", "") else None,
             min_similarity=_env_float("MIN_SIMILARITY", 0.0) if _env("MIN_SIMILARITY", "") else None,
-            sqlite_mmap_size=int(_env_float("SQLITE_MMAP_SIZE", cls.sqlite_mmap_size)),
-            metrics_port=int(_env_float("METRICS_PORT", cls.metrics_port)),
+            sqlite_mmap_size=_env_whole("SQLITE_MMAP_SIZE", cls.sqlite_mmap_size),
+            metrics_port=_env_whole("METRICS_PORT", cls.metrics_port, maximum=65535),
             metrics_host=_env("METRICS_HOST", cls.metrics_host),
-            log_format=_env("LOG_FORMAT", cls.log_format),
-            log_level=_env("LOG_LEVEL", cls.log_level),
+            log_format=_env_choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
+            log_level=_env_choice("LOG_LEVEL", cls.log_level.lower(), LOG_LEVELS).upper(),
             mcp_host=_env("MCP_HOST", "") or None,
-            mcp_port=int(_env_float("MCP_PORT", cls.mcp_port)),
+            mcp_port=_env_whole("MCP_PORT", cls.mcp_port, maximum=65535),
             mcp_path=_env("MCP_PATH", cls.mcp_path),
             sse_path=_env("SSE_PATH", cls.sse_path),
             messages_path=_env("MESSAGES_PATH", cls.messages_path),
-            call_timeout=_env_float("CALL_TIMEOUT", cls.call_timeout),
-            find_tool_default_limit=int(_env_float("FIND_TOOL_DEFAULT_LIMIT", cls.find_tool_default_limit)),
+            call_timeout=_env_float("CALL_TIMEOUT", cls.call_timeout, positive=True),
+            find_tool_default_limit=_env_whole("FIND_TOOL_DEFAULT_LIMIT", cls.find_tool_default_limit, minimum=1),
             auth_tokens_file=Path(tokens_file) if (tokens_file := _env("AUTH_TOKENS_FILE", "")) else None,
             auth_tokens=_env("AUTH_TOKENS", "") or None,
             pinned_tools=_env_list("PINNED_TOOLS"),
@@ -262,14 +290,14 @@ class Settings:
                 _env_list("AUTH_AUDIENCES") if ENV_PREFIX + "AUTH_AUDIENCES" in os.environ else cls.auth_audiences
             ),
             auth_access_resource=_env("AUTH_ACCESS_RESOURCE", cls.auth_access_resource),
-            auth_cache_ttl=_env_float("AUTH_CACHE_TTL", cls.auth_cache_ttl),
-            auth_cache_size=int(_env_float("AUTH_CACHE_SIZE", cls.auth_cache_size)),
-            auth_review_timeout=_env_float("AUTH_REVIEW_TIMEOUT", cls.auth_review_timeout),
+            auth_cache_ttl=_env_float("AUTH_CACHE_TTL", cls.auth_cache_ttl, minimum=0),
+            auth_cache_size=_env_whole("AUTH_CACHE_SIZE", cls.auth_cache_size, minimum=1),
+            auth_review_timeout=_env_float("AUTH_REVIEW_TIMEOUT", cls.auth_review_timeout, positive=True),
             operator_namespace=_env("OPERATOR_NAMESPACE", "") or _pod_namespace(),
             catalog_namespaces=_env_list("CATALOG_NAMESPACES"),
-            session_idle_timeout=_env_float("SESSION_IDLE_TIMEOUT", cls.session_idle_timeout),
-            sessions_per_identity=int(_env_float("SESSIONS_PER_IDENTITY", cls.sessions_per_identity)),
-            max_sessions=int(_env_float("MAX_SESSIONS", cls.max_sessions)),
+            session_idle_timeout=_env_float("SESSION_IDLE_TIMEOUT", cls.session_idle_timeout, positive=True),
+            sessions_per_identity=_env_whole("SESSIONS_PER_IDENTITY", cls.sessions_per_identity, minimum=1),
+            max_sessions=_env_whole("MAX_SESSIONS", cls.max_sessions, minimum=1),
             max_page_bytes=_env_int("MAX_PAGE_BYTES", cls.max_page_bytes),
             max_list_bytes=_env_int("MAX_LIST_BYTES", cls.max_list_bytes),
             max_tools=_env_int("MAX_TOOLS", cls.max_tools),
@@ -278,19 +306,21 @@ class Settings:
             max_call_result_bytes=_env_int("MAX_CALL_RESULT_BYTES", cls.max_call_result_bytes),
             max_concurrent_large_lists=_env_int("MAX_CONCURRENT_LARGE_LISTS", cls.max_concurrent_large_lists),
             allowed_destinations=_env_list("ALLOWED_DESTINATIONS"),
-            remote_probe_interval=_env_float("REMOTE_PROBE_INTERVAL", cls.remote_probe_interval),
+            remote_probe_interval=_env_float("REMOTE_PROBE_INTERVAL", cls.remote_probe_interval, positive=True),
             toolhive=_env("TOOLHIVE", cls.toolhive).strip().lower(),
-            toolhive_recheck_interval=_env_float("TOOLHIVE_RECHECK_INTERVAL", cls.toolhive_recheck_interval),
+            toolhive_recheck_interval=_env_float(
+                "TOOLHIVE_RECHECK_INTERVAL", cls.toolhive_recheck_interval, positive=True
+            ),
             toolhive_vmcp_groups=_env_list("TOOLHIVE_VMCP_GROUPS"),
             search_mode=_env("SEARCH_MODE", cls.search_mode).strip().lower(),
-            embedding_dim=int(_env_float("EMBEDDING_DIM", 0)) or None,
+            embedding_dim=_env_whole("EMBEDDING_DIM", 0) or None,
             embedding_query_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_QUERY_PREFIX"),
             embedding_passage_prefix=os.environ.get(ENV_PREFIX + "EMBEDDING_PASSAGE_PREFIX"),
             index_check=_env_choice("INDEX_CHECK", cls.index_check, ("quick", "full", "off")),
-            index_damaged_keep=int(_env_float("INDEX_DAMAGED_KEEP", cls.index_damaged_keep)),
-            index_max_bytes=int(_env_float("INDEX_MAX_BYTES", cls.index_max_bytes)),
-            index_heal_interval=_env_float("INDEX_HEAL_INTERVAL", cls.index_heal_interval),
-            catalog_chunk_seconds=_env_float("CATALOG_CHUNK_SECONDS", cls.catalog_chunk_seconds),
+            index_damaged_keep=_env_whole("INDEX_DAMAGED_KEEP", cls.index_damaged_keep),
+            index_max_bytes=_env_whole("INDEX_MAX_BYTES", cls.index_max_bytes),
+            index_heal_interval=_env_float("INDEX_HEAL_INTERVAL", cls.index_heal_interval, positive=True),
+            catalog_chunk_seconds=_env_float("CATALOG_CHUNK_SECONDS", cls.catalog_chunk_seconds, minimum=0),
             pod_name=_env("POD_NAME", "") or None,
             pod_namespace=_env("POD_NAMESPACE", "") or None,
             pod_uid=_env("POD_UID", "") or None,
@@ -318,7 +348,7 @@ def _auth_mode(raw: str) -> str | None:
     if not mode:
         return None
     if mode not in AUTH_MODES:
-        raise ValueError(f"{ENV_PREFIX}AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {raw!r}")
+        raise ConfigError(f"{ENV_PREFIX}AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {raw!r}")
     return mode
 
 

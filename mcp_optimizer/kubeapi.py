@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from kubernetes import client, config
 
+from mcp_optimizer.errors import McpOptimizerError
+
 logger = logging.getLogger(__name__)
 
 #: One line of a watch stream (an object) may be at most this big. ConfigMaps are at most 1 MiB
@@ -50,7 +52,7 @@ def load_client_config(kubeconfig: str | None) -> client.Configuration:
     return configuration
 
 
-class KubeApiError(Exception):
+class KubeApiError(McpOptimizerError):
     """A call to the API server failed. ``status`` is the HTTP status, ``None`` when unreachable."""
 
     def __init__(self, status: int | None, message: str) -> None:

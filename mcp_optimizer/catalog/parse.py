@@ -43,6 +43,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mcp_optimizer.errors import McpOptimizerError
+
 from .identity import normalize_image, normalize_url
 
 __all__ = [
@@ -61,7 +63,7 @@ _TOOLHIVE_EXTENSION = "io.github.stacklok"
 _HASH_VERSION = "catalog-entry/v1"
 
 
-class CatalogParseError(ValueError):
+class CatalogParseError(McpOptimizerError, ValueError):
     """A catalog that cannot be loaded; the message is one line naming the problem and the entry."""
 
 

@@ -20,14 +20,13 @@ from typing import Any
 import yaml
 from sqlalchemy.exc import DBAPIError
 
-from mcp_optimizer.catalog import CatalogParseError, load_catalog_file
+from mcp_optimizer.catalog import load_catalog_file
 from mcp_optimizer.cli.progress import Progress
 from mcp_optimizer.config import SEARCH_MODES, Settings
-from mcp_optimizer.db.engine import IndexOpenError
 from mcp_optimizer.db.health import describe, inspect_file
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.embeddings import EmbeddingError
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.ingest import (
     DuplicateRegistryServersError,
     Indexer,
@@ -39,7 +38,7 @@ from mcp_optimizer.logs import configure_logging
 from mcp_optimizer.redaction import redact_url
 
 
-class CliError(Exception):
+class CliError(McpOptimizerError):
     """A user error: printed as one line, exit status 1."""
 
 
@@ -555,7 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return int(asyncio.run(args.handler(args, settings)))
-    except (CliError, CatalogParseError, IndexOpenError, EmbeddingError, IndexError_, ValueError) as exc:
+    except McpOptimizerError as exc:  # every error meant for a user (errors.py): its message names the object
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        # Input checks of the catalog and identity parsers that are not wrapped yet (issue 12).
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except DBAPIError as exc:

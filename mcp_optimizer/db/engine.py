@@ -22,12 +22,14 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from mcp_optimizer.errors import McpOptimizerError
+
 BUSY_TIMEOUT_MS = 10_000
 #: Execution option marking a transaction that will write: see ``_begin`` in :func:`create_engine`.
 WRITE_OPTION = "mcp_optimizer_write"
 
 
-class IndexOpenError(RuntimeError):
+class IndexOpenError(McpOptimizerError, RuntimeError):
     """The index file cannot be opened or sqlite-vec cannot be loaded."""
 
 

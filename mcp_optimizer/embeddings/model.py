@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
+from mcp_optimizer.errors import McpOptimizerError
+
 if TYPE_CHECKING:
     from mcp_optimizer.config import Settings
 
@@ -41,7 +43,7 @@ EMBEDDING_DIM = 384
 Vector = npt.NDArray[np.float32]
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(McpOptimizerError, RuntimeError):
     """The model could not be loaded or could not embed a text."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mcp_optimizer.errors import McpOptimizerError
 
-class IndexError_(Exception):
+
+class IndexError_(McpOptimizerError):
     """Base of the index's user-facing errors."""
 
 

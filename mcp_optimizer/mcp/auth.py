@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_optimizer.config import AUTH_KUBERNETES, AUTH_NONE, AUTH_TOKENS, Settings, resolve_auth_mode
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.mcp.scope import UNRESTRICTED, AccessScope, current_scope
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(McpOptimizerError, ValueError):
     """The tokens document is unreadable or invalid; the endpoint refuses to start."""
 
 

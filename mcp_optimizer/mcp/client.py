@@ -60,6 +60,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from mcp_optimizer.config import Settings
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.mcp.destinations import DestinationPolicy, DestinationRefused
 from mcp_optimizer.mcp.limits import LARGE_LIST_BYTES, ClientLimits, LimitExceeded, clip_tool
 from mcp_optimizer.redaction import redact_url, redact_urls, split_userinfo
@@ -108,7 +109,7 @@ _ERA_MEMO_SIZE: Final = 10_000
 _T = TypeVar("_T")
 
 
-class McpClientError(Exception):
+class McpClientError(McpOptimizerError):
     """Any failure talking to an MCP server; the message is a single line naming the endpoint.
 
     Attributes:

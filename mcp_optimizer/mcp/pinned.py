@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
 
+from mcp_optimizer.errors import McpOptimizerError
+
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_NAME = 128
 
 
-class PinnedToolsError(ValueError):
+class PinnedToolsError(McpOptimizerError, ValueError):
     """The pinned tools setting cannot be used; the endpoint refuses to start."""
 
 

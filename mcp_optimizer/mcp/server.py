@@ -45,6 +45,7 @@ from starlette.types import ASGIApp
 from mcp_optimizer import __version__
 from mcp_optimizer.config import AUTH_KUBERNETES, AUTH_NONE, Settings, endpoint_host
 from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.mcp.auth import Authenticator, BearerAuthMiddleware, StaticTokens, TokenTable, build_authenticator
 from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.mcp.scope import current_scope
@@ -66,7 +67,7 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(McpOptimizerError, RuntimeError):
     """The endpoint could not start (address in use, bad configuration)."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.ingest import RegistryRef, WorkloadSpec
 from mcp_optimizer.redaction import redact_url
 from mcp_optimizer.vocabulary import WorkloadStatus
@@ -49,7 +50,7 @@ _SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 MAX_LABEL_VALUE_CHARS = 63
 
 
-class SpecError(ValueError):
+class SpecError(McpOptimizerError, ValueError):
     """An MCPServer spec the operator cannot act on. Permanent: only a spec change fixes it."""
 
 

@@ -41,6 +41,7 @@ from kubernetes import client
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.errors import ConfigError
 from mcp_optimizer.ingest import Indexer, classify
 from mcp_optimizer.kubeapi import KubeApi, load_client_config
 from mcp_optimizer.mcp import McpClientError
@@ -338,7 +339,7 @@ async def run_operator(
     """
     if settings.toolhive not in TOOLHIVE_MODES:
         modes = ", ".join(TOOLHIVE_MODES)
-        raise ValueError(f"MCP_OPTIMIZER_TOOLHIVE must be one of {modes}, got {settings.toolhive!r}")
+        raise ConfigError(f"MCP_OPTIMIZER_TOOLHIVE must be one of {modes}, got {settings.toolhive!r}")
     toolhive_options = ToolHiveOptions.parse(settings.toolhive_vmcp_groups)
     kube_config = load_client_config(kubeconfig)
     if policy is None:

@@ -36,6 +36,7 @@ from typing import Any, NoReturn, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from mcp_optimizer.embeddings import EmbeddingError
+from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.ingest import (
     DuplicateRegistryServersError,
     Indexer,
@@ -128,7 +129,7 @@ def failure_code(error: McpClientError) -> str:
     return {"destination": "DestinationRefused", "limit": "LimitExceeded"}.get(error.reason, "ToolsListFailed")
 
 
-class IndexUnavailableError(RuntimeError):
+class IndexUnavailableError(McpOptimizerError, RuntimeError):
     """The index could not be written (full, damaged, unreadable); the status says so. Retried,
     and the operator's repair re-syncs every MCPServer once the index works again."""
 
