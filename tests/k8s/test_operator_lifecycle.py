@@ -53,7 +53,10 @@ async def test_remote_server_create_update_delete(ns, kube, start_operator, prob
         assert row is not None
         assert row["group"] == "dev"
         assert row["url"] == git.url
-        assert not await probe.found("weather forecast for tomorrow", wl)
+        # The old tools are gone from search. (The server itself may still match "weather": its
+        # name is in its tools' full-text rows, and the MCPServer is still called weather.)
+        assert not await probe.found("weather forecast for tomorrow", wl, "get_forecast")
+        assert not await probe.found("weather alerts", wl, "get_alerts")
         await eventually(lambda: kube.server_status(ns, "weather").get("observedGeneration") == 2)
 
         # Delete: the finalizer removes the row, then lets the object go.
