@@ -34,9 +34,11 @@ pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.db.health import damaged_copies  # noqa: E402
 from mcp_optimizer.mcp import McpClientError, call_tool  # noqa: E402
+from mcp_optimizer.mcp.client import ClientPolicy  # noqa: E402
+from mcp_optimizer.mcp.destinations import DestinationPolicy  # noqa: E402
 from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
 from mcp_optimizer.testing import faults  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServer, make_tool  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, HangingServer, McpTestServer, make_tool  # noqa: E402
 from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog  # noqa: E402
 from tests.k8s.kubelet import set_pod_status  # noqa: E402
 
@@ -72,6 +74,9 @@ def pod_events(kube: Kube, ns: str) -> list[tuple[str, str, str]]:
 def has_pod_event(kube: Kube, ns: str, reason: str, type_: str, *needles: str) -> bool:
     return any(r == reason and t == type_ and all(n in m for n in needles) for t, r, m in pod_events(kube, ns))
 
+#: The endpoint under test is on loopback, which the client refuses unless it is admitted.
+LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
+
 
 class RunProcess:
     """``mcp-optimizer run`` as a subprocess: its ports, its log, a clean stop."""
@@ -94,6 +99,11 @@ class RunProcess:
             "MCP_OPTIMIZER_POD_NAME": pod["pod_name"],
             "MCP_OPTIMIZER_POD_NAMESPACE": pod["pod_namespace"],
             "MCP_OPTIMIZER_POD_UID": pod["pod_uid"],
+            # The test's namespace holds its catalogs; its MCP servers run on loopback, which the
+            # operator refuses unless admitted; find_tool is called without a token, on loopback.
+            "MCP_OPTIMIZER_CATALOG_NAMESPACES": ns,
+            "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": ",".join(LOOPBACK),
+            "MCP_OPTIMIZER_AUTH_MODE": "none",
             **(env or {}),
         }
         self.command = [sys.executable, "-c", "import sys; from mcp_optimizer.cli.main import main; sys.exit(main())",
@@ -118,7 +128,8 @@ class RunProcess:
         """The text of ``find_tool``'s answer ("error: ..." when it failed)."""
         try:
             result = await call_tool(f"http://127.0.0.1:{self.mcp_port}/mcp", "streamable-http", "find_tool",
-                                     {"tool_description": query, "tool_keywords": query}, timeout=15)
+                                     {"tool_description": query, "tool_keywords": query}, timeout=15,
+                                     policy=LOOPBACK_POLICY)
         except McpClientError as exc:
             return f"error: {exc}"
         text = " ".join(str(block.get("text", "")) for block in result["content"])
@@ -195,7 +206,7 @@ async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
         kube.create_pod(ns, "weather-0", instance="weather")
         set_pod_status(kube_api, ns, "weather-0", "Running")
         translator, weather_wl = workload_name(ns, "translator"), workload_name(ns, "weather")
-        first = start_operator([ns], **pod)
+        first = start_operator([ns], catalog_namespaces=(ns,), **pod)
         await eventually(lambda: probe.found("translate text", translator))
         await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
         first.stop()
@@ -203,7 +214,7 @@ async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
 
         DAMAGES[damage](op_settings.db_path)
         damaged = op_settings.db_path.read_bytes()
-        start_operator([ns], **pod)  # starts: no crash loop, no traceback
+        start_operator([ns], catalog_namespaces=(ns,), **pod)  # starts: no crash loop, no traceback
 
         await eventually(lambda: probe.found("translate text", translator), timeout=30)
         await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
@@ -311,7 +322,7 @@ async def test_an_index_deleted_under_the_operator_is_rebuilt(ns, kube, kube_api
         kube.create_pod(ns, "weather-0", instance="weather")
         set_pod_status(kube_api, ns, "weather-0", "Running")
         translator, weather_wl = workload_name(ns, "translator"), workload_name(ns, "weather")
-        start_operator([ns], index_heal_interval=0.5, **pod)
+        start_operator([ns], catalog_namespaces=(ns,), index_heal_interval=0.5, **pod)
         await eventually(lambda: probe.found("translate text", translator))
         await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
         await probe.close()
@@ -398,7 +409,7 @@ async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
         assert 20 < partial < 400
         await probe.close()
 
-        start_operator([ns], **pod)
+        start_operator([ns], catalog_namespaces=(ns,), **pod)
         await eventually(lambda: _catalog_has(probe, catalog, 400), timeout=120, what="the whole catalog")
         names = await probe.registry_servers(catalog)
         assert names == [f"server-{i:04d}" for i in range(400)]
@@ -408,7 +419,7 @@ async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
 
 async def test_a_catalog_changed_midway_ends_as_its_last_version(ns, kube, start_operator, probe):
     catalog = f"{ns}/big"
-    start_operator([ns], catalog_chunk_seconds=0.0)
+    start_operator([ns], catalog_namespaces=(ns,), catalog_chunk_seconds=0.0)
     kube.put_catalog(ns, "big", big_catalog(300))
     await eventually(lambda: _between(probe, catalog, 10, 300), timeout=120, interval=0.01)
     second = big_catalog(150, version=2)
