@@ -22,6 +22,7 @@ from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, env_of
 from tests.deploy.test_rbac import (  # the same helpers and fixtures as the main RBAC tests
     Job,
     can,
+    chart_values,
     job,  # noqa: F401
     kube,  # noqa: F401
     op_settings,  # noqa: F401
@@ -170,7 +171,7 @@ async def test_operator_indexes_toolhive_with_the_shipped_roles(
 ):
     """The chart installed next to ToolHive (auto): the operator, as its ServiceAccount, does its
     own job and indexes ToolHive's MCPServer, whose object it leaves exactly as it was."""
-    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE), McpTestServer(
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)), McpTestServer(
         [make_tool("fetch", "Fetch a web page and return it as markdown")]
     ) as proxy:
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpservers", group="toolhive.stacklok.dev")
