@@ -150,6 +150,26 @@ async def test_corruption_at_run_time_is_reported_and_rebuild_replaces_the_file(
         await indexer.close()
 
 
+@pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
+async def test_each_retriever_reports_a_damaged_index_as_corrupt(settings, embedder, mode):
+    """FTS5 says SQLITE_CORRUPT, sqlite-vec a plain SQLITE_ERROR in its own words ("chunks iter
+    error"): either way the fault is recognised, so the endpoint says the index cannot be read
+    (not "internal error") and the operator repairs it. Hybrid search runs both at once, so which
+    one fails first varies: all three modes must be recognised."""
+    await filled(settings, embedder)
+    indexer = await Indexer.open(settings, embedder, repair=True)
+    search = ToolSearch(indexer.engine, embedder)
+    try:
+        assert await search.find_tools("open an issue on github", mode=mode)
+        faults.corrupt_pages(settings.db_path)
+        with pytest.raises(DBAPIError) as caught:
+            await search.find_tools("list pull requests", mode=mode)
+        fault = classify(caught.value)
+        assert fault is not None and fault.kind is FaultKind.CORRUPT, caught.value
+    finally:
+        await indexer.close()
+
+
 async def test_a_file_deleted_under_the_process_is_noticed(settings, embedder):
     await filled(settings, embedder)
     indexer = await Indexer.open(settings, embedder, repair=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mcp_optimizer.ingest.scheduler import WritePriority
+from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.operator.mapping import ServerView
 from mcp_optimizer.operator.toolhive_mapping import MCP_SERVER, ToolHiveOptions, parse_toolhive
 from mcp_optimizer.operator.workloads import WorkloadReconciler
@@ -32,7 +34,9 @@ class GatedTools:
         self.calls: list[str] = []
         self.tools = TOOLS
 
-    async def __call__(self, endpoint: str, transport: str, timeout: float) -> list[dict[str, Any]]:
+    async def __call__(
+        self, endpoint: str, transport: str, timeout: float, *, namespace: str | None, policy: ClientPolicy
+    ) -> list[dict[str, Any]]:
         self.calls.append(endpoint)
         answer = list(self.tools)  # what the proxy lists when asked, however long it takes to say it
         await self.gate.wait()
@@ -92,7 +96,8 @@ async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer
     tools = GatedTools()
     reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
     cluster = Cluster(reconciler)
-    async with indexer._write():  # the index is busy: the first sync waits inside its write
+    # The index is busy (a catalog being written, say): the first sync waits inside its write.
+    async with indexer._write(WritePriority.BULK):
         await cluster.event()
         await asyncio.sleep(0.05)
         await cluster.event({"phase": "Ready", "url": PROXY})
