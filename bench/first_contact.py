@@ -27,17 +27,13 @@ from kubernetes import client, config
 
 from bench.common import base_parser, print_header
 from bench.operator import ControlPlane, install_crd
-from mcp_optimizer.mcp.client import ClientPolicy, McpClientError, call_tool
-from mcp_optimizer.mcp.destinations import DestinationPolicy
+from mcp_optimizer.mcp.client import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
 from mcp_optimizer.testing.shared import model_path
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
 
 NAMESPACE = "default"
-
-
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def free_port() -> int:

@@ -65,8 +65,12 @@ from mcp.shared.exceptions import MCPError
 from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from mcp_optimizer.mcp.client import ClientPolicy
+from mcp_optimizer.mcp.destinations import DestinationPolicy
+
 __all__ = [
     "LOOPBACK",
+    "LOOPBACK_POLICY",
     "AsgiTestServer",
     "HangingServer",
     "HostileMcpServer",
@@ -88,6 +92,9 @@ __all__ = [
 #: The allow-list entries that admit these servers: the operator refuses loopback by default, so
 #: every test and benchmark that talks to them says so explicitly.
 LOOPBACK: Final[tuple[str, ...]] = ("127.0.0.0/8", "::1")
+#: A client policy that admits them: for tests and benchmarks that call these servers (or an
+#: endpoint on loopback) through :mod:`mcp_optimizer.mcp.client` directly.
+LOOPBACK_POLICY: Final = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 ToolDef = Mapping[str, Any]
 """A tool definition as MCP puts it on the wire: ``name``, ``description``, ``inputSchema`` (+ optional fields)."""

@@ -19,16 +19,12 @@ pytest.register_assert_rewrite("tests.k8s.harness")
 pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
-from mcp_optimizer.mcp.client import ClientPolicy  # noqa: E402
-from mcp_optimizer.mcp.destinations import DestinationPolicy  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool  # noqa: E402
 from tests.k8s.harness import eventually, http_get  # noqa: E402
 
 pytestmark = pytest.mark.kube
 
 
-#: This test's client talks to the endpoint on loopback: admitted explicitly, as for the operator.
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def free_port() -> int:

@@ -34,11 +34,9 @@ pytest_plugins = ["tests.k8s.harness"]
 
 from mcp_optimizer.db.health import damaged_copies  # noqa: E402
 from mcp_optimizer.mcp import McpClientError, call_tool  # noqa: E402
-from mcp_optimizer.mcp.client import ClientPolicy  # noqa: E402
-from mcp_optimizer.mcp.destinations import DestinationPolicy  # noqa: E402
 from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
 from mcp_optimizer.testing import faults  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, HangingServer, McpTestServer, make_tool  # noqa: E402
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool  # noqa: E402
 from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog  # noqa: E402
 from tests.k8s.kubelet import set_pod_status  # noqa: E402
 
@@ -74,8 +72,6 @@ def pod_events(kube: Kube, ns: str) -> list[tuple[str, str, str]]:
 def has_pod_event(kube: Kube, ns: str, reason: str, type_: str, *needles: str) -> bool:
     return any(r == reason and t == type_ and all(n in m for n in needles) for t, r, m in pod_events(kube, ns))
 
-#: The endpoint under test is on loopback, which the client refuses unless it is admitted.
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 class RunProcess:

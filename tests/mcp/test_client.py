@@ -19,10 +19,9 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from mcp_optimizer.mcp import client as client_module
-from mcp_optimizer.mcp.client import ClientPolicy, McpClientError, wire_transport
-from mcp_optimizer.mcp.destinations import DestinationPolicy
+from mcp_optimizer.mcp.client import McpClientError, wire_transport
 from mcp_optimizer.testing.mcp_servers import (
-    LOOPBACK,
+    LOOPBACK_POLICY,
     AsgiTestServer,
     HangingServer,
     McpTestServer,
@@ -33,10 +32,6 @@ from mcp_optimizer.testing.mcp_servers import (
     refused_url,
 )
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
-
-#: The servers here run on loopback, which the default policy refuses (tests/mcp/test_bounds.py
-#: shows that); these tests admit it explicitly.
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 def list_tools(*args: Any, **kwargs: Any) -> Any:

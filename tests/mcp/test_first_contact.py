@@ -10,9 +10,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp import list_tools
-from mcp_optimizer.mcp.client import ClientPolicy
-from mcp_optimizer.mcp.destinations import DestinationPolicy
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import LOOPBACK_POLICY, McpTestServer, make_tool
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
 from tests.mcp.server_env import connect, endpoint_settings, error_text, hits, payload, running_endpoint
 
@@ -38,8 +36,6 @@ EVERYTHING_TOOLS = [
               execution={"taskSupport": "required"}),
 ]
 
-#: The servers run on loopback, which the operator's client refuses unless it is admitted.
-LOOPBACK_POLICY = ClientPolicy(destinations=DestinationPolicy.allowing(LOOPBACK))
 
 
 async def index_server(indexer: Indexer, name: str, url: str, transport: str) -> None:
