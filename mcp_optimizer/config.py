@@ -14,6 +14,7 @@ value is never repeated.
 
 from __future__ import annotations
 
+import functools
 import os
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BeforeValidator, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -95,7 +96,7 @@ T = TypeVar("T")
 def setting(default: T, env: str, description: str, *, secret: bool = False) -> T:
     """One setting: its default, its variable (``MCP_OPTIMIZER_`` + ``env``) and what it means.
 
-    A ``secret`` is kept out of repr and out of every error message."""
+    A ``secret`` is kept out of repr and its value out of every error message."""
     metadata = {"env": ENV_PREFIX + env, "description": description, "secret": secret}
     return field(default=default, repr=not secret, metadata=metadata)  # type: ignore[no-any-return]
 
@@ -188,7 +189,7 @@ class RetrievalSettings:
 class EndpointSettings:
     mcp_host: OptionalText = setting(None, "MCP_HOST",
                                      "Address the MCP endpoint listens on; unset: loopback without auth, every "
-                                     "interface with it (:func:`endpoint_host`).")
+                                     "interface with it (``endpoint_host``).")
     mcp_port: Port = setting(8080, "MCP_PORT", "Port of the MCP endpoint; 0 takes any free port.")
     mcp_path: str = setting("/mcp", "MCP_PATH", "Streamable HTTP path.")
     sse_path: str = setting("/sse", "SSE_PATH", "SSE path (older clients), with ``MESSAGES_PATH``.")
@@ -382,9 +383,10 @@ class Settings(
         are ignored (unset CLI flags)."""
         given = {name: value for name, value in changes.items() if value is not None}
         try:
-            checked = _environment_model().model_validate(given).model_dump(include=set(given))
+            checked = _declared_model(_Flags).model_validate(given).model_dump(include=set(given))
         except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, {})) from None
+            variables = {each.metadata["env"]: str(given[each.name]) for each in fields(Settings) if each.name in given}
+            raise ConfigError(describe_errors(exc, variables)) from None
         return replace(self, **checked)
 
 
@@ -394,27 +396,33 @@ class Settings(
 class _Environment(BaseSettings):
     """The ``MCP_OPTIMIZER_*`` variables, read by pydantic-settings with the declarations above."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=True, extra="ignore", hide_input_in_errors=True, validate_by_name=True, validate_by_alias=True,
-    )
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", hide_input_in_errors=True)
 
 
-_ENVIRONMENT_MODEL: type[_Environment] | None = None
+class _Flags(BaseModel):
+    """Values given by CLI flags, by setting name."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@functools.cache
+def _declared_model(base: type[_M]) -> type[_M]:
+    """The declarations of :class:`Settings` as a pydantic model (built once per base): one field
+    per setting with its type, range and default, read from its variable for ``_Environment``."""
+    types = typing.get_type_hints(Settings, include_extras=True)
+    declared: dict[str, Any] = {
+        each.name: (types[each.name], Field(each.default, description=each.metadata["description"],
+                                            validation_alias=each.metadata["env"] if base is _Environment else None))
+        for each in fields(Settings)
+    }
+    return create_model(f"Settings{base.__name__}", __base__=base, **declared)
 
 
 def _environment_model() -> type[_Environment]:
-    """The declarations of :class:`Settings` as a pydantic-settings model (built once): one
-    field per setting, read from its variable, with its type, range and default."""
-    global _ENVIRONMENT_MODEL
-    if _ENVIRONMENT_MODEL is None:
-        types = typing.get_type_hints(Settings, include_extras=True)
-        declared: dict[str, Any] = {
-            each.name: (types[each.name], Field(each.default, validation_alias=each.metadata["env"],
-                                                 description=each.metadata["description"]))
-            for each in fields(Settings)
-        }
-        _ENVIRONMENT_MODEL = create_model("SettingsEnvironment", __base__=_Environment, **declared)
-    return _ENVIRONMENT_MODEL
+    return _declared_model(_Environment)
 
 
 def declarations() -> dict[str, tuple[object, str, bool]]:
@@ -423,20 +431,28 @@ def declarations() -> dict[str, tuple[object, str, bool]]:
             for each in fields(Settings)}
 
 
-def describe_errors(exc: ValidationError, environ: typing.Mapping[str, str]) -> str:
-    """``MCP_OPTIMIZER_MCP_PORT must be a whole number, got '8080.9'`` for each bad value (a
-    secret's value is never repeated)."""
-    model_fields = {str(info.validation_alias): info for info in _environment_model().model_fields.values()}
-    return "; ".join(_describe_error(error, model_fields, environ) for error in exc.errors(include_input=False))
+def flag_help(env: str) -> str:
+    """``--help`` text of the CLI flag that overrides ``MCP_OPTIMIZER_`` + ``env``: the setting's
+    description, its variable and its default."""
+    default, description, _ = declarations()[ENV_PREFIX + env]
+    shown = "unset" if default is None else ",".join(default) if isinstance(default, tuple) else default
+    return f"{description.replace('``', '')} (default: ${ENV_PREFIX}{env}, else {shown or 'empty'})".replace("%", "%%")
 
 
-def _describe_error(error: ErrorDetails, model_fields: dict[str, FieldInfo], environ: typing.Mapping[str, str]) -> str:
-    name = str(error["loc"][0]) if error["loc"] else "settings"
-    info = model_fields.get(name)
-    message = f"{name} {_problem(error, info)}"
-    if name in environ and not declarations()[name][2]:
-        message += f", got {environ[name]!r}"
-    return message
+def describe_errors(exc: ValidationError, given: typing.Mapping[str, str]) -> str:
+    """``MCP_OPTIMIZER_MCP_PORT must be a whole number, got '8080.9'`` for each bad value in
+    ``given`` (values by variable); a secret's value is never repeated."""
+    variables = {each.name: each.metadata["env"] for each in fields(Settings)}
+    checks = {variables[name]: info for name, info in _declared_model(_Flags).model_fields.items()}
+    problems = []
+    for error in exc.errors(include_input=False):
+        name = str(error["loc"][0]) if error["loc"] else ""
+        variable = variables.get(name, name)
+        problem = f"{variable} {_problem(error, checks.get(variable))}"
+        if variable in given and not declarations()[variable][2]:
+            problem += f", got {given[variable]!r}"
+        problems.append(problem)
+    return "; ".join(problems)
 
 
 def _problem(error: ErrorDetails, info: FieldInfo | None) -> str:
@@ -487,6 +503,9 @@ def resolve_auth_mode(settings: Settings, *, cluster: bool) -> str:
     configured, else Kubernetes auth when there is a cluster (``mcp-optimizer run``), else none
     (``mcp-optimizer serve`` on a laptop, which then listens on loopback only)."""
     if settings.auth_mode is not None:
+        if settings.auth_mode not in AUTH_MODES:  # given in code, not read from the environment
+            modes = ", ".join(AUTH_MODES)
+            raise ConfigError(f"{ENV_PREFIX}AUTH_MODE must be one of {modes}, got {settings.auth_mode!r}")
         return settings.auth_mode
     if settings.auth_tokens_file is not None or settings.auth_tokens:
         return AUTH_TOKENS

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mcp_optimizer.catalog import load_catalog_file
 from mcp_optimizer.cli.progress import Progress
-from mcp_optimizer.config import SEARCH_MODES, Settings
+from mcp_optimizer.config import SEARCH_MODES, Settings, flag_help
 from mcp_optimizer.db.health import describe, inspect_file
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -427,12 +427,10 @@ async def cmd_mcp_call(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-optimizer", description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, help="index file (default: $MCP_OPTIMIZER_DB or ./mcp-optimizer.db)")
-    parser.add_argument("--model-path", type=Path,
-                        help="embedding model directory (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_PATH)")
-    parser.add_argument("--model", help="embedding model name (default: $MCP_OPTIMIZER_EMBEDDING_MODEL_NAME)")
-    parser.add_argument("--search-mode", choices=SEARCH_MODES,
-                        help="hybrid, or bm25: keyword-only, no model (default: $MCP_OPTIMIZER_SEARCH_MODE)")
+    parser.add_argument("--db", type=Path, help=flag_help("DB"))
+    parser.add_argument("--model-path", type=Path, help=flag_help("EMBEDDING_MODEL_PATH"))
+    parser.add_argument("--model", help=flag_help("EMBEDDING_MODEL_NAME"))
+    parser.add_argument("--search-mode", choices=SEARCH_MODES, help=flag_help("SEARCH_MODE"))
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -480,18 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster (in-cluster config, a kubeconfig, or the default ~/.kube/config). Flags override "
         "MCP_OPTIMIZER_* environment variables.")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then ~/.kube/config)")
-    run.add_argument("--namespaces", metavar="NS[,NS...]",
-                     help="watch only these namespaces (default: $MCP_OPTIMIZER_NAMESPACES, else all)")
-    run.add_argument("--mcp-host", help="MCP endpoint address (default: $MCP_OPTIMIZER_MCP_HOST or 0.0.0.0)")
-    run.add_argument("--mcp-port", type=int, help="MCP endpoint port (default: $MCP_OPTIMIZER_MCP_PORT or 8080)")
-    run.add_argument("--mcp-path", help="streamable HTTP path (default: $MCP_OPTIMIZER_MCP_PATH or /mcp)")
-    run.add_argument("--metrics-host",
-                     help="/metrics and /readyz address (default: $MCP_OPTIMIZER_METRICS_HOST or 0.0.0.0)")
-    run.add_argument("--metrics-port", type=int,
-                     help="/metrics and /readyz port, 0 disables (default: $MCP_OPTIMIZER_METRICS_PORT or 9090)")
-    run.add_argument("--liveness", metavar="URL",
-                     help="kopf's liveness probe, e.g. http://127.0.0.1:8081/healthz "
-                     "(default: $MCP_OPTIMIZER_LIVENESS_ENDPOINT, else off)")
+    run.add_argument("--namespaces", metavar="NS[,NS...]", help=flag_help("NAMESPACES"))
+    run.add_argument("--mcp-host", help=flag_help("MCP_HOST"))
+    run.add_argument("--mcp-port", type=int, help=flag_help("MCP_PORT"))
+    run.add_argument("--mcp-path", help=flag_help("MCP_PATH"))
+    run.add_argument("--metrics-host", help=flag_help("METRICS_HOST"))
+    run.add_argument("--metrics-port", type=int, help=flag_help("METRICS_PORT"))
+    run.add_argument("--liveness", metavar="URL", help=flag_help("LIVENESS_ENDPOINT"))
     run.set_defaults(handler=cmd_run)
 
     mcp_call = commands.add_parser(
@@ -509,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     mcp_call.set_defaults(handler=cmd_mcp_call)
 
     serve = commands.add_parser("serve", help="serve the MCP endpoint over an existing index file")
-    serve.add_argument("--host", help="listen address (default: 127.0.0.1 without auth, else 0.0.0.0)")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help=flag_help("MCP_HOST"))
+    serve.add_argument("--port", type=int, help=flag_help("MCP_PORT"))
     serve.set_defaults(handler=cmd_serve)
     return parser
 
