@@ -37,6 +37,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -306,45 +307,9 @@ async def hostile_servers(args: Any, report: Report) -> None:
         ):
             tenant = Tenant(session, queries)
             await tenant.find_tool_ms(20)  # warm-up
+            arena = _Arena(objects, attackers, servers, operator, session, engine, tenant, rounds)
             for n, name in enumerate(names):
-                before = await tenant.find_tool_ms(rounds)
-                operator.reset_peak()
-                copies = [f"hostile-{n}-{i}" for i in range(COPIES.get(name, 1))]
-                for server in copies:
-                    create_server(objects, attackers, server, servers.hostile[name])
-                # Indexing 300 tools runs the model 300 times: minutes on a loaded machine.
-                conditions = [
-                    await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
-                    for server in copies
-                ]
-                condition = conditions[0]
-                between = None
-                if name == "50 MB call result":
-                    async def between(s: str = copies[0]) -> None:
-                        result = await session.call_tool("call_tool", {
-                            "server_name": f"{attackers}/{s}", "tool_name": "dump", "parameters": {}})
-                        assert result.is_error, "a 50 MB result must be refused"
-                during = await tenant.find_tool_ms(rounds, between=between)
-                peak = operator.memory()["VmHWM"]
-                for server in copies:
-                    objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
-                for server in copies:
-                    await wait_for(lambda s=server: _gone(engine, f"{attackers}/{s}"), f"{server} removed")
-                after = await tenant.find_tool_ms(rounds)
-                # Normal is the p50 of the phases just before and just after: the machine's load
-                # drifts, and a ratio against one of them alone would carry that drift.
-                normal = statistics.median(before + after)
-                p50_during = statistics.median(during)
-                ratio = p50_during / normal
-                report.add(
-                    f"{name}: status {condition['reason']}",
-                    f"peak RSS {peak:.0f} MiB; other tenants' find_tool p50 {p50_during:.1f} ms vs "
-                    f"{normal:.1f} ms normal = {ratio:.2f}x (p99 {percentile(during, 99):.0f} vs "
-                    f"{percentile(before + after, 99):.0f} ms)",
-                    f"RSS < {TARGET_RSS_MB} MB, p50 <= {TARGET_RATIO}x",
-                    peak * 1.048576 < TARGET_RSS_MB and ratio <= TARGET_RATIO,
-                )
-                print(f"    {condition['message'][:300]}", flush=True)
+                await _attack(arena, n, name, report)
         await engine.dispose()
         for ns in (tenants, attackers):
             core.delete_namespace(ns)
@@ -361,6 +326,65 @@ async def hostile_servers(args: Any, report: Report) -> None:
         if plane is not None:
             plane.stop()
         tmp.cleanup()
+
+
+@dataclass
+class _Arena:
+    """Where the hostile servers are let loose: the cluster, the operator and a tenant measuring."""
+
+    objects: Any
+    attackers: str
+    servers: Servers
+    operator: OperatorProcess
+    session: Client
+    engine: Any
+    tenant: Tenant
+    rounds: int
+
+
+async def _attack(arena: _Arena, n: int, name: str, report: Report) -> None:
+    """One hostile server (or its copies) created, indexed and removed, the tenant measured
+    before, during and after; one line in the report."""
+    objects, attackers, operator, tenant, rounds = (
+        arena.objects, arena.attackers, arena.operator, arena.tenant, arena.rounds)
+    before = await tenant.find_tool_ms(rounds)
+    operator.reset_peak()
+    copies = [f"hostile-{n}-{i}" for i in range(COPIES.get(name, 1))]
+    for server in copies:
+        create_server(objects, attackers, server, arena.servers.hostile[name])
+    # Indexing 300 tools runs the model 300 times: minutes on a loaded machine.
+    conditions = [
+        await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
+        for server in copies
+    ]
+    condition = conditions[0]
+    between = None
+    if name == "50 MB call result":
+        async def between(s: str = copies[0]) -> None:
+            result = await arena.session.call_tool("call_tool", {
+                "server_name": f"{attackers}/{s}", "tool_name": "dump", "parameters": {}})
+            assert result.is_error, "a 50 MB result must be refused"
+    during = await tenant.find_tool_ms(rounds, between=between)
+    peak = operator.memory()["VmHWM"]
+    for server in copies:
+        objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
+    for server in copies:
+        await wait_for(lambda s=server: _gone(arena.engine, f"{attackers}/{s}"), f"{server} removed")
+    after = await tenant.find_tool_ms(rounds)
+    # Normal is the p50 of the phases just before and just after: the machine's load
+    # drifts, and a ratio against one of them alone would carry that drift.
+    normal = statistics.median(before + after)
+    p50_during = statistics.median(during)
+    ratio = p50_during / normal
+    report.add(
+        f"{name}: status {condition['reason']}",
+        f"peak RSS {peak:.0f} MiB; other tenants' find_tool p50 {p50_during:.1f} ms vs "
+        f"{normal:.1f} ms normal = {ratio:.2f}x (p99 {percentile(during, 99):.0f} vs "
+        f"{percentile(before + after, 99):.0f} ms)",
+        f"RSS < {TARGET_RSS_MB} MB, p50 <= {TARGET_RATIO}x",
+        peak * 1.048576 < TARGET_RSS_MB and ratio <= TARGET_RATIO,
+    )
+    print(f"    {condition['message'][:300]}", flush=True)
 
 
 async def _equals(value: Any, expected: Any) -> bool:

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import (
     REPO,
@@ -219,6 +220,80 @@ async def visible(search: ToolSearch, workload: str, query: str) -> bool:
     return bool(await search.find_tools(query, server=workload, limit=1))
 
 
+async def _create_and_index(core: Any, objects: Any, ns: str, farm: Farm, count: int, engine: AsyncEngine,
+                            embedder: Any, report: Report) -> None:
+    """``count`` MCPServers with a Running pod each, timed until all their tools are indexed."""
+    expected_tools = sum(len(farm_tools(i)) for i in range(count))
+
+    def create(i: int) -> None:
+        name = server_name(i)
+        objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
+            "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "endpoint": farm.url(i)},
+        })
+        core.create_namespaced_pod(ns, {  # type: ignore[arg-type]
+            "metadata": {"name": f"{name}-0", "labels": {INSTANCE_LABEL: name}},
+            "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
+        })
+        core.patch_namespaced_pod_status(f"{name}-0", ns, pod_status("Running"), _content_type=MERGE_PATCH)
+
+    seconds_before = embedder.seconds_embedding
+    texts_before = embedder.texts_embedded
+    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        creating = [loop.run_in_executor(pool, create, i) for i in range(count)]
+        await asyncio.gather(*creating)
+        created = time.perf_counter() - start
+        print(f"created {count} MCPServers and their Running pods in {created:.1f} s", flush=True)
+        servers, tools, shown = 0, 0, 0.0
+        while (servers, tools) != (count, expected_tools):
+            if time.perf_counter() - start > 1800:
+                raise TimeoutError(f"only {servers}/{count} servers, {tools}/{expected_tools} tools indexed")
+            await asyncio.sleep(0.2)
+            servers, tools = await indexed_counts(engine)
+            if time.perf_counter() - shown > 10:
+                shown = time.perf_counter()
+                print(f"  {shown - start:5.1f} s: {servers}/{count} servers, {tools}/{expected_tools} tools",
+                      flush=True)
+    total = time.perf_counter() - start
+    in_model = embedder.seconds_embedding - seconds_before
+    busy = embedder.busy_seconds(start)
+    report.add(f"creation -> all indexed: {count} MCPServers ({expected_tools} tools) on the control plane",
+               f"{total:.1f} s ({count / total:.1f} servers/s; create calls done at {created:.1f} s); "
+               f"the model ran {busy:.1f} s of it = {busy / total:.0%} "
+               f"({embedder.texts_embedded - texts_before} texts; {in_model:.1f} s summed over concurrent calls)")
+
+
+async def _pod_phase_changes(core: Any, ns: str, engine: AsyncEngine, embedder: Any, count: int, changes: int,
+                             report: Report) -> None:
+    """Pod phase changes (out, then back) timed until find_tool follows them."""
+    search = ToolSearch(engine, embedder)
+    samples: dict[str, list[float]] = {"out (CrashLoopBackOff)": [], "back (Running)": []}
+    for n in range(changes):
+        i = (n * 37) % count
+        name, wl = server_name(i), workload_name(ns, server_name(i))
+        tool = farm_tools(i)[0]
+        query = f"{tool['name']} {tool.get('description') or ''}"[:200]
+        assert await visible(search, wl, query), wl
+        for label, body, want in (
+            ("out (CrashLoopBackOff)", pod_status("Running", ready=False, waiting="CrashLoopBackOff"), False),
+            ("back (Running)", pod_status("Running"), True),
+        ):
+            t0 = time.perf_counter()
+            core.patch_namespaced_pod_status(f"{name}-0", ns, body, _content_type=MERGE_PATCH)
+            while await visible(search, wl, query) != want:
+                if time.perf_counter() - t0 > 30:
+                    raise TimeoutError(f"{wl}: search did not follow the pod within 30 s")
+                await asyncio.sleep(0.005)
+            samples[label].append(time.perf_counter() - t0)
+    both = [s for values in samples.values() for s in values]
+    report.add("pod phase change -> visible in find_tool (both directions)", ms_summary(both),
+               "p99 < 1 s", percentile(both, 99) < 1.0)
+    for label, values in samples.items():
+        print(f"    {label}: {ms_summary(values)}")
+
+
 async def main() -> None:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--servers", type=int, help="MCPServers (default 500; --quick 100)")
@@ -259,73 +334,9 @@ async def main() -> None:
         settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
                             namespaces=(ns,), resync_interval=3600.0, allowed_destinations=LOOPBACK)
         operator = OperatorThread(settings, kubeconfig, embedder)
-        expected_tools = sum(len(farm_tools(i)) for i in range(count))
         engine = create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size)
-
-        def create(i: int) -> None:
-            name = server_name(i)
-            objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
-                "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "endpoint": farm.url(i)},
-            })
-            core.create_namespaced_pod(ns, {  # type: ignore[arg-type]
-                "metadata": {"name": f"{name}-0", "labels": {INSTANCE_LABEL: name}},
-                "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
-            })
-            core.patch_namespaced_pod_status(f"{name}-0", ns, pod_status("Running"), _content_type=MERGE_PATCH)
-
-        seconds_before = embedder.seconds_embedding
-        texts_before = embedder.texts_embedded
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            creating = [loop.run_in_executor(pool, create, i) for i in range(count)]
-            await asyncio.gather(*creating)
-            created = time.perf_counter() - start
-            print(f"created {count} MCPServers and their Running pods in {created:.1f} s", flush=True)
-            servers, tools, shown = 0, 0, 0.0
-            while (servers, tools) != (count, expected_tools):
-                if time.perf_counter() - start > 1800:
-                    raise TimeoutError(f"only {servers}/{count} servers, {tools}/{expected_tools} tools indexed")
-                await asyncio.sleep(0.2)
-                servers, tools = await indexed_counts(engine)
-                if time.perf_counter() - shown > 10:
-                    shown = time.perf_counter()
-                    print(f"  {shown - start:5.1f} s: {servers}/{count} servers, {tools}/{expected_tools} tools",
-                          flush=True)
-        total = time.perf_counter() - start
-        in_model = embedder.seconds_embedding - seconds_before
-        busy = embedder.busy_seconds(start)
-        report.add(f"creation -> all indexed: {count} MCPServers ({expected_tools} tools) on the control plane",
-                   f"{total:.1f} s ({count / total:.1f} servers/s; create calls done at {created:.1f} s); "
-                   f"the model ran {busy:.1f} s of it = {busy / total:.0%} "
-                   f"({embedder.texts_embedded - texts_before} texts; {in_model:.1f} s summed over concurrent calls)")
-
-        # Pod phase change -> visible in search.
-        search = ToolSearch(engine, embedder)
-        samples: dict[str, list[float]] = {"out (CrashLoopBackOff)": [], "back (Running)": []}
-        for n in range(changes):
-            i = (n * 37) % count
-            name, wl = server_name(i), workload_name(ns, server_name(i))
-            tool = farm_tools(i)[0]
-            query = f"{tool['name']} {tool.get('description') or ''}"[:200]
-            assert await visible(search, wl, query), wl
-            for label, body, want in (
-                ("out (CrashLoopBackOff)", pod_status("Running", ready=False, waiting="CrashLoopBackOff"), False),
-                ("back (Running)", pod_status("Running"), True),
-            ):
-                t0 = time.perf_counter()
-                core.patch_namespaced_pod_status(f"{name}-0", ns, body, _content_type=MERGE_PATCH)
-                while await visible(search, wl, query) != want:
-                    if time.perf_counter() - t0 > 30:
-                        raise TimeoutError(f"{wl}: search did not follow the pod within 30 s")
-                    await asyncio.sleep(0.005)
-                samples[label].append(time.perf_counter() - t0)
-        both = [s for values in samples.values() for s in values]
-        report.add("pod phase change -> visible in find_tool (both directions)", ms_summary(both),
-                   "p99 < 1 s", percentile(both, 99) < 1.0)
-        for label, values in samples.items():
-            print(f"    {label}: {ms_summary(values)}")
+        await _create_and_index(core, objects, ns, farm, count, engine, embedder, report)
+        await _pod_phase_changes(core, ns, engine, embedder, count, changes, report)
         peak = peak_rss_mib()
         report.add("peak RSS of this process (operator + model + index + the benchmark's clients)",
                    f"{peak:.0f} MiB")

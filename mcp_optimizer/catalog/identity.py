@@ -198,7 +198,18 @@ def normalize_image(image: str) -> str:
     text = image.strip()
     if not text:
         raise ValueError("image reference is empty")
+    domain, path = _split_registry(text, _strip_version(text))
+    for component in path.split("/"):
+        if not _PATH_COMPONENT.fullmatch(component):
+            raise ValueError(
+                f"image reference {text!r} has an invalid repository path component {component!r}"
+                " (components are lowercase letters and digits, separated by '.', '_', '__' or '-')"
+            )
+    return f"{domain}/{path}"
 
+
+def _strip_version(text: str) -> str:
+    """The reference without its ``@digest`` and ``:tag``, both checked first."""
     name, at, digest = text.partition("@")
     if at and not _DIGEST.fullmatch(digest):
         raise ValueError(f"image reference {text!r} has an invalid digest")
@@ -213,7 +224,11 @@ def normalize_image(image: str) -> str:
         raise ValueError(f"image reference {text!r} has no repository name")
     if len(name) > _MAX_NAME_LENGTH:
         raise ValueError(f"image reference {text!r} is longer than {_MAX_NAME_LENGTH} characters")
+    return name
 
+
+def _split_registry(text: str, name: str) -> tuple[str, str]:
+    """``(registry, path)`` of a reference without version, Docker Hub's implicit parts filled in."""
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first.lower() == "localhost"):
         domain, path = first.lower(), rest
@@ -226,11 +241,4 @@ def normalize_image(image: str) -> str:
         domain = _DOCKER_HUB
         if "/" not in path:
             path = f"library/{path}"
-
-    for component in path.split("/"):
-        if not _PATH_COMPONENT.fullmatch(component):
-            raise ValueError(
-                f"image reference {text!r} has an invalid repository path component {component!r}"
-                " (components are lowercase letters and digits, separated by '.', '_', '__' or '-')"
-            )
-    return f"{domain}/{path}"
+    return domain, path

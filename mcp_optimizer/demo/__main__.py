@@ -131,31 +131,10 @@ def apply_cluster(kubeconfig: str, crd: Path, urls: dict[str, str]) -> None:
 
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     ext, core, objects = client.ApiextensionsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
-
-    def create_or_replace(create: Any, replace: Any, read: Any, body: dict[str, Any], *args: Any) -> None:
-        try:
-            create(*args, body)
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
-            current = read(body["metadata"]["name"], *args)
-            version = current["metadata"]["resourceVersion"] if isinstance(current, dict) else (
-                current.metadata.resource_version)
-            body["metadata"]["resourceVersion"] = version
-            replace(body["metadata"]["name"], *args, body)
-
     crd_body = yaml.safe_load(crd.read_text())
-    create_or_replace(ext.create_custom_resource_definition, ext.replace_custom_resource_definition,
-                      ext.read_custom_resource_definition, crd_body)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            objects.list_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", NAMESPACE, "mcpservers", limit=1)
-            break
-        except client.ApiException as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    _create_or_replace(ext.create_custom_resource_definition, ext.replace_custom_resource_definition,
+                       ext.read_custom_resource_definition, crd_body)
+    _wait_until_served(objects)
     try:
         core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]
     except client.ApiException as exc:
@@ -166,26 +145,59 @@ def apply_cluster(kubeconfig: str, crd: Path, urls: dict[str, str]) -> None:
                                   for name in ("calculator", "text")}}
     configmap = {"metadata": {"name": CATALOG, "labels": {"mcp-optimizer.dev/registry-catalog": "true"}},
                  "data": {"registry.json": json.dumps(catalog, indent=2)}}
-    create_or_replace(core.create_namespaced_config_map, core.replace_namespaced_config_map,
-                      core.read_namespaced_config_map, configmap, NAMESPACE)
+    _create_or_replace(core.create_namespaced_config_map, core.replace_namespaced_config_map,
+                       core.read_namespaced_config_map, configmap, NAMESPACE)
+    _apply_mcpservers(objects, urls)
+    api.close()
+
+
+def _create_or_replace(create: Any, replace: Any, read: Any, body: dict[str, Any], *args: Any) -> None:
+    from kubernetes import client
+
+    try:
+        create(*args, body)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = read(body["metadata"]["name"], *args)
+        version = current["metadata"]["resourceVersion"] if isinstance(current, dict) else (
+            current.metadata.resource_version)
+        body["metadata"]["resourceVersion"] = version
+        replace(body["metadata"]["name"], *args, body)
+
+
+def _wait_until_served(objects: Any) -> None:
+    """Until the API server serves the new CRD's resources (a minute at most)."""
+    from kubernetes import client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            objects.list_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", NAMESPACE, "mcpservers", limit=1)
+            return
+        except client.ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _apply_mcpservers(objects: Any, urls: dict[str, str]) -> None:
+    def create(namespace: str, body: dict[str, Any]) -> Any:
+        return objects.create_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
+                                                       "mcpservers", body)
+
+    def read(name: str, namespace: str) -> Any:
+        return objects.get_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
+                                                    "mcpservers", name)
+
+    def replace(name: str, namespace: str, body: dict[str, Any]) -> Any:
+        return objects.replace_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
+                                                        "mcpservers", name, body)
+
     for name, url in urls.items():
         body = {"apiVersion": "mcp-optimizer.dev/v1alpha1", "kind": "MCPServer", "metadata": {"name": name},
                 "spec": {"url": url, "transport": TRANSPORTS[name]}}
-
-        def create(namespace: str, body: dict[str, Any]) -> Any:
-            return objects.create_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
-                                                           "mcpservers", body)
-
-        def read(name: str, namespace: str) -> Any:
-            return objects.get_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
-                                                        "mcpservers", name)
-
-        def replace(name: str, namespace: str, body: dict[str, Any]) -> Any:
-            return objects.replace_namespaced_custom_object("mcp-optimizer.dev", "v1alpha1", namespace,
-                                                            "mcpservers", name, body)
-
-        create_or_replace(create, replace, read, body, NAMESPACE)
-    api.close()
+        _create_or_replace(create, replace, read, body, NAMESPACE)
 
 
 def server_phases(kubeconfig: str) -> dict[str, tuple[str, int, str]]:

@@ -160,37 +160,12 @@ class Embedder:
         prefix = self.spec.query_prefix if query else self.spec.passage_prefix
         texts = [prefix + text for text in texts] if prefix else texts
         result = np.empty((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:
-            for i, text in enumerate(texts):
-                cached = self._cache.get(text)
-                if cached is not None:
-                    self._cache.move_to_end(text)
-                    result[i] = cached
-                else:
-                    missing.setdefault(text, []).append(i)
+        missing = self._from_cache(texts, result)
         if not missing:
             return result
         unique = sorted(missing, key=len)
         started = time.perf_counter()
-        vectors: list[npt.NDArray[np.float32]] = []
-        done = 0
-        try:
-            for batch in self._batches(unique):
-                with self._model_lock:
-                    vectors.append(self._embed_batch(batch))
-                done += len(batch)
-                for batch_observer in self.batch_observers:
-                    batch_observer(done, len(unique))
-        except EmbeddingError:
-            raise
-        except Exception as exc:  # the ONNX runtime raises its own types
-            raise EmbeddingError(f"embedding failed: {exc}") from exc
-        matrix = np.concatenate(vectors) if vectors else np.empty((0, self.dim), np.float32)
-        if matrix.shape != (len(unique), self.dim):
-            raise EmbeddingError(
-                f"model {self.spec.name} gave vectors of shape {matrix.shape[1:]}, expected ({self.dim},): "
-                "the configured dimension does not match the model")
+        matrix = self._run_model(unique)
         elapsed = time.perf_counter() - started
         for observer in self.observers:
             observer(len(unique), elapsed)
@@ -204,6 +179,41 @@ class Embedder:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def _from_cache(self, texts: Sequence[str], result: npt.NDArray[np.float32]) -> dict[str, list[int]]:
+        """Cached vectors into ``result``; the texts that are not cached, with their positions."""
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                cached = self._cache.get(text)
+                if cached is not None:
+                    self._cache.move_to_end(text)
+                    result[i] = cached
+                else:
+                    missing.setdefault(text, []).append(i)
+        return missing
+
+    def _run_model(self, texts_by_length: list[str]) -> npt.NDArray[np.float32]:
+        """The model's vectors for ``texts_by_length``, batch by batch (observers told of each)."""
+        vectors: list[npt.NDArray[np.float32]] = []
+        done = 0
+        try:
+            for batch in self._batches(texts_by_length):
+                with self._model_lock:
+                    vectors.append(self._embed_batch(batch))
+                done += len(batch)
+                for batch_observer in self.batch_observers:
+                    batch_observer(done, len(texts_by_length))
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # the ONNX runtime raises its own types
+            raise EmbeddingError(f"embedding failed: {exc}") from exc
+        matrix = np.concatenate(vectors) if vectors else np.empty((0, self.dim), np.float32)
+        if matrix.shape != (len(texts_by_length), self.dim):
+            raise EmbeddingError(
+                f"model {self.spec.name} gave vectors of shape {matrix.shape[1:]}, expected ({self.dim},): "
+                "the configured dimension does not match the model")
+        return matrix
 
     def _batches(self, texts_by_length: list[str]) -> list[list[str]]:
         """Split length-sorted texts so that no batch pads past the character budget."""

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic_core import ErrorDetails
 
 MAX_LIMIT = 50
 MAX_QUERY_CHARS = 2000
@@ -228,42 +229,44 @@ def coerce_string_arguments(arguments: Mapping[str, Any], schema: Mapping[str, A
 
 def describe_validation_error(tool: str, model: type[BaseModel], exc: ValidationError) -> str:
     """One sentence naming every problem with a call's arguments, without echoing their values."""
-    accepted = ", ".join(model.model_fields)
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc = [str(part) for part in error["loc"]]
-        field = loc[0] if loc else "arguments"
-        where = f"'{field}'" + "".join(f"[{part}]" for part in loc[1:] if part.isdigit())
-        kind = error["type"]
-        ctx = error.get("ctx") or {}
-        if kind == "missing":
-            problems.append(f"{where} is required")
-        elif kind == "extra_forbidden":
-            problems.append(f"{where} is not a parameter of {tool} (parameters: {accepted})")
-        elif kind == "string_too_short":
-            problems.append(f"{where} must not be empty")
-        elif kind == "string_too_long":
-            problems.append(f"{where} is too long (at most {ctx.get('max_length')} characters)")
-        elif kind in ("greater_than_equal", "less_than_equal"):
-            low, high = _bounds(model, field)
-            if low is not None and high is not None:
-                problems.append(f"{where} must be between {low} and {high}")
-            elif kind == "greater_than_equal":
-                problems.append(f"{where} must be at least {ctx.get('ge')}")
-            else:
-                problems.append(f"{where} must be at most {ctx.get('le')}")
-        elif kind == "too_long":
-            problems.append(f"{where} has too many items (at most {ctx.get('max_length')})")
-        elif kind in ("int_type", "int_from_float"):
-            problems.append(f"{where} must be an integer")
-        elif kind == "string_type":
-            problems.append(f"{where} must be a string")
-        elif kind in ("dict_type", "model_type"):
-            problems.append(f"{where} must be an object" if loc else "the arguments must be an object")
-        else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{where} {message[0].lower()}{message[1:]}" if message else f"{where} is invalid")
+    problems = [_describe_problem(tool, model, error) for error in exc.errors(include_url=False)]
     return f"Invalid arguments for {tool}: {'; '.join(problems)}."
+
+
+#: What each kind of pydantic error says about an argument (``{where}``: the argument, ``{n}``:
+#: the error's bound).
+_PROBLEMS = {
+    "missing": "{where} is required",
+    "string_too_short": "{where} must not be empty",
+    "string_too_long": "{where} is too long (at most {n} characters)",
+    "too_long": "{where} has too many items (at most {n})",
+    "int_type": "{where} must be an integer",
+    "int_from_float": "{where} must be an integer",
+    "string_type": "{where} must be a string",
+}
+
+
+def _describe_problem(tool: str, model: type[BaseModel], error: ErrorDetails) -> str:
+    loc = [str(part) for part in error["loc"]]
+    field = loc[0] if loc else "arguments"
+    where = f"'{field}'" + "".join(f"[{part}]" for part in loc[1:] if part.isdigit())
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind].format(where=where, n=ctx.get("max_length"))
+    if kind == "extra_forbidden":
+        return f"{where} is not a parameter of {tool} (parameters: {', '.join(model.model_fields)})"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low, high = _bounds(model, field)
+        if low is not None and high is not None:
+            return f"{where} must be between {low} and {high}"
+        if kind == "greater_than_equal":
+            return f"{where} must be at least {ctx.get('ge')}"
+        return f"{where} must be at most {ctx.get('le')}"
+    if kind in ("dict_type", "model_type"):
+        return f"{where} must be an object" if loc else "the arguments must be an object"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where} {message[0].lower()}{message[1:]}" if message else f"{where} is invalid"
 
 
 def _bounds(model: type[BaseModel], field: str) -> tuple[Any, Any]:

@@ -601,6 +601,16 @@ def _describe(exc: BaseException, trace: _HttpTrace) -> tuple[ErrorReason, str]:
         return "limit", str(exc)
     if isinstance(exc, DestinationRefused):
         return "destination", str(exc)
+    described = _describe_transport(exc) or _describe_answer(exc, http_failure)
+    if described is not None:
+        return described
+    if http_failure is not None:
+        return "http", f"{http_failure} ({type(exc).__name__}: {exc})"
+    return "protocol", f"{type(exc).__name__}: {exc}"
+
+
+def _describe_transport(exc: BaseException) -> tuple[ErrorReason, str] | None:
+    """What went wrong on the way: HTTP status, connection, timeout, the event stream."""
     if isinstance(exc, httpx2.HTTPStatusError):
         response = exc.response
         return "http", f"HTTP {response.status_code} {response.reason_phrase}".strip()
@@ -612,14 +622,6 @@ def _describe(exc: BaseException, trace: _HttpTrace) -> tuple[ErrorReason, str]:
         return "connect", f"cannot connect: {exc or type(exc).__name__}"
     if isinstance(exc, httpx2.TimeoutException):
         return "timeout", f"HTTP {type(exc).__name__}"
-    if isinstance(exc, MCPError):
-        cause = f"MCP error {exc.code}: {exc.message}"
-        if http_failure is not None:
-            # The transport synthesised this error from an HTTP failure (or the server sent it with one).
-            return "http", f"{http_failure} ({cause})"
-        return "protocol", cause
-    if isinstance(exc, _ProtocolViolation):
-        return "protocol", str(exc)
     if isinstance(exc, httpx2.SSEError):
         if "byte limit" in str(exc):
             return "limit", f"the server sent an event larger than the MCP SDK's bound for one event: {exc}"
@@ -628,6 +630,20 @@ def _describe(exc: BaseException, trace: _HttpTrace) -> tuple[ErrorReason, str]:
         return "protocol", f"malformed HTTP response or connection dropped: {exc or type(exc).__name__}"
     if isinstance(exc, httpx2.TransportError):
         return "connect", f"network error: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _describe_answer(exc: BaseException, http_failure: str | None) -> tuple[ErrorReason, str] | None:
+    """What was wrong with what the server said: an MCP error, a protocol violation, a response
+    that does not validate."""
+    if isinstance(exc, MCPError):
+        cause = f"MCP error {exc.code}: {exc.message}"
+        if http_failure is not None:
+            # The transport synthesised this error from an HTTP failure (or the server sent it with one).
+            return "http", f"{http_failure} ({cause})"
+        return "protocol", cause
+    if isinstance(exc, _ProtocolViolation):
+        return "protocol", str(exc)
     if isinstance(exc, ValidationError):
         errors = exc.errors()
         detail = exc.title
@@ -635,9 +651,7 @@ def _describe(exc: BaseException, trace: _HttpTrace) -> tuple[ErrorReason, str]:
             location = ".".join(str(part) for part in errors[0]["loc"])
             detail = f"{location}: {errors[0]['msg']}" if location else errors[0]["msg"]
         return "protocol", f"invalid response from server ({len(errors)} validation error(s); first: {detail})"
-    if http_failure is not None:
-        return "http", f"{http_failure} ({type(exc).__name__}: {exc})"
-    return "protocol", f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _to_client_error(

@@ -188,31 +188,8 @@ class OptimizerTools:
         self, name: str, arguments: Mapping[str, Any] | None, scope: AccessScope
     ) -> types.CallToolResult:
         """Run one tool; refusals and failures are ``isError`` results, an unknown name an :class:`MCPError`."""
-        entry = self._meta.get(name)
-        pin = self.pins.get(name)
         try:
-            if pin is not None and not await self._in_scope(pin.server, scope):
-                pin = None  # indistinguishable from a name that was never pinned
-            if entry is None and pin is None:
-                raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
-            if pin is not None:
-                return await self._forward(pin.server, pin.tool, dict(arguments or {}), scope)
-            assert entry is not None
-            model, tool = entry
-            if isinstance(arguments, Mapping):
-                arguments = coerce_string_arguments(arguments, tool.input_schema)
-            try:
-                args = model.model_validate(arguments if arguments is not None else {})
-            except ValidationError as exc:
-                return _error_result(describe_validation_error(name, model, exc))
-            if isinstance(args, FindToolArgs):
-                return _text_result(await self.find_tool(args, scope))
-            if isinstance(args, SearchRegistryArgs):
-                return _text_result(await self.search_registry(args, scope))
-            if isinstance(args, ListToolsArgs):
-                return _text_result(await self.list_tools(args, scope))
-            assert isinstance(args, CallToolArgs)
-            return await self._forward(args.server_name, args.tool_name, args.parameters or {}, scope)
+            return await self._run(name, arguments, scope)
         except MCPError:
             raise
         except _Refusal as refusal:
@@ -227,6 +204,35 @@ class OptimizerTools:
             # Details go to the log only: they may name things outside the caller's scope.
             logger.exception("MCP tool %s failed", name)
             return _error_result(f"{name} failed because of an internal error; the server log has the details.")
+
+    async def _run(self, name: str, arguments: Mapping[str, Any] | None, scope: AccessScope) -> types.CallToolResult:
+        entry = self._meta.get(name)
+        pin = self.pins.get(name)
+        if pin is not None and not await self._in_scope(pin.server, scope):
+            pin = None  # indistinguishable from a name that was never pinned
+        if entry is None and pin is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+        if pin is not None:
+            return await self._forward(pin.server, pin.tool, dict(arguments or {}), scope)
+        assert entry is not None
+        model, tool = entry
+        if isinstance(arguments, Mapping):
+            arguments = coerce_string_arguments(arguments, tool.input_schema)
+        try:
+            args = model.model_validate(arguments if arguments is not None else {})
+        except ValidationError as exc:
+            return _error_result(describe_validation_error(name, model, exc))
+        return await self._run_meta_tool(args, scope)
+
+    async def _run_meta_tool(self, args: BaseModel, scope: AccessScope) -> types.CallToolResult:
+        if isinstance(args, FindToolArgs):
+            return _text_result(await self.find_tool(args, scope))
+        if isinstance(args, SearchRegistryArgs):
+            return _text_result(await self.search_registry(args, scope))
+        if isinstance(args, ListToolsArgs):
+            return _text_result(await self.list_tools(args, scope))
+        assert isinstance(args, CallToolArgs)
+        return await self._forward(args.server_name, args.tool_name, args.parameters or {}, scope)
 
     # --------------------------------------------------------------------------- the tools
 

@@ -171,6 +171,17 @@ class _Tracked:
     tools_read_key: tuple[object, ...] | None = None
 
 
+@dataclass(frozen=True)
+class _ToolsRead:
+    """One ``tools/list`` of a workload: its tools (distinct by name), or why there are none."""
+
+    tools: list[dict[str, Any]] | None = None
+    #: Names the server listed more than once (the first of each is kept).
+    repeated: tuple[str, ...] = ()
+    error: str | None = None
+    error_code: str = "ToolsListFailed"
+
+
 class WorkloadReconciler:
     """Keeps the index's workload rows and the MCPServers' status in line with the cluster."""
 
@@ -272,33 +283,8 @@ class WorkloadReconciler:
                     return Outcome.STALE
                 return await self._invalid(tracked, view, view.spec_error)
 
-        tools: list[dict[str, Any]] | None = None
-        repeated: list[str] = []
-        tools_error: str | None = None
-        #: A probe that found the same tools as last time leaves lastSyncTime alone.
-        unchanged = False
-        error_code = "ToolsListFailed"
-        attempted = read_tools and (
-            view.status_from_tools_list or self._cluster_status(view).status is WorkloadStatus.RUNNING
-        )
-        if attempted:
-            endpoint = view.tools_endpoint
-            assert endpoint is not None  # parse_server guarantees it for a valid spec
-            try:
-                # The declared transport, as stored for call_tool: the client alone decides what
-                # is spoken for it (a stdio server is reached through its HTTP bridge).
-                tools, repeated = distinct_tools(
-                    await self._list_tools(
-                        endpoint, view.transport, self.mcp_timeout, namespace=view.namespace, policy=self.policy
-                    )
-                )
-            except McpClientError as exc:
-                error_code = failure_code(exc)
-                tools_error = str(exc)
-                if error_code != "ToolsListFailed":
-                    # A rule or a bound the user must act on: say which object it is about.
-                    tools_error = f"MCPServer {view.workload_name}: {tools_error}"
-
+        # Outside the lock: a slow server delays only itself.
+        read = await self._list_tools_of(view) if read_tools and self._worth_reading(view) else None
         async with self._locks[name]:
             if self._superseded(view):
                 return Outcome.STALE
@@ -306,49 +292,13 @@ class WorkloadReconciler:
             # What this sync establishes goes into a copy: the status takes it only once the index
             # has committed it, so it never claims tools (or a generation) that were not written.
             facts = dataclasses.replace(tracked.facts)
-            if tracked.view.read_key != view.read_key:
-                # A failure of the previous spec (or proxy URL) says nothing about this one.
-                facts.tools_error = None
-            facts.generation = view.generation
-            facts.spec_error = None
-            facts.identifier = f"url {redact_url(view.url or '')}" if view.remote else f"image {view.image}"
-            if attempted:
-                if tools_error is not None:
-                    facts.tools_error = tools_error
-                    facts.tools_error_code = error_code
-                else:
-                    assert tools is not None
-                    unchanged = (
-                        facts.tools_error is None
-                        and facts.tools_generation == view.generation
-                        and facts.tool_count == len(tools)
-                    )
-                    facts.tools_error = None
-                    facts.clip_note = clip_note(tools, self.policy.limits)
-                    facts.tools_generation = view.generation
-                    facts.repeated_tools = tuple(repeated)
+            unchanged = self._take_read(facts, tracked, view, read)
+            tools = read.tools if read is not None else None
             runtime = self._runtime(view, facts, tool_count=len(tools) if tools is not None else None)
-            spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
-            try:
-                async with self._index_writers:
-                    result = await self.indexer.apply_workload(spec)
-            except WorkloadSpecError as exc:
-                return await self._invalid(tracked, view, str(exc))
-            except DuplicateRegistryServersError as exc:
-                # The index stored the workload as ERROR; a catalog change or a pin resolves it.
-                facts.index_problem = problem_from(exc)
-                facts.registry = None
-                facts.registry_note = None
-                if tools is not None:
-                    facts.tool_count = len(tools)
-            except DBAPIError as exc:
-                await self._index_failed(tracked, view, exc)
-            else:
-                self._absorb(facts, result)
-                if tools is not None:
-                    # Only a tools read knows them: re-matches work on the stored (callable) tools.
-                    facts.task_only_tools = tuple(result.task_only_tools)
-            if attempted and tools_error is None:
+            invalid = await self._write_workload(tracked, view, facts, runtime, tools)
+            if invalid is not None:
+                return invalid
+            if read is not None and read.error is None:
                 tracked.tools_read_key = view.read_key
                 if not (probe and unchanged and facts.last_sync_time):
                     facts.last_sync_time = now_rfc3339()  # the tools read are committed now
@@ -357,7 +307,85 @@ class WorkloadReconciler:
             tracked.facts = facts
             tracked.view = view
             await self._publish(tracked)
-        return Outcome.TOOLS_FAILED if tools_error is not None else Outcome.OK
+        return Outcome.TOOLS_FAILED if read is not None and read.error is not None else Outcome.OK
+
+    def _worth_reading(self, view: ServerView) -> bool:
+        """Tools are read from a server that is running (or whose status is its tools/list)."""
+        return view.status_from_tools_list or self._cluster_status(view).status is WorkloadStatus.RUNNING
+
+    async def _list_tools_of(self, view: ServerView) -> _ToolsRead:
+        endpoint = view.tools_endpoint
+        assert endpoint is not None  # parse_server guarantees it for a valid spec
+        try:
+            # The declared transport, as stored for call_tool: the client alone decides what
+            # is spoken for it (a stdio server is reached through its HTTP bridge).
+            tools, repeated = distinct_tools(
+                await self._list_tools(
+                    endpoint, view.transport, self.mcp_timeout, namespace=view.namespace, policy=self.policy
+                )
+            )
+        except McpClientError as exc:
+            code = failure_code(exc)
+            if code == "ToolsListFailed":
+                return _ToolsRead(error=str(exc), error_code=code)
+            # A rule or a bound the user must act on: say which object it is about.
+            return _ToolsRead(error=f"MCPServer {view.workload_name}: {exc}", error_code=code)
+        return _ToolsRead(tools=tools, repeated=tuple(repeated))
+
+    def _take_read(self, facts: ServerFacts, tracked: _Tracked, view: ServerView, read: _ToolsRead | None) -> bool:
+        """What the spec and the tools read say, into ``facts``; True when a read found the same
+        tools as last time (a probe then leaves lastSyncTime alone)."""
+        if tracked.view.read_key != view.read_key:
+            # A failure of the previous spec (or proxy URL) says nothing about this one.
+            facts.tools_error = None
+        facts.generation = view.generation
+        facts.spec_error = None
+        facts.identifier = f"url {redact_url(view.url or '')}" if view.remote else f"image {view.image}"
+        if read is None:
+            return False
+        if read.error is not None:
+            facts.tools_error = read.error
+            facts.tools_error_code = read.error_code
+            return False
+        assert read.tools is not None
+        unchanged = (
+            facts.tools_error is None
+            and facts.tools_generation == view.generation
+            and facts.tool_count == len(read.tools)
+        )
+        facts.tools_error = None
+        facts.clip_note = clip_note(read.tools, self.policy.limits)
+        facts.tools_generation = view.generation
+        facts.repeated_tools = read.repeated
+        return unchanged
+
+    async def _write_workload(
+        self, tracked: _Tracked, view: ServerView, facts: ServerFacts, runtime: RuntimeStatus,
+        tools: list[dict[str, Any]] | None,
+    ) -> Outcome | None:
+        """The workload into the index, what the index says into ``facts``; an Outcome when the
+        index found the spec invalid (the sync ends there)."""
+        spec = workload_spec(view, status=runtime.status, reason=runtime.message, tools=tools)
+        try:
+            async with self._index_writers:
+                result = await self.indexer.apply_workload(spec)
+        except WorkloadSpecError as exc:
+            return await self._invalid(tracked, view, str(exc))
+        except DuplicateRegistryServersError as exc:
+            # The index stored the workload as ERROR; a catalog change or a pin resolves it.
+            facts.index_problem = problem_from(exc)
+            facts.registry = None
+            facts.registry_note = None
+            if tools is not None:
+                facts.tool_count = len(tools)
+        except DBAPIError as exc:
+            await self._index_failed(tracked, view, exc)
+        else:
+            self._absorb(facts, result)
+            if tools is not None:
+                # Only a tools read knows them: re-matches work on the stored (callable) tools.
+                facts.task_only_tools = tuple(result.task_only_tools)
+        return None
 
     async def _index_failed(self, tracked: _Tracked, view: ServerView, exc: DBAPIError) -> NoReturn:
         """The index did not take the write: say so in the status (keeping what it does hold), raise."""
