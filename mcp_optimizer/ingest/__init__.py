@@ -16,6 +16,7 @@ from mcp_optimizer.ingest.service import (
     WorkloadResult,
     WorkloadSpec,
 )
+from mcp_optimizer.ingest.status import effective_status
 
 __all__ = [
     "CatalogLoadResult",
@@ -32,4 +33,5 @@ __all__ = [
     "WorkloadSpecError",
     "classify",
     "describe",
+    "effective_status",
 ]

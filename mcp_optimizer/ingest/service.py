@@ -93,6 +93,7 @@ from mcp_optimizer.ingest.errors import (
     WorkloadSpecError,
 )
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
+from mcp_optimizer.ingest.status import effective_status
 from mcp_optimizer.redaction import redact_url
 
 log = logging.getLogger(__name__)
@@ -647,10 +648,9 @@ class Indexer:
             row = await self.workloads.get_by_workload_name(workload_name, conn)
             if row is None:
                 return False
-            effective = WorkloadStatus.ERROR if row.index_error else status
+            effective, effective_reason = effective_status(status, reason, row.index_error)
             await self.workloads.set_status(
-                row.id, status=effective.value, runtime_status=status.value,
-                reason=row.index_error or reason, conn=conn,
+                row.id, status=effective.value, runtime_status=status.value, reason=effective_reason, conn=conn,
             )
             return True
 
@@ -763,12 +763,12 @@ class Indexer:
             except EmbeddingError as exc:
                 error = exc
         index_error = str(error) if error is not None else None
-        status = WorkloadStatus.ERROR if index_error else spec.status
+        status, status_reason = effective_status(spec.status, spec.status_reason, index_error)
         columns: dict[str, Any] = {
             "name": spec.name, "remote": spec.remote, "url": spec.url, "package": spec.package,
             "endpoint": spec.endpoint or spec.url, "transport": spec.transport,
             "status": status.value, "runtime_status": spec.status.value,
-            "status_reason": index_error or spec.status_reason, "index_error": index_error,
+            "status_reason": status_reason, "index_error": index_error,
             "registry_server_id": plan.registry.id if plan.registry is not None else None,
             "registry_server_name": plan.registry.name if plan.registry is not None else None,
             "registry_catalog": plan.registry.catalog if plan.registry is not None else None,

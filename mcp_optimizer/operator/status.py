@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from mcp_optimizer.ingest import RegistryNote
+from mcp_optimizer.ingest import RegistryNote, effective_status
 from mcp_optimizer.kubeapi import KubeApi, KubeApiError
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
 from mcp_optimizer.vocabulary import WorkloadStatus
@@ -95,12 +95,13 @@ class ServerFacts:
 
     @property
     def status(self) -> WorkloadStatus:
-        """The status the index filters on (an index problem makes it ERROR whatever the pods say)."""
-        if self.spec_error is not None or self.index_problem is not None:
+        """The status the index filters on (an invalid spec or an index problem makes it ERROR
+        whatever the pods say: :func:`~mcp_optimizer.ingest.status.effective_status`)."""
+        if self.spec_error is not None:
             return WorkloadStatus.ERROR
-        if self.runtime is None:
-            return WorkloadStatus.STOPPED
-        return self.runtime.status
+        runtime = WorkloadStatus.STOPPED if self.runtime is None else self.runtime.status
+        problem = self.index_problem
+        return effective_status(runtime, None, None if problem is None else problem.message or problem.code)[0]
 
     @property
     def phase(self) -> str:
