@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -38,6 +37,7 @@ from sqlalchemy import text
 from mcp_optimizer.config import Settings
 from mcp_optimizer.ingest import FaultKind, Indexer, IndexFault, describe
 from mcp_optimizer.metrics import METRICS
+from mcp_optimizer.operator.callbacks import FullPassFn, IndexReplacedFn
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ class IndexDoctor:
         *,
         interval: float,
         events: PodEvents,
-        full_pass: Callable[[], Awaitable[None]],
-        on_replaced: Callable[[], None] = lambda: None,
+        full_pass: FullPassFn,
+        on_replaced: IndexReplacedFn = lambda: None,
         max_bytes: int = 0,
     ) -> None:
         self.indexer = indexer

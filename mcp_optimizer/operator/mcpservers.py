@@ -25,7 +25,7 @@ storage prefix, which this one shares), so any new value works, however it was w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +33,9 @@ from sqlalchemy.exc import DBAPIError
 from mcp_optimizer.ingest import describe
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, REFRESH_ANNOTATION, VERSION, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
+
+if TYPE_CHECKING:
+    from mcp_optimizer.operator.runner import OperatorContext
 
 #: kopf retries of a failing create/update/resume handler before it gives up until the next
 #: change (the resync timer keeps trying at its own pace).
@@ -46,18 +49,18 @@ def index_server(*, body: kopf.Body, namespace: str | None, **_: Any) -> dict[st
     return {namespace or "": parse_server(body)}
 
 
-async def reconcile_server(*, body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+async def reconcile_server(*, body: kopf.Body, memo: OperatorContext, retry: int, **_: Any) -> None:
     """Create, resume and spec change: a full sync, reading tools if the server runs."""
     await _sync(body, memo.reconciler, retry=retry, retrying=True)
 
 
-async def resync_server(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def resync_server(*, body: kopf.Body, memo: OperatorContext, logger: kopf.Logger, **_: Any) -> None:
     """Periodic resync: re-read tools (unchanged tools are not re-embedded) and pod status; a
     server that does not answer is re-probed with backoff from then on."""
     await _periodic(body, memo.reconciler, logger, probe=False)
 
 
-async def probe_server(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def probe_server(*, body: kopf.Body, memo: OperatorContext, logger: kopf.Logger, **_: Any) -> None:
     """A remote server's probe: as the resync, on its own short interval."""
     await _periodic(body, memo.reconciler, logger, probe=True)
 
@@ -79,7 +82,7 @@ def is_remote(spec: kopf.Spec, **_: Any) -> bool:
     return bool(spec.get("url"))
 
 
-async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.Logger, **_: Any) -> None:
+async def delete_server(*, body: kopf.Body, memo: OperatorContext, retry: int, logger: kopf.Logger, **_: Any) -> None:
     """Remove the workload's rows. Gives up after :data:`DELETE_ATTEMPTS` so deletion never hangs."""
     reconciler: WorkloadReconciler = memo.reconciler
     try:
@@ -96,7 +99,7 @@ async def delete_server(*, body: kopf.Body, memo: Any, retry: int, logger: kopf.
         raise kopf.TemporaryError(f"removing the index rows failed: {_reason(exc)}", delay=backoff(retry)) from exc
 
 
-async def server_event(*, type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+async def server_event(*, type: str | None, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Every watch event: a vanished MCPServer (its finalizer was stripped) loses its rows now;
     a new value of the refresh annotation forces a re-read of its tools."""
     reconciler: WorkloadReconciler = memo.reconciler

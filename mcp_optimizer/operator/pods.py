@@ -9,11 +9,14 @@ reaches the index in the time of one SQLite write. Pods are watched, never patch
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from mcp_optimizer.operator.mapping import PodState
+
+if TYPE_CHECKING:
+    from mcp_optimizer.operator.runner import OperatorContext
 
 
 def index_pod(*, body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, PodState]:
@@ -21,7 +24,7 @@ def index_pod(*, body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, 
     return {namespace or "": PodState.from_body(body)}
 
 
-async def pod_event(*, namespace: str | None, name: str, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+async def pod_event(*, namespace: str | None, name: str, labels: kopf.Labels, memo: OperatorContext, **_: Any) -> None:
     """Any pod event (including DELETED): the index above already reflects it."""
     await memo.reconciler.pods_changed(namespace or "", name, labels)
 

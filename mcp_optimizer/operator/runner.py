@@ -32,7 +32,6 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +47,11 @@ from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.metrics import METRICS
 from mcp_optimizer.operator import mcpservers, pods, toolhive
+from mcp_optimizer.operator.callbacks import StopFn
 from mcp_optimizer.operator.catalogs import CatalogSync, CatalogWatch, catalog_namespace
 from mcp_optimizer.operator.cluster import ClusterLister, ToolHiveAPI, connection_info
 from mcp_optimizer.operator.healing import IndexDoctor, PodEvents
-from mcp_optimizer.operator.mapping import GROUP
+from mcp_optimizer.operator.mapping import GROUP, PodState, ServerView
 from mcp_optimizer.operator.readiness import Readiness
 from mcp_optimizer.operator.status import EventPoster, StatusWriter, event_sink
 from mcp_optimizer.operator.toolhive_mapping import ToolHiveOptions
@@ -104,7 +104,7 @@ class OperatorContext:
     doctor: IndexDoctor
     background: set[asyncio.Task[None]] = field(default_factory=set)
     #: Run first when the operator stops (the process's other servers), see :func:`run_operator`.
-    on_stop: Callable[[], Awaitable[None]] | None = None
+    on_stop: StopFn | None = None
     #: (namespace, name) -> digest of the spec of every MCPToolConfig seen, to tell spec changes.
     tool_configs: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Set while kopf stops only to start again (ToolHive's API changed): the process's other
@@ -152,14 +152,17 @@ def build_registry(
         return connection_info(kube_config)
 
     @kopf.on.startup(registry=registry)
-    async def startup(*, memo: Any, **kwargs: Any) -> None:
-        context: OperatorContext = memo
-        # kopf passes its indices by their ids; they are empty now and filled before any handler runs.
-        context.reconciler.attach(
-            pods=kwargs["pods_by_namespace"],
-            servers=kwargs["mcpservers_by_namespace"],
-            toolhive=[kwargs[toolhive.index_id(kind)] for kind in toolhive_api.server_kinds],
-        )
+    async def startup(*, memo: OperatorContext, **kwargs: Any) -> None:
+        context = memo
+        # kopf passes its indices by their ids; they are empty now and filled before any handler
+        # runs. Taken from kwargs (kopf's ActivityFn protocol has no such parameters); ToolHive's
+        # are named after the kinds watched, known only at run time.
+        pods: kopf.Index[str, PodState] = kwargs["pods_by_namespace"]
+        servers: kopf.Index[str, ServerView] = kwargs["mcpservers_by_namespace"]
+        toolhive_servers: list[kopf.Index[str, ServerView]] = [
+            kwargs[toolhive.index_id(kind)] for kind in toolhive_api.server_kinds
+        ]
+        context.reconciler.attach(pods=pods, servers=servers, toolhive=toolhive_servers)
         # kopf posts Events only from resource handlers; this task and those it starts post their own.
         event_sink.set(context.events.post_soon)
         # The doctor first: a fault met by the start pass is repaired (its pass redoes the start's).
@@ -189,8 +192,8 @@ def build_registry(
             context.background.add(asyncio.create_task(resync, name="ToolHive resync"))
 
     @kopf.on.cleanup(registry=registry)
-    async def cleanup(*, memo: Any, **_: Any) -> None:
-        context: OperatorContext = memo
+    async def cleanup(*, memo: OperatorContext, **_: Any) -> None:
+        context = memo
         if context.on_stop is not None and not context.restarting:
             # Before kopf looks for tasks it did not start: it waits 5 s for those, then cancels
             # them (an open MCP stream would cost the 5 s and end in a cancellation traceback).
@@ -317,7 +320,7 @@ async def run_operator(
     call_failures: CallFailureRelay | None = None,
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_stop: StopFn | None = None,
     readiness: Readiness | None = None,
 ) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or a signal).
@@ -364,6 +367,7 @@ async def run_operator(
     trusted = settings.trusted_catalog_namespaces
     if call_failures is not None:
         call_failures.attach(reconciler)
+    context: OperatorContext  # the doctor's full pass (after an index rebuild) reconciles it all
     context = OperatorContext(
         settings=settings,
         indexer=indexer,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from kubernetes import client
 
 from mcp_optimizer.ingest import RegistryNote, effective_status
 from mcp_optimizer.kubeapi import KubeApi, KubeApiError
+from mcp_optimizer.operator.callbacks import EventSinkFn
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, RuntimeStatus
 from mcp_optimizer.vocabulary import WorkloadStatus
 
@@ -276,7 +277,7 @@ def warnings(facts: ServerFacts) -> list[tuple[str, str]]:
 
 #: Posts an Event where kopf's poster is not available: set by the operator's startup handler
 #: for itself and the tasks it starts (catalog watches, garbage collection). Unset: logged only.
-event_sink: contextvars.ContextVar[Callable[[Mapping[str, Any], str, str, str], None] | None] = (
+event_sink: contextvars.ContextVar[EventSinkFn | None] = (
     contextvars.ContextVar("mcp_optimizer_event_sink", default=None)
 )
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from mcp_optimizer.embeddings.texts import text_hash
+from mcp_optimizer.operator.callbacks import DiscoverToolHiveFn
 from mcp_optimizer.operator.cluster import ToolHiveAPI
 from mcp_optimizer.operator.mapping import ServerView
 from mcp_optimizer.operator.toolhive_mapping import (
@@ -36,6 +36,9 @@ from mcp_optimizer.operator.toolhive_mapping import (
 )
 from mcp_optimizer.operator.workloads import WorkloadReconciler
 
+if TYPE_CHECKING:
+    from mcp_optimizer.operator.runner import OperatorContext
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,17 +47,21 @@ def index_id(kind: str) -> str:
     return f"toolhive_{PLURALS[kind]}_by_namespace"
 
 
-def _view(body: kopf.Body, resource: kopf.Resource, memo: Any) -> ServerView:
+def _view(body: kopf.Body, resource: kopf.Resource, memo: OperatorContext) -> ServerView:
     kind = KINDS_BY_PLURAL[resource.plural]
     return parse_toolhive(body, kind=kind, version=resource.version, options=memo.lister.toolhive_options)
 
 
-def index_server(*, body: kopf.Body, namespace: str | None, resource: kopf.Resource, memo: Any, **_: Any) -> Any:
+def index_server(
+    *, body: kopf.Body, namespace: str | None, resource: kopf.Resource, memo: OperatorContext, **_: Any
+) -> dict[str, ServerView]:
     """kopf index: namespace -> views of one of ToolHive's server kinds."""
     return {namespace or "": _view(body, resource, memo)}
 
 
-async def server_event(*, type: str | None, body: kopf.Body, resource: kopf.Resource, memo: Any, **_: Any) -> None:
+async def server_event(
+    *, type: str | None, body: kopf.Body, resource: kopf.Resource, memo: OperatorContext, **_: Any
+) -> None:
     """Any event of one of ToolHive's servers, including the initial listing and deletion."""
     reconciler: WorkloadReconciler = memo.reconciler
     view = _view(body, resource, memo)
@@ -65,7 +72,7 @@ async def server_event(*, type: str | None, body: kopf.Body, resource: kopf.Reso
 
 
 async def tool_config_event(
-    *, type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+    *, type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: OperatorContext, **_: Any
 ) -> None:
     """An MCPToolConfig was created, changed or deleted: the servers that use it read their tools
     again (ToolHive's proxy applies the filter and overrides; a later ``status.toolConfigHash``
@@ -106,7 +113,7 @@ SETTLE = 2.0
 
 async def watch_api(
     current: ToolHiveAPI,
-    discover: Callable[[frozenset[str]], Awaitable[ToolHiveAPI]],
+    discover: DiscoverToolHiveFn,
     *,
     interval: float,
     changed: asyncio.Event,
