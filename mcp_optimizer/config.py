@@ -98,7 +98,7 @@ def setting(default: T, env: str, description: str, *, secret: bool = False) -> 
 
     A ``secret`` is kept out of repr and its value out of every error message."""
     metadata = {"env": ENV_PREFIX + env, "description": description, "secret": secret}
-    return field(default=default, repr=not secret, metadata=metadata)  # type: ignore[no-any-return]
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 # --- The index file (mcp_optimizer.db) and its healing (issue 10 part C) ---
