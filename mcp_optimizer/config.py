@@ -6,10 +6,13 @@ range or its choices), its default, its environment variable and a description f
 declarations are grouped by concern, as kopf groups its ``OperatorSettings``; :class:`Settings`
 joins the groups, so a setting is still read as ``settings.mcp_port``.
 
-pydantic-settings reads the environment and pydantic checks every value where it is read (and on
-every construction, ``dataclasses.replace`` included): a value that cannot work is a
-:class:`ConfigError` naming the variable and the value, never a silent truncation, and a secret's
-value is never repeated.
+pydantic-settings reads the environment and pydantic checks every value read from it or given by
+a CLI flag (:meth:`Settings.with_overrides`): a value that cannot work is a :class:`ConfigError`
+naming the variable and the value, never a silent truncation, and a secret's value is never
+repeated. Values given in code (``Settings(...)``, ``dataclasses.replace``) are taken as they are.
+
+A new setting is one ``setting(...)`` line in the group of its concern (or a new group joined
+into :class:`Settings`), and a row in README's Configuration table (a test checks it).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ ALL_INTERFACES = "0.0.0.0"
 _POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-# --- Value types: what a setting may hold, checked on every construction ---
+# --- Value types: what a setting may hold, checked where it is read (environment, CLI flags) ---
 
 
 def _blank_is_none(value: object) -> object:
