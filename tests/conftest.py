@@ -12,6 +12,12 @@ from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.testing.shared import model_path
 
+# The operator harness's fixtures (mcpserver_crd, ns, kube, op_settings, start_operator, probe) for
+# tests/k8s and tests/deploy. Plugins listed here are imported before any test module, so pytest
+# rewrites their asserts; pytest_plugins anywhere but the root conftest registers them for the
+# whole session anyway (and in a non-root conftest is an error).
+pytest_plugins = ["tests.k8s.harness"]
+
 
 @pytest.fixture(scope="session")
 def embedder() -> FastEmbedder:

@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -37,13 +36,11 @@ from mcp_optimizer.ingest import WorkloadSpec
 from mcp_optimizer.kubeapi import load_client_config
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
-
-pytest.register_assert_rewrite("tests.k8s.harness")
-from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
-from tests.mcp.server_env import connect, payload  # noqa: E402
+from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog
+from tests.k8s.kubelet import set_pod_status
+from tests.mcp.server_env import connect, payload
 
 pytestmark = pytest.mark.kube
 
@@ -153,34 +150,14 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool
 
 
 @pytest.fixture
-def op_settings(settings: Settings, tmp_path: Path, namespace: str) -> Settings:
-    """The job's namespace is also its catalog namespace (the chart: catalogNamespaces). The MCP
-    servers run on loopback, which the operator refuses unless it is admitted."""
-    return replace(
-        settings,
-        db_path=tmp_path / "index.db",
-        mcp_timeout=3.0,
-        resync_interval=3600.0,
-        remote_probe_interval=3600.0,
-        allowed_destinations=LOOPBACK,
-        catalog_namespaces=(namespace,),
-    )
+def op_settings(op_settings: Settings, namespace: str) -> Settings:
+    """The harness's operator settings (loopback admitted, short timeouts), with the job's namespace
+    as its catalog namespace too (the chart: catalogNamespaces)."""
+    return replace(op_settings, catalog_namespaces=(namespace,))
 
 
 def chart_values(job_namespace: str, **values: Any) -> dict[str, Any]:
     return {"catalogNamespaces": [job_namespace], **values}
-
-
-@pytest.fixture
-def kube(kube_api: client.ApiClient) -> Kube:
-    return Kube(kube_api)
-
-
-@pytest.fixture
-async def probe(op_settings: Settings, embedder) -> Any:
-    index = IndexProbe(op_settings.db_path, embedder)
-    yield index
-    await index.close()
 
 
 @pytest.fixture

@@ -24,10 +24,8 @@ from tests.deploy.test_rbac import (  # the same helpers and fixtures as the mai
     can,
     chart_values,
     job,  # noqa: F401
-    kube,  # noqa: F401
     op_settings,  # noqa: F401
     operator_as_service_account,
-    probe,  # noqa: F401
     servers,  # noqa: F401
     wait_for,
     wait_until_authorized,

@@ -6,18 +6,13 @@ import logging
 
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.catalog import CatalogEntry  # noqa: E402
-from mcp_optimizer.ingest import Indexer  # noqa: E402
-from mcp_optimizer.operator.catalogs import CATALOG_LABEL  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, legacy_catalog, unique  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.catalog import CatalogEntry
+from mcp_optimizer.ingest import Indexer
+from mcp_optimizer.operator.catalogs import CATALOG_LABEL
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import eventually, legacy_catalog, unique
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 

@@ -13,14 +13,9 @@ import sys
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, http_get  # noqa: E402
+from mcp_optimizer.mcp import McpClientError, call_tool, list_tools
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
+from tests.k8s.harness import eventually, http_get
 
 pytestmark = pytest.mark.kube
 

@@ -4,22 +4,17 @@ and says what to do (duplicate tool names, a too-long name, a registryRef of the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from dataclasses import replace  # noqa: E402
-
-from mcp_optimizer.db.search import ToolSearch  # noqa: E402
-from mcp_optimizer.mcp.server import McpEndpoint  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from mcp_optimizer.testing.stdio_bridge import StdioBridge  # noqa: E402
-from tests.k8s.harness import eventually, legacy_catalog  # noqa: E402
-from tests.mcp.server_env import connect, hits, payload  # noqa: E402
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.stdio_bridge import StdioBridge
+from tests.k8s.harness import eventually, legacy_catalog
+from tests.mcp.server_env import connect, hits, payload
 
 pytestmark = pytest.mark.kube
 

@@ -27,18 +27,13 @@ from typing import Any
 
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.db.health import damaged_copies  # noqa: E402
-from mcp_optimizer.mcp import McpClientError, call_tool  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing import faults  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.db.health import damaged_copies
+from mcp_optimizer.mcp import McpClientError, call_tool
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing import faults
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool
+from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 

@@ -12,14 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.logs import TextFormatter  # noqa: E402
-from mcp_optimizer.operator.mapping import REFRESH_ANNOTATION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import (  # noqa: E402
+from mcp_optimizer.logs import TextFormatter
+from mcp_optimizer.operator.mapping import REFRESH_ANNOTATION, workload_name
+from mcp_optimizer.testing.mcp_servers import (
     HangingServer,
     HostileMcpServer,
     Hostility,
@@ -28,10 +23,10 @@ from mcp_optimizer.testing.mcp_servers import (  # noqa: E402
     make_tool,
     refused_url,
 )
-from tests.k8s.conftest import _namespace_name  # noqa: E402
-from tests.k8s.harness import eventually, within  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
-from tests.mcp.server_env import connect, error_text  # noqa: E402
+from tests.k8s.conftest import _namespace_name
+from tests.k8s.harness import eventually, within
+from tests.k8s.kubelet import set_pod_status
+from tests.mcp.server_env import connect, error_text
 
 pytestmark = pytest.mark.kube
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServer, make_tool, refused_url  # noqa: E402
-from tests.k8s.harness import MERGE_PATCH, eventually  # noqa: E402
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServer, make_tool, refused_url
+from tests.k8s.harness import MERGE_PATCH, eventually
 
 pytestmark = pytest.mark.kube
 

@@ -8,15 +8,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.conftest import REPO  # noqa: E402
-from tests.k8s.harness import IndexProbe, OperatorThread, eventually  # noqa: E402
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.conftest import REPO
+from tests.k8s.harness import IndexProbe, OperatorThread, eventually
 
 pytestmark = pytest.mark.kube
 

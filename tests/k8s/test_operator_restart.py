@@ -8,15 +8,10 @@ from dataclasses import replace
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import MERGE_PATCH, OperatorThread, eventually, legacy_catalog, unique  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import MERGE_PATCH, OperatorThread, eventually, legacy_catalog, unique
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 

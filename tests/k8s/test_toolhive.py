@@ -23,21 +23,16 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.db.search import ToolSearch  # noqa: E402
-from mcp_optimizer.mcp.auth import build_token_table  # noqa: E402
-from mcp_optimizer.mcp.scope import AccessScope  # noqa: E402
-from mcp_optimizer.mcp.server import McpEndpoint  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing import toolhive as th  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from mcp_optimizer.testing.shared import shared_dir  # noqa: E402
-from tests.k8s.harness import OperatorThread, eventually, legacy_catalog, within  # noqa: E402
-from tests.mcp.server_env import connect, payload  # noqa: E402
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.mcp.auth import build_token_table
+from mcp_optimizer.mcp.scope import AccessScope
+from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing import toolhive as th
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.shared import shared_dir
+from tests.k8s.harness import OperatorThread, eventually, legacy_catalog, within
+from tests.mcp.server_env import connect, payload
 
 pytestmark = pytest.mark.kube
 
