@@ -30,8 +30,8 @@ from bench.operator import ControlPlane, install_crd
 from mcp_optimizer.mcp.client import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
-from mcp_optimizer.testing.shared import model_path
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
+from tests.support.shared import model_path
 
 NAMESPACE = "default"
 

@@ -62,8 +62,8 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
-from mcp_optimizer.testing import toolhive
 from mcp_optimizer.testing.mcp_servers import LOOPBACK
+from tests.support import toolhive
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
 MERGE_PATCH = "application/merge-patch+json"

@@ -10,7 +10,7 @@ import pytest
 from mcp_optimizer.config import Settings
 from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.shared import model_path
+from tests.support.shared import model_path
 
 # The operator harness's fixtures (mcpserver_crd, ns, kube, op_settings, start_operator, probe) for
 # tests/k8s and tests/deploy. Plugins listed here are imported before any test module, so pytest

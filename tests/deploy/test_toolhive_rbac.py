@@ -16,7 +16,6 @@ import pytest
 from kubernetes import client
 
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing import toolhive as th
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, env_of
 from tests.deploy.test_rbac import (  # the same helpers and fixtures as the main RBAC tests
@@ -30,6 +29,7 @@ from tests.deploy.test_rbac import (  # the same helpers and fixtures as the mai
     wait_for,
     wait_until_authorized,
 )
+from tests.support import toolhive as th
 
 pytestmark = pytest.mark.kube
 

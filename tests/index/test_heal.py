@@ -1,6 +1,6 @@
 """The index as a cache: damaged, full or vanished files are recognised, reported and replaced.
 
-Every fault is real (see :mod:`mcp_optimizer.testing.faults`): garbage written into the file, a
+Every fault is real (see :mod:`tests.support.faults`): garbage written into the file, a
 text file, another program's database, a full tmpfs (or SQLite's page cap where this process
 cannot mount one), a file deleted under the process.
 """
@@ -28,8 +28,8 @@ from mcp_optimizer.db.health import (
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing import faults
-from mcp_optimizer.testing.shared import model_path
+from tests.support import faults
+from tests.support.shared import model_path
 
 from .helpers import entry, tool, workload
 

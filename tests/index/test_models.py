@@ -14,7 +14,7 @@ from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import EmbeddingError, FastEmbedder, from_bytes, mean_pool, model_spec
 from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.shared import shared_model_path
+from tests.support.shared import shared_model_path
 
 from .helpers import entry, tool, workload
 

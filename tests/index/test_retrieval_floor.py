@@ -1,6 +1,6 @@
 """The ranking holds BM25's floor on every dev-set slice, also when the embedder is weak.
 
-A fixed sample of each slice of the three dev sets (``mcp_optimizer.testing.devsets``) is
+A fixed sample of each slice of the three dev sets (``tests.support.devsets``) is
 indexed through the Indexer with the configured model, and the default ``find_tool`` ranking is
 compared with BM25 alone on the same index. Relations, not absolute numbers: the default may
 not fall more than 0.02 R@5 below BM25 on any slice, neither with the model as it is nor with
@@ -20,7 +20,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.devsets import (
+from tests.support.devsets import (
     DegradedEmbedder,
     DevSet,
     bfcl,

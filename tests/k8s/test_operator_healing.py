@@ -1,6 +1,6 @@
 """The operator heals its index (issue 10, point 6), against the real control plane.
 
-Each fault is real (:mod:`mcp_optimizer.testing.faults`): garbage in the file's header or pages, a
+Each fault is real (:mod:`tests.support.faults`): garbage in the file's header or pages, a
 text file or another program's database in its place, the file deleted under the process, a full
 tmpfs (or SQLite's page cap where this process cannot mount). Each test asserts that the fault is
 detected and reported (log, Event on the operator's Pod, metric, ``/readyz``), that the index
@@ -30,10 +30,10 @@ import pytest
 from mcp_optimizer.db.health import damaged_copies
 from mcp_optimizer.mcp import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing import faults
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool
 from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog
 from tests.k8s.kubelet import set_pod_status
+from tests.support import faults
 
 pytestmark = pytest.mark.kube
 

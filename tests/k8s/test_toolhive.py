@@ -28,11 +28,11 @@ from mcp_optimizer.mcp.auth import build_token_table
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing import toolhive as th
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from mcp_optimizer.testing.shared import shared_dir
 from tests.k8s.harness import OperatorThread, eventually, legacy_catalog, within
 from tests.mcp.server_env import connect, payload
+from tests.support import toolhive as th
+from tests.support.shared import shared_dir
 
 pytestmark = pytest.mark.kube
 

@@ -22,7 +22,7 @@ from mcp_optimizer.operator.toolhive_mapping import (
     toolhive_group,
     toolhive_status,
 )
-from mcp_optimizer.testing import toolhive as th
+from tests.support import toolhive as th
 
 NO_OPTIONS = ToolHiveOptions()
 
