@@ -1,4 +1,9 @@
-"""Shared fixtures: the real embedding model (loaded once) and a fresh index file per test."""
+"""Shared fixtures: the real embedding model (loaded once) and a fresh index file per test.
+
+A directory or module whose tests never assert retrieval overrides ``embedder`` with
+:class:`tests.support.fake_embedder.FakeEmbedder` (tests/operator/conftest.py does); ``indexer``
+then indexes with it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.embeddings import FastEmbedder
+from mcp_optimizer.embeddings import Embedder, FastEmbedder
 from mcp_optimizer.ingest import Indexer
 from tests.support.shared import model_path
 
@@ -35,7 +40,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def indexer(settings: Settings, embedder: FastEmbedder) -> AsyncIterator[Indexer]:
+async def indexer(settings: Settings, embedder: Embedder) -> AsyncIterator[Indexer]:
     index = await Indexer.open(settings, embedder)
     yield index
     await index.close()
