@@ -32,7 +32,8 @@ from kubernetes import client
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.ingest import WorkloadSpec
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.kubeapi import load_client_config
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
@@ -167,7 +168,13 @@ def servers() -> Iterator[tuple[McpTestServer, McpTestServer]]:
 
 
 @pytest.fixture
-def job(namespace, kube, kube_api, probe, servers) -> Iterator[Job]:
+def job(
+    namespace: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    probe: IndexProbe,
+    servers: tuple[McpTestServer, McpTestServer],
+) -> Iterator[Job]:
     weather, pg = servers
     yield Job(namespace, kube, kube_api, probe, weather, pg)
     kube.empty_namespace(namespace)
@@ -244,8 +251,14 @@ def can(
 
 
 async def test_operator_does_its_whole_job_with_the_shipped_cluster_role(
-    helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpservers", group="mcp-optimizer.dev")
         wait_until_authorized(kube_api, True, verb="watch", resource="configmaps", namespace=job.ns)
@@ -287,8 +300,15 @@ def _replace_role(kube_api: client.ApiClient, which: str, namespace: str, role: 
     "rule", sorted(RULE_CHECKS), ids=[v[0].replace(" ", "-") for _, v in sorted(RULE_CHECKS.items())]
 )
 async def test_each_rule_is_needed(
-    rule, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
-):
+    rule,
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     what, check = RULE_CHECKS[rule]
     which, index = rule
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
@@ -319,7 +339,7 @@ async def test_each_rule_is_needed(
             assert time.monotonic() - started >= NEGATIVE_WINDOW
 
 
-def test_kopf_scanning_is_disabled():
+def test_kopf_scanning_is_disabled() -> None:
     """With scanning on, kopf lists CRDs and Namespaces, which the least-privilege role does not
     grant, and retries each 403 for about a minute before falling back to the exact names."""
     from mcp_optimizer.operator.runner import operator_settings
@@ -329,8 +349,15 @@ def test_kopf_scanning_is_disabled():
 
 
 async def test_operator_does_its_job_with_roles_in_listed_namespaces(
-    helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job, monkeypatch
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """watchNamespaces: Roles in the listed namespaces only; the operator watches just those."""
     values = chart_values(job.ns, watchNamespaces=[job.ns])
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
@@ -384,7 +411,7 @@ DENIED = [
 ]
 
 
-def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace):
+def test_access_review_table(helm: Helm, operator_namespace: str, kube_api: client.ApiClient, namespace: str) -> None:
     """What the shipped RBAC allows in a namespace that holds no catalogs, and a sample of what
     it must not; ConfigMaps are readable in the release namespace only."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
@@ -403,8 +430,15 @@ def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace
 
 
 async def test_operator_runs_with_peering_rules(
-    helm: Helm, operator_namespace, kube_api, kubeconfig, operator_kubeconfig, op_settings, embedder, job
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     """peering.enabled: the extra kopf.dev rules are enough for kopf's peering (its heartbeat
     lands in the release's ClusterKopfPeering) and the job still gets done."""
     from tests.deploy.support import MANIFESTS, kubectl
@@ -433,8 +467,15 @@ AUTH_RULES = ["tokenreviews", "subjectaccessreviews"]
 
 @pytest.mark.parametrize("removed", [None, *AUTH_RULES], ids=["full-role", *(f"without-{r}" for r in AUTH_RULES)])
 async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
-    removed, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, settings, indexer, namespace
-):
+    removed,
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    settings: Settings,
+    indexer: Indexer,
+    namespace: str,
+) -> None:
     """As the operator's ServiceAccount, with the chart's auth ClusterRole, the MCP endpoint
     checks a caller's token and scopes it; without either rule every caller gets 503, never data."""
     core = client.CoreV1Api(kube_api)

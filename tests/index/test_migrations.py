@@ -16,6 +16,7 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.models import Base
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.db.virtual import VIRTUAL_TABLES
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp.tokens import tool_tokens
 
@@ -46,7 +47,7 @@ async def _counts(engine) -> dict[str, int]:
                           "workload_tool_vectors", "workload_tool_fts", "registry_tool_vectors", "registry_tool_fts")}
 
 
-async def test_upgrade_from_revision_0002_keeps_rows_and_vectors(tmp_path: Path, embedder) -> None:
+async def test_upgrade_from_revision_0002_keeps_rows_and_vectors(tmp_path: Path, embedder: Embedder) -> None:
     """An index as revision 0002 left it (no token estimates, three full-text columns) upgrades
     in place: 0003 adds and backfills each tool's token estimate; 0004 rebuilds the full-text rows
     from the stored tool details (with the server name) and records the model that made the

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.embeddings import EmbeddingError, FastEmbedder, from_bytes, mean_pool, model_spec
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, from_bytes, mean_pool, model_spec
 from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer
 from tests.support.shared import shared_model_path
@@ -50,7 +50,7 @@ async def _vector_lengths(index: Indexer) -> set[int]:
         return lengths
 
 
-async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embedder, wordllama) -> None:
+async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embedder: Embedder, wordllama) -> None:
     settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
@@ -90,7 +90,7 @@ async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embed
     await index.close()
 
 
-async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, embedder) -> None:
+async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, embedder: Embedder) -> None:
     settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
@@ -107,7 +107,7 @@ async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, e
     await index.close()
 
 
-async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Path, embedder) -> None:
+async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Path, embedder: Embedder) -> None:
     settings = Settings(db_path=tmp_path / "i.db", search_mode="bm25")  # and no model path at all
     index = await Indexer.open(settings)
     assert index.embedder is None
@@ -134,7 +134,7 @@ async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Pat
     await index.close()
 
 
-async def test_keyword_only_writes_make_the_next_model_start_reembed(tmp_path: Path, embedder) -> None:
+async def test_keyword_only_writes_make_the_next_model_start_reembed(tmp_path: Path, embedder: Embedder) -> None:
     path = tmp_path / "i.db"
     index = await Indexer.open(Settings(db_path=path), embedder)
     await _populate(index)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, from_bytes, mean_pool
 from mcp_optimizer.embeddings.texts import text_hash, tool_embedding_text
 from mcp_optimizer.ingest import DuplicateRegistryServersError, Indexer
 
@@ -128,7 +128,7 @@ async def test_matching_never_crosses_types(indexer: Indexer) -> None:
     assert result.registry_server_name is None
 
 
-async def test_s2_3_unlinked_workload_mean_pools_its_tools(indexer: Indexer, embedder) -> None:
+async def test_s2_3_unlinked_workload_mean_pools_its_tools(indexer: Indexer, embedder: Embedder) -> None:
     result = await indexer.apply_workload(workload("ns/solo", package="ghcr.io/me/solo", tools=GITHUB_TOOLS))
     assert result.registry_server_name is None
     row = await workload_row(indexer, "ns/solo")
@@ -214,10 +214,10 @@ class FailingEmbedder:
     def __init__(self, real) -> None:
         self.real = real
 
-    async def aembed(self, texts):
+    async def aembed(self, texts) -> None:
         raise EmbeddingError("embedding failed: onnxruntime out of memory")
 
-    async def aembed_one(self, text):
+    async def aembed_one(self, text) -> None:
         raise EmbeddingError("embedding failed: onnxruntime out of memory")
 
 
@@ -268,7 +268,7 @@ async def test_s3_2_tools_removed_keep_link(indexer: Indexer) -> None:
     assert await count(indexer, "SELECT count(*) FROM workload_tool_fts") == 1
 
 
-async def test_s3_3_registry_deleted_workload_falls_back(indexer: Indexer, embedder) -> None:
+async def test_s3_3_registry_deleted_workload_falls_back(indexer: Indexer, embedder: Embedder) -> None:
     await _linked(indexer)
     await indexer.delete_catalog("c")
     row = await workload_row(indexer, "ns/gh")

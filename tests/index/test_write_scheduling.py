@@ -10,9 +10,11 @@ from typing import Any
 from sqlalchemy import text
 
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition
+from mcp_optimizer.config import Settings
 from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.embeddings.model import to_bytes
 from mcp_optimizer.embeddings.texts import server_embedding_text, text_hash, tool_embedding_text
 from mcp_optimizer.ingest import Indexer
@@ -24,7 +26,7 @@ from .helpers import tool, workload
 # ------------------------------------------------------------------------------ the lock
 
 
-async def test_waiters_are_served_by_priority_then_arrival():
+async def test_waiters_are_served_by_priority_then_arrival() -> None:
     scheduler = WriteScheduler()
     order: list[str] = []
     holder = asyncio.Event()
@@ -52,7 +54,7 @@ async def test_waiters_are_served_by_priority_then_arrival():
     assert not scheduler.locked
 
 
-async def test_a_waiter_past_max_wait_is_not_starved():
+async def test_a_waiter_past_max_wait_is_not_starved() -> None:
     scheduler = WriteScheduler(max_wait=0.05)
     order: list[str] = []
     release = asyncio.Event()
@@ -76,7 +78,7 @@ async def test_a_waiter_past_max_wait_is_not_starved():
     assert order == ["bulk", "status"]
 
 
-async def test_cancelled_waiters_leave_the_lock_usable():
+async def test_cancelled_waiters_leave_the_lock_usable() -> None:
     scheduler = WriteScheduler()
     observed: list[tuple[str, float]] = []
     scheduler.observer = lambda priority, waited: observed.append((priority, waited))
@@ -166,7 +168,7 @@ async def reference(settings, embedder, entries: list[CatalogEntry], tmp_name: s
         await fresh.close()
 
 
-async def test_a_status_write_does_not_wait_for_a_catalog(settings, embedder):
+async def test_a_status_write_does_not_wait_for_a_catalog(settings: Settings, embedder: Embedder) -> None:
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
         await indexer.apply_workload(workload("ns/pinned", package="ghcr.io/other/x:1", tools=[tool("x_tool")]))
@@ -188,7 +190,7 @@ async def _more_than(indexer: Indexer, catalog_name: str, n: int) -> bool:
     return await rows(indexer, catalog_name) > n
 
 
-async def test_chunked_load_equals_a_load_in_one_transaction(settings, embedder):
+async def test_chunked_load_equals_a_load_in_one_transaction(settings: Settings, embedder: Embedder) -> None:
     v1 = catalog(300)
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
@@ -210,7 +212,7 @@ def version_two() -> list[CatalogEntry]:
     return [*renamed, *changed, *kept[100:], *catalog(40, start=300)]
 
 
-async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings, embedder):
+async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings: Settings, embedder: Embedder) -> None:
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     v2 = version_two()
     try:
@@ -229,7 +231,7 @@ async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings, 
         await indexer.close()
 
 
-async def test_a_load_cut_short_is_finished_by_the_next_load(settings, embedder):
+async def test_a_load_cut_short_is_finished_by_the_next_load(settings: Settings, embedder: Embedder) -> None:
     v1 = catalog(300)
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
@@ -313,7 +315,7 @@ def assert_search_rows_are_the_tools_own(dump_: dict[str, Any]) -> None:
     assert dump_["server_vectors"] == sorted((n, e) for n, e in servers.items() if e is not None)
 
 
-async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, embedder):
+async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Settings, embedder: Embedder) -> None:
     """The grouped insert allocates tool ids itself: after a server lost its newest tools (their
     ids free again), it must store exactly what the one-by-one writes store, each tool's FTS and
     vector rows under its own id."""
@@ -355,7 +357,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, em
     assert len(grouped_dump["tools"]) == 1 + 5 * 3 + 2 and len(grouped_dump["tool_vectors"]) == 1 + 5 * 3 + 1
 
 
-async def test_grouped_catalog_writes_keep_every_tool_searchable(settings, embedder):
+async def test_grouped_catalog_writes_keep_every_tool_searchable(settings: Settings, embedder: Embedder) -> None:
     """A chunked load and a change of most of the catalog (removals, renames, changes and additions
     written in groups) leave each tool's search rows its own, and search finds the added tools."""
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
@@ -373,7 +375,7 @@ async def test_grouped_catalog_writes_keep_every_tool_searchable(settings, embed
         await indexer.close()
 
 
-def test_groups_are_bounded_and_never_mix_kinds():
+def test_groups_are_bounded_and_never_mix_kinds() -> None:
     def op(kind: str, tools: int, i: int) -> _CatalogOp:
         entry = CatalogEntry(name=f"s{i}", remote=False, package=f"ghcr.io/acme/s{i}:1", transport="stdio",
                              tools=[ToolDefinition(name=f"t{n}") for n in range(tools)])

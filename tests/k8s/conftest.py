@@ -49,7 +49,7 @@ def _control_plane(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def control_plane_dir(tmp_path_factory):
+def control_plane_dir(tmp_path_factory: pytest.TempPathFactory):
     """State dir of the local control plane, or None with USE_EXISTING_CLUSTER=1."""
     if use_existing_cluster():
         yield None
@@ -80,7 +80,7 @@ def control_plane_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(control_plane_dir) -> str:
+def kubeconfig(control_plane_dir: Path | None) -> str:
     """Path of an admin (system:masters) kubeconfig."""
     if control_plane_dir is None:
         path = os.environ.get("KUBECONFIG") or os.path.join(os.path.expanduser("~"), ".kube", "config")
@@ -92,7 +92,7 @@ def kubeconfig(control_plane_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane_dir) -> str:
+def operator_kubeconfig(control_plane_dir: Path | None) -> str:
     """Kubeconfig authenticating as system:serviceaccount:mcp-optimizer-system:mcp-optimizer.
 
     Only available with the local control plane (a static token there).
@@ -103,7 +103,7 @@ def operator_kubeconfig(control_plane_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def kube_api(kubeconfig) -> client.ApiClient:
+def kube_api(kubeconfig: str) -> client.ApiClient:
     """A kubernetes ApiClient with admin rights."""
     api = config.new_client_from_config(config_file=kubeconfig)
     yield api
@@ -111,7 +111,7 @@ def kube_api(kubeconfig) -> client.ApiClient:
 
 
 @pytest.fixture(scope="session")
-def operator_api(operator_kubeconfig) -> client.ApiClient:
+def operator_api(operator_kubeconfig: str) -> client.ApiClient:
     """A kubernetes ApiClient acting as the operator's ServiceAccount."""
     api = config.new_client_from_config(config_file=operator_kubeconfig)
     yield api
@@ -125,7 +125,7 @@ def _namespace_name(nodename: str) -> str:
 
 
 @pytest.fixture
-def namespace(kube_api, request) -> str:
+def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> str:
     """A fresh namespace with a unique name, deleted (not awaited) at teardown.
 
     A bare kube-apiserver has no namespace controller, so the namespace stays

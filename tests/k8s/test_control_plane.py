@@ -26,7 +26,7 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
 
 
 @pytest.fixture
-def widget_crd(kube_api):
+def widget_crd(kube_api: client.ApiClient):
     ext = client.ApiextensionsV1Api(kube_api)
     body = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -67,7 +67,7 @@ def widget_crd(kube_api):
     ext.delete_custom_resource_definition(CRD_NAME)
 
 
-def test_custom_resource_roundtrip(kube_api, namespace, widget_crd):
+def test_custom_resource_roundtrip(kube_api: client.ApiClient, namespace: str, widget_crd: str) -> None:
     co = client.CustomObjectsApi(kube_api)
     obj = {"apiVersion": f"{GROUP}/v1", "kind": "Widget",
            "metadata": {"name": "w1"}, "spec": {"size": 3}}
@@ -106,7 +106,7 @@ def _ready(pod):
     return {c.type: c.status for c in pod.status.conditions or []}.get("Ready")
 
 
-def test_pod_status_is_written_by_the_test(kube_api, namespace):
+def test_pod_status_is_written_by_the_test(kube_api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(kube_api)
     _make_pod(core, namespace, "p1")
     assert core.read_namespaced_pod("p1", namespace).status.phase == "Pending"
@@ -128,7 +128,9 @@ def test_pod_status_is_written_by_the_test(kube_api, namespace):
     assert all(c.restart_count == 4 and not c.ready for c in statuses)
 
 
-def test_operator_service_account_is_subject_to_rbac(kube_api, operator_api, namespace):
+def test_operator_service_account_is_subject_to_rbac(
+    kube_api: client.ApiClient, operator_api: client.ApiClient, namespace: str
+) -> None:
     op_core = client.CoreV1Api(operator_api)
     with pytest.raises(client.ApiException) as exc:
         op_core.list_namespaced_secret(namespace)

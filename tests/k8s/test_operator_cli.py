@@ -9,13 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from mcp_optimizer.config import Settings
 from mcp_optimizer.mcp import McpClientError, call_tool, list_tools
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
-from tests.k8s.harness import eventually, http_get
+from tests.k8s.harness import Kube, eventually, http_get
 
 pytestmark = pytest.mark.kube
 
@@ -44,7 +46,7 @@ def agent_token(kube, ns: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "bm25"])
-async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path, mode):
+async def test_run_command(ns: str, kube: Kube, kubeconfig: str, op_settings: Settings, tmp_path: Path, mode) -> None:
     """`mcp-optimizer run` with no auth settings: Kubernetes auth, a caller needs its token."""
     mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
     auth = {"Authorization": f"Bearer {agent_token(kube, ns)}"}

@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiClient
 
+from mcp_optimizer.config import Settings
 from mcp_optimizer.db.health import damaged_copies
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.mcp import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool
-from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get, legacy_catalog
 from tests.k8s.kubelet import set_pod_status
 from tests.support import faults
 
@@ -149,7 +152,7 @@ class RunProcess:
 
 
 @pytest.fixture
-def run_process(kubeconfig, op_settings, tmp_path) -> Iterator[Any]:
+def run_process(kubeconfig: str, op_settings: Settings, tmp_path: Path) -> Iterator[Any]:
     started: list[RunProcess] = []
 
     def start(ns: str, pod: dict[str, str], *, db: Path | None = None, env: dict[str, str] | None = None) -> RunProcess:
@@ -187,8 +190,14 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
-    ns, kube, kube_api, start_operator, probe, op_settings, damage
-):
+    ns: str,
+    kube: Kube,
+    kube_api: ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    damage,
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -221,8 +230,8 @@ async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
 
 
 async def test_corruption_at_run_time_fails_readyz_and_repairs_itself(
-    ns, kube, run_process, op_settings, probe, embedder
-):
+    ns: str, kube: Kube, run_process: StartProcess, op_settings: Settings, probe: IndexProbe, embedder: Embedder
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -266,8 +275,8 @@ def _not_ready(operator: RunProcess) -> tuple[int, str] | None:
 
 
 async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_returns(
-    ns, kube, kube_api, run_process, tmp_path, embedder
-):
+    ns: str, kube: Kube, kube_api: ApiClient, run_process: StartProcess, tmp_path: Path, embedder: Embedder
+) -> None:
     pod = operator_pod(kube, ns)
     many = [make_tool(f"tool_{i:03d}", f"Tool number {i} of the catalog server") for i in range(20)]
     with faults.FullDisk(tmp_path, size=48 * 1024 * 1024) as disk, McpTestServer(TRANSLATE) as first, \
@@ -304,7 +313,9 @@ async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_r
     assert "sqlalchemy.exc" not in log and "pysqlite3" not in log and "INSERT" not in log
 
 
-async def test_an_index_deleted_under_the_operator_is_rebuilt(ns, kube, kube_api, start_operator, probe, op_settings):
+async def test_an_index_deleted_under_the_operator_is_rebuilt(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe, op_settings: Settings
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -337,7 +348,7 @@ async def _status_is(probe: Any, name: str, status: str) -> bool:
 # ------------------------------------------------------------------------------ readiness
 
 
-async def test_readyz_waits_for_the_first_full_pass(ns, kube, run_process):
+async def test_readyz_waits_for_the_first_full_pass(ns: str, kube: Kube, run_process: StartProcess) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -384,8 +395,13 @@ async def _catalog_rows(probe: Any, catalog: str) -> int:
 
 
 async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
-    ns, kube, run_process, start_operator, probe, op_settings
-):
+    ns: str,
+    kube: Kube,
+    run_process: StartProcess,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+) -> None:
     pod = operator_pod(kube, ns)
     catalog = f"{ns}/big"
     with McpTestServer(TRANSLATE) as remote:
@@ -408,7 +424,9 @@ async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
         assert tools[0]["n"] == 800
 
 
-async def test_a_catalog_changed_midway_ends_as_its_last_version(ns, kube, start_operator, probe):
+async def test_a_catalog_changed_midway_ends_as_its_last_version(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     catalog = f"{ns}/big"
     start_operator([ns], catalog_namespaces=(ns,), catalog_chunk_seconds=0.0)
     kube.put_catalog(ns, "big", big_catalog(300))

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from kubernetes.client import ApiClient
 
 from mcp_optimizer.logs import TextFormatter
 from mcp_optimizer.operator.mapping import REFRESH_ANNOTATION, workload_name
@@ -24,7 +25,7 @@ from mcp_optimizer.testing.mcp_servers import (
     refused_url,
 )
 from tests.k8s.conftest import _namespace_name
-from tests.k8s.harness import eventually, within
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, within
 from tests.k8s.kubelet import set_pod_status
 from tests.mcp.server_env import connect, error_text
 
@@ -38,7 +39,7 @@ WEATHER = [make_tool("get_forecast", "Get the weather forecast for a city for th
 
 
 @pytest.fixture
-def ns2(kube, mcpserver_crd, request) -> Iterator[str]:
+def ns2(kube: Kube, mcpserver_crd: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A second tenant's namespace."""
     name = _namespace_name(request.node.name + "-b")
     kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -60,7 +61,9 @@ def ready(kube, ns: str, name: str, reason: str):
 # ------------------------------------------------------------------------------ destinations
 
 
-async def test_the_default_install_refuses_loopback(ns, kube, start_operator, probe):
+async def test_the_default_install_refuses_loopback(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with HangingServer() as hanging:
         kube.create_server(ns, "local", {"url": hanging.url})
         start_operator([ns], allowed_destinations=())
@@ -74,7 +77,9 @@ async def test_the_default_install_refuses_loopback(ns, kube, start_operator, pr
         assert hanging.connections_accepted == 0
 
 
-async def test_other_namespaces_the_apiserver_and_metadata_are_refused(ns, kube, kube_api, start_operator, probe):
+async def test_other_namespaces_the_apiserver_and_metadata_are_refused(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     apiserver = kube_api.configuration.host  # https://127.0.0.1:<port>: loopback is allowed here
     servers = {
         "theirs": ("http://github-mcp.team-b.svc.cluster.local:8080/mcp", "other-namespace"),
@@ -106,7 +111,9 @@ async def test_other_namespaces_the_apiserver_and_metadata_are_refused(ns, kube,
     ],
     ids=["50MB-description", "100k-tools", "endless-pages"],
 )
-async def test_a_hostile_server_fails_alone(hostility, bound, ns, ns2, kube, start_operator, probe):
+async def test_a_hostile_server_fails_alone(
+    hostility, bound, ns: str, ns2: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     good = workload_name(ns2, "weather")
     with McpTestServer(WEATHER) as weather, HostileMcpServer(hostility) as hostile:
         kube.create_server(ns2, "weather", {"url": weather.url})
@@ -134,7 +141,9 @@ async def test_a_hostile_server_fails_alone(hostility, bound, ns, ns2, kube, sta
         assert kube.server_status(ns2, "weather")["phase"] == "Running"
 
 
-async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(ns, kube, start_operator, probe):
+async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     big = make_tool("send_report", "Send the weekly report by email. " + "details " * 4000)
     with McpTestServer([big, *WEATHER]) as server:
         kube.create_server(ns, "reports", {"url": server.url})
@@ -156,7 +165,9 @@ async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(ns, ku
 # ------------------------------------------------------------------------------ credentials
 
 
-async def test_credentials_in_a_url_are_used_and_never_shown(ns, kube, start_operator, probe, caplog):
+async def test_credentials_in_a_url_are_used_and_never_shown(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO")
     with McpTestServer(WEATHER) as weather:
         working = weather.url.replace("http://", "http://alice:s3cret@")
@@ -183,7 +194,9 @@ async def test_credentials_in_a_url_are_used_and_never_shown(ns, kube, start_ope
 # ------------------------------------------------------------------------------ dead servers
 
 
-async def test_remote_servers_are_probed_on_their_own_interval(ns, kube, start_operator, probe):
+async def test_remote_servers_are_probed_on_their_own_interval(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     port = closed_port()
     wl = workload_name(ns, "mail")
     server = McpTestServer(MAIL, port=port).start()
@@ -202,7 +215,9 @@ async def test_remote_servers_are_probed_on_their_own_interval(ns, kube, start_o
         server.stop()
 
 
-async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(ns, kube, start_operator, probe):
+async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     port = closed_port()
     wl = workload_name(ns, "mail")
     server = McpTestServer(MAIL, port=port).start()
@@ -228,7 +243,9 @@ async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(ns,
         server.stop()
 
 
-async def test_a_failed_call_to_a_container_server_only_reprobes_it(ns, kube, kube_api, start_operator, probe):
+async def test_a_failed_call_to_a_container_server_only_reprobes_it(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Pods decide a container server's status: a call failing for its own reasons changes
     nothing; a server that stopped answering is found by the re-probe the call started."""
     wl = workload_name(ns, "reports")
@@ -256,7 +273,9 @@ async def test_a_failed_call_to_a_container_server_only_reprobes_it(ns, kube, ku
     assert not await probe.found("dump a large report", wl)
 
 
-async def test_the_refresh_annotation_forces_a_reread(ns, kube, start_operator, probe):
+async def test_the_refresh_annotation_forces_a_reread(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     wl = workload_name(ns, "mail")
     with McpTestServer(MAIL) as server:
         kube.create_server(ns, "mail", {"url": server.url})

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 
+from mcp_optimizer.config import Settings
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.k8s.conftest import REPO
-from tests.k8s.harness import IndexProbe, OperatorThread, eventually
+from tests.k8s.harness import IndexProbe, Kube, OperatorThread, eventually
 
 pytestmark = pytest.mark.kube
 
@@ -20,7 +23,7 @@ PEERING = "mcp-optimizer"
 
 
 @pytest.fixture(scope="module")
-def peering_crds(kube_api):
+def peering_crds(kube_api: client.ApiClient) -> None:
     # Shipped with the manifests: its absence is a packaging bug, not a reason to skip.
     assert PEERING_CRDS.is_file(), f"{PEERING_CRDS} is missing"
     ext = client.ApiextensionsV1Api(kube_api)
@@ -32,8 +35,16 @@ def peering_crds(kube_api):
                 raise
 
 
-async def test_the_standby_replica_takes_over(ns, kube, kube_api, op_settings, kubeconfig, embedder, tmp_path,
-                                              peering_crds):
+async def test_the_standby_replica_takes_over(
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    op_settings: Settings,
+    kubeconfig: str,
+    embedder: Embedder,
+    tmp_path: Path,
+    peering_crds: None,
+) -> None:
     objects = client.CustomObjectsApi(kube_api)
 
     def create_peering() -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from kubernetes.client import ApiClient
 
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import eventually, within
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, within
 from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
@@ -20,7 +21,9 @@ QUERY = "run an SQL query on postgres"
 FAST = 1.0
 
 
-async def test_pod_phases_drive_search(ns, kube, kube_api, start_operator, probe):
+async def test_pod_phases_drive_search(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "analytics", {"image": "ghcr.io/acme/pg-mcp:2", "endpoint": server.url})
         kube.create_pod(ns, "analytics-0", instance="analytics")
@@ -78,7 +81,9 @@ async def _is(check, expected) -> bool:
     return await check() == expected
 
 
-async def test_selector_and_several_pods(ns, kube, kube_api, start_operator, probe):
+async def test_selector_and_several_pods(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "pg", {
             "image": "ghcr.io/acme/pg-mcp:2",

@@ -10,7 +10,16 @@ from kubernetes import client
 
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import MERGE_PATCH, OperatorThread, eventually, legacy_catalog, unique
+from tests.k8s.harness import (
+    MERGE_PATCH,
+    IndexProbe,
+    Kube,
+    OperatorFactory,
+    OperatorThread,
+    eventually,
+    legacy_catalog,
+    unique,
+)
 from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
@@ -26,7 +35,9 @@ def entry(url: str, description: str = "Translation service") -> dict:
     return {"url": url, "description": description, "tools": ["translate_text"]}
 
 
-async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, start_operator, probe):
+async def test_restart_sees_every_change_made_while_down(
+    ns: str, kube: Kube, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with (
         McpTestServer(TOOLS) as a_server,
         McpTestServer(OTHER_TOOLS) as other,
@@ -78,7 +89,9 @@ async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, sta
         await eventually(lambda: kube.server_status(ns, "e").get("phase") == "Running")
 
 
-async def test_final_state_does_not_depend_on_order(kube, start_operator, probe, mcpserver_crd):
+async def test_final_state_does_not_depend_on_order(
+    kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
+) -> None:
     """The same cluster reached in three orders gives the same rows (S3.4 as a level, not an edge)."""
     spaces = [_fresh_namespace(kube, f"order-{label}") for label in ("catalog-first", "server-first", "before-start")]
     servers = [McpTestServer(TOOLS).start() for _ in spaces]
@@ -122,7 +135,9 @@ async def test_final_state_does_not_depend_on_order(kube, start_operator, probe,
             kube.core.delete_namespace(space)
 
 
-async def test_watched_namespaces_only(kube, start_operator, probe, mcpserver_crd):
+async def test_watched_namespaces_only(
+    kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
+) -> None:
     spaces = [_fresh_namespace(kube, f"scope-{i}") for i in range(7)]
     watched, ignored = spaces[:6], spaces[6]
     try:
@@ -164,8 +179,15 @@ CATALOG_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["lis
 
 @pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 async def test_least_privilege_as_the_operators_service_account(
-    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope, caplog
-):
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    operator_kubeconfig: str,
+    scope,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced, and ConfigMap
     access only in its catalog namespace. A listed catalog namespace it has no Role in is
     reported and skipped; nothing else suffers."""

@@ -6,10 +6,11 @@ import asyncio
 import socket
 
 import pytest
+from kubernetes.client import ApiClient
 
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import eventually, http_get
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get
 from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
@@ -20,7 +21,9 @@ TOOLS = [
 ]
 
 
-async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(ns, kube, kube_api, start_operator, probe):
+async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as remote, McpTestServer(TOOLS) as container:
         kube.create_server(ns, "mail", {"url": remote.url})
         kube.create_server(ns, "mail-box", {"image": "ghcr.io/acme/mail:1", "endpoint": container.url})
@@ -43,7 +46,9 @@ async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(ns, k
             await eventually(lambda wl=wl: _eq(probe.tools(wl), ["send_email"]), timeout=10)
 
 
-async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
+async def test_steady_state_writes_nothing(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Status writes must not re-trigger the handlers: once settled, the object stays put."""
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "mail", {"url": server.url})
@@ -71,14 +76,14 @@ async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
         assert counter.count(server.url) == calls == 1
 
 
-async def test_sse_server(ns, kube, start_operator, probe):
+async def test_sse_server(ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "mail", {"url": server.sse_url, "transport": "sse"})
         start_operator([ns])
         await eventually(lambda: probe.found("send an email", workload_name(ns, "mail")))
 
 
-async def test_liveness_endpoint(ns, start_operator):
+async def test_liveness_endpoint(ns: str, start_operator: OperatorFactory) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -23,13 +23,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.mcp.auth import build_token_table
 from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import OperatorThread, eventually, legacy_catalog, within
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, OperatorThread, eventually, legacy_catalog, within
 from tests.mcp.server_env import connect, payload
 from tests.support import toolhive as th
 from tests.support.shared import shared_dir
@@ -106,7 +108,9 @@ async def _is(check: Any, expected: Any) -> bool:
     return await check() == expected
 
 
-async def test_mcpserver_phase_drives_search(tns, kube_api, start_operator, probe):
+async def test_mcpserver_phase_drives_search(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's fetch example, unchanged: Ready -> searchable, Failed/Stopped -> gone within a
     second (one write, no tools/list), Ready again -> back with the stored tools."""
     (server_doc,) = th.example("mcpserver_fetch")
@@ -165,7 +169,9 @@ def put_toolhive_catalog(kube: Any, ns: str) -> str:
     return f"{ns}/toolhive-registry"
 
 
-async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operator, probe):
+async def test_tool_config_change_rereads_the_tools(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's fetch-with-MCPToolConfig example: the proxy applies the filter; changing the
     MCPToolConfig reads the tools again, and so does ToolHive recording a new toolConfigHash."""
     apply_example(kube_api, tns, "mcpserver_fetch_tools_filter")
@@ -192,8 +198,8 @@ async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operato
 
 
 async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
-    tns, kube, kube_api, start_operator, probe
-):
+    tns: str, kube: Kube, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Registry matching against ToolHive's own catalog: MCPServers by image (the fetch and
     GitHub examples, unchanged), an MCPRemoteProxy and the MCPServerEntry example by URL. A
     Pending entry is never contacted; a Valid one is read at its remote URL."""
@@ -251,7 +257,9 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         assert not await probe.found("weather forecast for Paris", entry(tns, "weather"))
 
 
-async def test_a_vmcp_does_not_double_the_results(tns, kube_api, start_operator, probe):
+async def test_a_vmcp_does_not_double_the_results(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's simple vMCP example: by default the group is indexed through its backend and
     the vMCP is left out; with the setting, through the vMCP and the backend is left out. Either
     way each tool is found once."""
@@ -291,8 +299,14 @@ def endpoint_settings(op_settings: Any) -> Any:
 
 
 async def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads(
-    tns, kube, kube_api, start_operator, probe, op_settings, embedder
-):
+    tns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    embedder: Embedder,
+) -> None:
     """servers --json, find_tool and call_tool tell ToolHive's MCPServer fetch and ours apart
     (ToolHive's is served over SSE here: the proxy URL ``.../sse#fetch``)."""
     tools = [FETCH_TOOLS[0]]
@@ -331,7 +345,14 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, op_settings, embedder):
+async def test_toolhive_groups_are_scopes(
+    tns: str,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    embedder: Embedder,
+) -> None:
     """spec.groupRef (ToolHive's mixed-group example) and the group label become the workload's
     group: find_tool(group=...) and tokens scoped to a group see only that group's servers."""
     apply_example(kube_api, tns, "mcpserverentry_mixed_group")
@@ -367,7 +388,9 @@ async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, 
             assert fetch_wl in {h["server"] for h in hits["tools"]}
 
 
-async def test_deleted_objects_leave_no_rows_even_across_a_restart(tns, kube_api, start_operator, probe):
+async def test_deleted_objects_leave_no_rows_even_across_a_restart(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Deletion is noticed by the watch (ToolHive's own finalizer holding the object is enough);
     objects deleted while the operator is down are collected at its start."""
     apply_example(kube_api, tns, "mcpserver_fetch")
@@ -426,8 +449,14 @@ def _untouched(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_read_only_as_the_operators_service_account(
-    tns, kube, kube_api, operator_kubeconfig, start_operator, probe, caplog
-):
+    tns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """As its ServiceAccount, first without any right on ToolHive's resources (it starts, serves
     its own MCPServers and says in one line why ToolHive is not watched), then with list/watch
     only (picked up without a restart of the process): it indexes, follows phases and tool
@@ -495,7 +524,14 @@ async def test_read_only_as_the_operators_service_account(
         rbac.delete_cluster_role(role)
 
 
-async def test_absent_crds_then_installed(ns, kube, kube_api, start_operator, probe, caplog):
+async def test_absent_crds_then_installed(
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Without ToolHive's CRDs the operator starts and serves as today, with one log line; once
     they are installed, it picks them up (kopf restarted in-process, the index kept)."""
     caplog.set_level(logging.INFO, logger="mcp_optimizer.operator.runner")

@@ -14,6 +14,7 @@ import kopf
 import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.operator import mcpservers, workloads
 from mcp_optimizer.operator.mapping import PodState, ServerView, parse_server
@@ -82,7 +83,7 @@ class FailingReconciler:
         raise RuntimeError("database is locked")
 
 
-async def test_delete_retries_then_lets_go():
+async def test_delete_retries_then_lets_go() -> None:
     memo = SimpleNamespace(reconciler=FailingReconciler())
     logger = SimpleNamespace(error=lambda *a, **k: None)
     with pytest.raises(kopf.TemporaryError) as exc:
@@ -92,14 +93,14 @@ async def test_delete_retries_then_lets_go():
     await mcpservers.delete_server(body=body(), memo=memo, retry=mcpservers.DELETE_ATTEMPTS - 1, logger=logger)
 
 
-async def test_invalid_spec_is_permanent(indexer, writer):
+async def test_invalid_spec_is_permanent(indexer: Indexer, writer) -> None:
     memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools()))
     with pytest.raises(kopf.PermanentError, match=r"spec\.endpoint is required"):
         await mcpservers.reconcile_server(body=body(image="a/b"), memo=memo, retry=0)
     assert writer.last("echo")["phase"] == "Error"
 
 
-async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
+async def test_tools_failure_is_temporary_with_backoff(indexer: Indexer, writer) -> None:
     memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools(error="connection refused")))
     with pytest.raises(kopf.TemporaryError) as exc:
         await mcpservers.reconcile_server(body=body(), memo=memo, retry=3)
@@ -112,7 +113,7 @@ async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
     await memo.reconciler.close()
 
 
-async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(indexer, writer):
+async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(indexer: Indexer, writer) -> None:
     """A rule or a bound is not fixed in seconds: no fast backoff that lists (and parses) a
     hostile server's answer again and again."""
     for reason, code in (("limit", "LimitExceeded"), ("destination", "DestinationRefused")):
@@ -126,14 +127,14 @@ async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(in
         assert rec.retry_delay(parse_server(body()), 10) == 60.0  # the backoff's cap, if longer
 
 
-def test_backoff_is_exponential_and_capped():
+def test_backoff_is_exponential_and_capped() -> None:
     assert [backoff(i) for i in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
 # ------------------------------------------------------------------------------ reconciler
 
 
-async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch):
+async def test_remote_sync_reads_tools_and_reports(indexer: Indexer, writer, monkeypatch: pytest.MonkeyPatch) -> None:
     # lastSyncTime has a resolution of one second: both syncs must happen within the same one.
     monkeypatch.setattr(workloads, "now_rfc3339", lambda: "2026-12-01T00:00:00Z")
     tools = ScriptedTools()
@@ -157,7 +158,7 @@ async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch)
         assert same_status({**again, "lastSyncTime": None}, {**status, "lastSyncTime": None})
 
 
-async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer, writer):
+async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer: Indexer, writer) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     view = parse_server(body())
     await rec.sync(view, read_tools=True)
@@ -167,7 +168,7 @@ async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer, write
     assert await indexer.workload_names() == set()
 
 
-async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer, writer):
+async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer: Indexer, writer) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     old = parse_server(body(generation=1, url="https://echo.example.com/mcp", group="old"))
     new = parse_server(body(generation=2, url="https://echo.example.com/mcp", group="new"))
@@ -181,7 +182,7 @@ async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer, write
     assert await rec.sync(new, read_tools=True) is Outcome.STALE
 
 
-async def test_pod_fast_path_writes_status_without_tools_list(indexer, writer):
+async def test_pod_fast_path_writes_status_without_tools_list(indexer: Indexer, writer) -> None:
     tools = ScriptedTools()
     rec = reconciler(indexer, writer, tools)
     view = parse_server(body("web", image="ghcr.io/acme/web:1", endpoint="http://web/mcp"))
