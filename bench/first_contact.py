@@ -21,7 +21,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 
@@ -48,7 +48,8 @@ def tools(i: int) -> list[dict[str, Any]]:
 
 
 def running(objects: client.CustomObjectsApi, count: int) -> bool:
-    items = objects.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+    listing = cast(dict[str, Any], objects.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL))
+    items = listing["items"]
     return len(items) == count and all((i.get("status") or {}).get("phase") == "Running" for i in items)
 
 

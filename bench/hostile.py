@@ -26,6 +26,7 @@ its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -38,7 +39,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 from kubernetes import client, config
@@ -240,7 +241,7 @@ def create_server(objects: client.CustomObjectsApi, ns: str, name: str, url: str
 
 
 def ready_condition(objects: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
-    body = objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    body = cast(dict[str, Any], objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
     for condition in (body.get("status") or {}).get("conditions") or ():
         if condition["type"] == "Ready" and condition["reason"] not in ("Pending", "NotRead"):
             return dict(condition)
@@ -314,7 +315,7 @@ async def hostile_servers(args: Any, report: Report) -> None:
                     create_server(objects, attackers, server, servers.hostile[name])
                 # Indexing 300 tools runs the model 300 times: minutes on a loaded machine.
                 conditions = [
-                    await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
+                    await wait_for(functools.partial(ready_condition, objects, attackers, server), name, 1800)
                     for server in copies
                 ]
                 condition = conditions[0]
@@ -329,7 +330,7 @@ async def hostile_servers(args: Any, report: Report) -> None:
                 for server in copies:
                     objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
                 for server in copies:
-                    await wait_for(lambda s=server: _gone(engine, f"{attackers}/{s}"), f"{server} removed")
+                    await wait_for(functools.partial(_gone, engine, f"{attackers}/{server}"), f"{server} removed")
                 after = await tenant.find_tool_ms(rounds)
                 # Normal is the p50 of the phases just before and just after: the machine's load
                 # drifts, and a ratio against one of them alone would carry that drift.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,7 +47,7 @@ def test_helm_lint_passes() -> None:
     assert not serious, serious
 
 
-def _rules(path):
+def _rules(path: Path) -> list[dict[str, Any]]:
     docs = objects(path.read_text())
     return [r for kind in ("ClusterRole", "Role") for role in by_kind(docs, kind) for r in role["rules"]]
 
@@ -158,7 +160,7 @@ def test_dockerfile_runs_the_operator_as_non_root_with_the_model_baked_in() -> N
 
 
 @pytest.mark.parametrize("doc", ["docs/kind.md", ".github/workflows/e2e.yaml"])
-def test_docs_and_ci_workflow_exist(doc) -> None:
+def test_docs_and_ci_workflow_exist(doc: str) -> None:
     text = (REPO / doc).read_text()
     assert "USE_EXISTING_CLUSTER" in text
     if doc.endswith(".yaml"):

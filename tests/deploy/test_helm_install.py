@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -32,16 +33,17 @@ def _labels(release: str) -> str:
     return f"app.kubernetes.io/instance={release}"
 
 
-def _rbac(kube_api) -> client.RbacAuthorizationV1Api:
+def _rbac(kube_api: client.ApiClient) -> client.RbacAuthorizationV1Api:
     return client.RbacAuthorizationV1Api(kube_api)
 
 
-def _deployment(kube_api, namespace: str, name: str) -> dict:
+def _deployment(kube_api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     apps = client.AppsV1Api(kube_api)
-    return kube_api.sanitize_for_serialization(apps.read_namespaced_deployment(name, namespace))
+    deployment = apps.read_namespaced_deployment(name, namespace)
+    return cast(dict[str, Any], kube_api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
 
 
-def _settings_from(deployment: dict, monkeypatch) -> Settings:
+def _settings_from(deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings.from_env() with the Deployment's environment: the chart and config.py agree."""
     env = env_of(deployment)
     ours = {k: v for k, v in env.items() if k.startswith("MCP_OPTIMIZER_")}
@@ -305,7 +307,9 @@ def test_install_with_auth_tokens(
         ({"mode": "open"}, r'auth\.mode must be kubernetes, tokens or none, not "open"'),
     ],
 )
-def test_auth_values_that_cannot_work_are_refused(helm: Helm, namespace: str, auth, message) -> None:
+def test_auth_values_that_cannot_work_are_refused(
+    helm: Helm, namespace: str, auth: dict[str, Any], message: str
+) -> None:
     with pytest.raises(HelmError, match=message):
         helm.install(_release(), namespace, {"auth": auth})
 
@@ -339,6 +343,7 @@ def test_network_policy_values(helm: Helm, kube_api: client.ApiClient, namespace
     values = {"networkPolicy": {"mcpFrom": [agents], "metricsFrom": []}}
     with helm.installed(release, namespace, values):
         (policy,) = networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items
+        assert policy.spec is not None and policy.spec.ingress is not None
         (rule,) = policy.spec.ingress
         assert [p.port for p in rule.ports] == ["mcp"]
         assert rule._from[0].namespace_selector.match_labels == {"team": "agents"}
@@ -394,6 +399,6 @@ def test_install_with_peering(
     with helm.installed(release, namespace, {"peering": {"enabled": True}, "watchNamespaces": namespaces}):
         for ns in namespaces:
             objects_api.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", fullname)
-            role = _rbac(kube_api).read_namespaced_role(fullname, ns)
-            assert any(r.resources == ["kopfpeerings"] for r in role.rules)
+            ns_role = _rbac(kube_api).read_namespaced_role(fullname, ns)
+            assert any(r.resources == ["kopfpeerings"] for r in ns_role.rules)
     assert objects(Path(__file__).parents[2].joinpath("deploy/manifests/optional/kopf-peering-crds.yaml").read_text())

@@ -31,7 +31,7 @@ def test_manifest_files_are_there() -> None:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_server_side_dry_run(name, kubeconfig: str, operator_namespace: str) -> None:
+def test_server_side_dry_run(name: str, kubeconfig: str, operator_namespace: str) -> None:
     """The API server (validation, admission, CRD schemas) accepts each file."""
     res = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", str(MANIFESTS / name))
     for doc in objects((MANIFESTS / name).read_text()):
@@ -73,7 +73,7 @@ EXAMPLES = MANIFESTS.parent / "examples"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_examples_dry_run(name, kubeconfig: str, helm: Helm, operator_namespace: str) -> None:
+def test_examples_dry_run(name: str, kubeconfig: str, helm: Helm, operator_namespace: str) -> None:
     """The quickstart's example catalog and MCPServers validate against the installed CRD."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):  # the CRD comes with the chart
         res = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", str(EXAMPLES / name))

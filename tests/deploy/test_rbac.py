@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -118,7 +118,7 @@ class Job:
     async def catalog(self) -> bool:
         """configmaps list/watch: the catalog is loaded and the remote server linked to it."""
         row = await self.probe.workload(self.remote)
-        return bool(row) and row["registry_server_name"] == "weather-registry"
+        return row is not None and bool(row["registry_server_name"] == "weather-registry")
 
     async def pods(self) -> bool:
         """pods list/watch: the container server is RUNNING because its pod is."""
@@ -182,7 +182,7 @@ def job(
 
 @contextlib.contextmanager
 def operator_as_service_account(
-    settings: Settings, operator_kubeconfig: str, embedder, *, expect_ready: bool = True
+    settings: Settings, operator_kubeconfig: str, embedder: Embedder, *, expect_ready: bool = True
 ) -> Iterator[OperatorThread]:
     """The operator in-process, authenticated as the ServiceAccount's token."""
     operator = OperatorThread(
@@ -300,7 +300,7 @@ def _replace_role(kube_api: client.ApiClient, which: str, namespace: str, role: 
     "rule", sorted(RULE_CHECKS), ids=[v[0].replace(" ", "-") for _, v in sorted(RULE_CHECKS.items())]
 )
 async def test_each_rule_is_needed(
-    rule,
+    rule: tuple[str, int],
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,
@@ -453,7 +453,8 @@ async def test_operator_runs_with_peering_rules(
         with operator_as_service_account(settings, operator_kubeconfig, embedder):
 
             async def heartbeat() -> bool:
-                peering = objects.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", OPERATOR_RELEASE)
+                peering = cast(dict[str, Any], objects.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", OPERATOR_RELEASE))
                 return bool(peering.get("status"))
 
             assert await wait_for(heartbeat, 30), "kopf's keep-alive never reached the peering object"
@@ -467,7 +468,7 @@ AUTH_RULES = ["tokenreviews", "subjectaccessreviews"]
 
 @pytest.mark.parametrize("removed", [None, *AUTH_RULES], ids=["full-role", *(f"without-{r}" for r in AUTH_RULES)])
 async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
-    removed,
+    removed: str | None,
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,

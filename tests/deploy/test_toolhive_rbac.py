@@ -56,7 +56,7 @@ def _toolhive_role(kube_api: client.ApiClient) -> Any | None:
 def _deployment_env(kube_api: client.ApiClient) -> dict[str, str]:
     apps = client.AppsV1Api(kube_api)
     deployment = apps.read_namespaced_deployment(OPERATOR_RELEASE, OPERATOR_NAMESPACE)
-    return env_of(kube_api.sanitize_for_serialization(deployment))
+    return env_of(kube_api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
 
 
 # ------------------------------------------------------------------------------ before ToolHive
@@ -179,7 +179,14 @@ def test_access_review_table(
 
 
 async def test_operator_indexes_toolhive_with_the_shipped_roles(
-    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, operator_kubeconfig: str, op_settings: Settings, embedder: Embedder, job: Job, toolhive_installed: None,  # noqa: F811
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,  # noqa: F811
+    embedder: Embedder,
+    job: Job,  # noqa: F811
+    toolhive_installed: None,
 ) -> None:
     """The chart installed next to ToolHive (auto): the operator, as its ServiceAccount, does its
     own job and indexes ToolHive's MCPServer, whose object it leaves exactly as it was."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from mcp_optimizer.db.health import (
     move_aside,
 )
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.db.search import SearchMode, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from tests.support import faults
@@ -38,7 +39,7 @@ TOOLS = [tool("create_issue", "Create a new issue in a GitHub repository"),
          tool("list_pulls", "List the pull requests of a repository")]
 
 
-async def filled(settings: Settings, embedder) -> None:
+async def filled(settings: Settings, embedder: Embedder) -> None:
     """An index with a catalog and a running workload, closed again."""
     indexer = await Indexer.open(settings, embedder)
     await indexer.load_catalog("c", [entry("github", package="ghcr.io/github/github-mcp-server",
@@ -47,7 +48,7 @@ async def filled(settings: Settings, embedder) -> None:
     await indexer.close()
 
 
-DAMAGES = {
+DAMAGES: dict[str, Callable[[Path], object]] = {
     "bad header": faults.corrupt_header,
     "corrupt pages": faults.corrupt_pages,
     "not a database": faults.not_a_database,
@@ -57,7 +58,7 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-async def test_check_recognises_each_damage(settings: Settings, embedder: Embedder, damage) -> None:
+async def test_check_recognises_each_damage(settings: Settings, embedder: Embedder, damage: str) -> None:
     await filled(settings, embedder)
     assert inspect_file(settings.db_path) is None
     DAMAGES[damage](settings.db_path)
@@ -68,7 +69,7 @@ async def test_check_recognises_each_damage(settings: Settings, embedder: Embedd
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 async def test_open_with_repair_moves_the_file_aside_and_starts_anew(
-    settings: Settings, embedder: Embedder, damage
+    settings: Settings, embedder: Embedder, damage: str
 ) -> None:
     await filled(settings, embedder)
     DAMAGES[damage](settings.db_path)
@@ -92,7 +93,9 @@ async def test_open_with_repair_moves_the_file_aside_and_starts_anew(
 
 
 @pytest.mark.parametrize("damage", ["bad header", "another program's database", "a newer schema revision"])
-async def test_open_without_repair_refuses_with_one_clear_line(settings: Settings, embedder: Embedder, damage) -> None:
+async def test_open_without_repair_refuses_with_one_clear_line(
+    settings: Settings, embedder: Embedder, damage: str
+) -> None:
     await filled(settings, embedder)
     DAMAGES[damage](settings.db_path)
     before = settings.db_path.read_bytes()
@@ -156,7 +159,9 @@ async def test_corruption_at_run_time_is_reported_and_rebuild_replaces_the_file(
 
 
 @pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
-async def test_each_retriever_reports_a_damaged_index_as_corrupt(settings: Settings, embedder: Embedder, mode) -> None:
+async def test_each_retriever_reports_a_damaged_index_as_corrupt(
+    settings: Settings, embedder: Embedder, mode: SearchMode
+) -> None:
     """FTS5 says SQLITE_CORRUPT, sqlite-vec a plain SQLITE_ERROR in its own words ("chunks iter
     error"): either way the fault is recognised, so the endpoint says the index cannot be read
     (not "internal error") and the operator repairs it. Hybrid search runs both at once, so which
@@ -203,7 +208,7 @@ def _full_disk_kinds() -> list[str]:
 
 @pytest.mark.parametrize("kind", _full_disk_kinds())
 async def test_a_full_disk_fails_writes_and_recovers_when_space_returns(
-    tmp_path: Path, settings: Settings, embedder: Embedder, kind
+    tmp_path: Path, settings: Settings, embedder: Embedder, kind: str
 ) -> None:
     with faults.FullDisk(tmp_path, size=16 * 1024 * 1024, kind=kind) as disk:
         settings = replace(settings, db_path=disk.dir / "index.db", **disk.settings)

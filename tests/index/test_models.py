@@ -50,7 +50,9 @@ async def _vector_lengths(index: Indexer) -> set[int]:
         return lengths
 
 
-async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embedder: Embedder, wordllama) -> None:
+async def test_a_new_model_reembeds_every_stored_text_once(
+    tmp_path: Path, embedder: Embedder, wordllama: FastEmbedder
+) -> None:
     settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
@@ -170,7 +172,7 @@ def test_the_model_is_described_by_settings() -> None:
         Settings(search_mode="semantic")
 
 
-def test_a_dimension_that_does_not_match_the_model_is_a_clear_error(wordllama) -> None:
+def test_a_dimension_that_does_not_match_the_model_is_a_clear_error(wordllama: FastEmbedder) -> None:
     wrong = FastEmbedder(wordllama.model_path, model_spec(WORDLLAMA.name, dim=384))
     wrong._model = wordllama._model
     with pytest.raises(EmbeddingError, match="does not match"):

@@ -4,8 +4,9 @@ correct when the catalog changes midway or the load dies midway."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import text
 
@@ -22,6 +23,9 @@ from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
 from mcp_optimizer.ingest.service import _GROUP_ENTRIES, _CatalogOp, _next_group
 
 from .helpers import tool, workload
+
+#: The kinds of catalog operation the Indexer groups (ingest.service._CatalogOp.kind).
+CatalogOpKind = Literal["remove", "update", "rename", "add"]
 
 # ------------------------------------------------------------------------------ the lock
 
@@ -141,7 +145,7 @@ async def rows(indexer: Indexer, catalog_name: str) -> int:
                                        {"c": catalog_name})).scalar_one())
 
 
-async def until(check, *, timeout: float = 120.0) -> None:
+async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 120.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
@@ -155,7 +159,9 @@ async def linked_workloads(indexer: Indexer) -> None:
                                               tools=[tool(f"own_{i}", "A workload tool")]))
 
 
-async def reference(settings, embedder, entries: list[CatalogEntry], tmp_name: str) -> dict[str, Any]:
+async def reference(
+    settings: Settings, embedder: Embedder | None, entries: list[CatalogEntry], tmp_name: str
+) -> dict[str, Any]:
     """The same catalog loaded in one piece into a fresh index, with the same workloads."""
     fresh = await Indexer.open(replace(settings, db_path=settings.db_path.with_name(tmp_name),
                                        catalog_chunk_seconds=3600.0), embedder)
@@ -324,7 +330,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Se
         CatalogEntry(name="remote-one", remote=True, url="https://mcp.example.com/mcp", transport="streamable-http",
                      description="A remote server", tags=["web"],
                      tools=[ToolDefinition(name="fetch_page", description="Fetch a web page",
-                                           input_schema={"type": "object", "properties": {
+                                           inputSchema={"type": "object", "properties": {
                                                "url": {"type": "string", "description": "The page address"}}}),
                             ToolDefinition(name="fetch_unembedded")]),
         CatalogEntry(name="no-tools", remote=False, package="ghcr.io/acme/empty:1", transport="stdio"),
@@ -376,7 +382,7 @@ async def test_grouped_catalog_writes_keep_every_tool_searchable(settings: Setti
 
 
 def test_groups_are_bounded_and_never_mix_kinds() -> None:
-    def op(kind: str, tools: int, i: int) -> _CatalogOp:
+    def op(kind: CatalogOpKind, tools: int, i: int) -> _CatalogOp:
         entry = CatalogEntry(name=f"s{i}", remote=False, package=f"ghcr.io/acme/s{i}:1", transport="stdio",
                              tools=[ToolDefinition(name=f"t{n}") for n in range(tools)])
         return _CatalogOp(kind, None, None if kind == "remove" else entry)

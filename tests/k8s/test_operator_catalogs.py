@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
 from kubernetes.client import ApiClient
@@ -24,7 +26,7 @@ TOOLS = [
 QUERY = "search pull requests"
 
 
-def remote_entry(url: str, description: str = "Issue tracker: search and file issues") -> dict:
+def remote_entry(url: str, description: str = "Issue tracker: search and file issues") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["search_issues", "create_issue"]}
 
 
@@ -257,15 +259,15 @@ async def test_catalogs_are_read_only_from_trusted_namespaces(
             kube.core.delete_namespace(space)
 
 
-def _fresh_namespace(kube, prefix: str) -> str:
+def _fresh_namespace(kube: Kube, prefix: str) -> str:
     name = unique(prefix)
-    kube.core.create_namespace({"metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
     return name
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
-async def _is(row, column, expected) -> bool:
+async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
     return ((await row) or {}).get(column) == expected

@@ -5,6 +5,7 @@ and says what to do (duplicate tool names, a too-long name, a registryRef of the
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ EVERYTHING = [
 ]
 
 
-def conditions(kube, ns: str, name: str) -> dict[str, dict]:
+def conditions(kube: Kube, ns: str, name: str) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in kube.server_status(ns, name).get("conditions") or ()}
 
 

@@ -21,9 +21,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from kubernetes.client import ApiClient
@@ -56,10 +56,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def operator_pod(kube: Kube, ns: str) -> dict[str, str]:
+def operator_pod(kube: Kube, ns: str) -> dict[str, Any]:
     """A Pod object standing for the operator's own (the downward API would name it); Events go there."""
     kube.create_pod(ns, OPERATOR_POD, instance="mcp-optimizer-operator")
-    uid = kube.core.read_namespaced_pod(OPERATOR_POD, ns).metadata.uid
+    meta = kube.core.read_namespaced_pod(OPERATOR_POD, ns).metadata
+    assert meta is not None and meta.uid is not None
+    uid = meta.uid
     return {"pod_name": OPERATOR_POD, "pod_namespace": ns, "pod_uid": uid}
 
 
@@ -151,8 +153,16 @@ class RunProcess:
         return self.log_path.read_text(errors="replace")
 
 
+class StartProcess(Protocol):
+    """The ``run_process`` fixture: starts ``mcp-optimizer run`` as a process for namespace ``ns``."""
+
+    def __call__(
+        self, ns: str, pod: dict[str, str], *, db: Path | None = None, env: dict[str, str] | None = None
+    ) -> RunProcess: ...
+
+
 @pytest.fixture
-def run_process(kubeconfig: str, op_settings: Settings, tmp_path: Path) -> Iterator[Any]:
+def run_process(kubeconfig: str, op_settings: Settings, tmp_path: Path) -> Iterator[StartProcess]:
     started: list[RunProcess] = []
 
     def start(ns: str, pod: dict[str, str], *, db: Path | None = None, env: dict[str, str] | None = None) -> RunProcess:
@@ -180,7 +190,7 @@ def tools_indexed(kube: Kube, ns: str, name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ at start
 
 
-DAMAGES = {
+DAMAGES: dict[str, Callable[[Path], object]] = {
     "bad header": faults.corrupt_header,
     "corrupt pages": faults.corrupt_pages,
     "not a database": faults.not_a_database,
@@ -196,7 +206,7 @@ async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
     start_operator: OperatorFactory,
     probe: IndexProbe,
     op_settings: Settings,
-    damage,
+    damage: str,
 ) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
@@ -342,7 +352,7 @@ async def test_an_index_deleted_under_the_operator_is_rebuilt(
 
 
 async def _status_is(probe: Any, name: str, status: str) -> bool:
-    return await probe.status(name) == status
+    return bool(await probe.status(name) == status)
 
 
 # ------------------------------------------------------------------------------ readiness
@@ -449,4 +459,4 @@ async def _catalog_has(probe: Any, catalog: str, count: int) -> bool:
 
 
 async def _names_are(probe: Any, catalog: str, names: list[str]) -> bool:
-    return await probe.registry_servers(catalog) == names
+    return bool(await probe.registry_servers(catalog) == names)

@@ -8,7 +8,8 @@ lost: other tenants' rows, status and search stay as they were.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import pytest
 from kubernetes.client import ApiClient
@@ -42,16 +43,16 @@ WEATHER = [make_tool("get_forecast", "Get the weather forecast for a city for th
 def ns2(kube: Kube, mcpserver_crd: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A second tenant's namespace."""
     name = _namespace_name(request.node.name + "-b")
-    kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
     yield name
     kube.empty_namespace(name)
     kube.core.delete_namespace(name)
 
 
-def ready(kube, ns: str, name: str, reason: str):
+def ready(kube: Kube, ns: str, name: str, reason: str) -> Callable[[], dict[str, Any] | None]:
     """The Ready condition once its reason is ``reason`` (for eventually)."""
 
-    def check():
+    def check() -> dict[str, Any] | None:
         condition = kube.condition(ns, name, "Ready")
         return condition if condition.get("reason") == reason else None
 
@@ -112,7 +113,7 @@ async def test_other_namespaces_the_apiserver_and_metadata_are_refused(
     ids=["50MB-description", "100k-tools", "endless-pages"],
 )
 async def test_a_hostile_server_fails_alone(
-    hostility, bound, ns: str, ns2: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+    hostility: Hostility, bound: str, ns: str, ns2: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
 ) -> None:
     good = workload_name(ns2, "weather")
     with McpTestServer(WEATHER) as weather, HostileMcpServer(hostility) as hostile:
@@ -258,6 +259,7 @@ async def test_a_failed_call_to_a_container_server_only_reprobes_it(
         assert counter is not None
         await eventually(lambda: probe.found("dump a large report", wl))
         reads = counter.count(hostile.url)
+        assert operator.endpoint_url is not None
         async with connect(operator.endpoint_url) as client:
             result = await client.call_tool("call_tool", {"server_name": wl, "tool_name": "dump", "parameters": {}})
         assert "MCP_OPTIMIZER_MAX_CALL_RESULT_BYTES" in error_text(result)
@@ -292,5 +294,5 @@ async def test_the_refresh_annotation_forces_a_reread(
         assert counter.count(server.url) == 3
 
 
-async def _equals(value, expected) -> bool:
+async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected

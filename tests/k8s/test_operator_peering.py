@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -60,8 +61,8 @@ async def test_the_standby_replica_takes_over(
 
     await eventually(create_peering, what="KopfPeering created")
 
-    def peers() -> dict:
-        body = objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", PEERING)
+    def peers() -> dict[str, Any]:
+        body = cast(dict[str, Any], objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", PEERING))
         return dict(body.get("status") or {})
 
     base = replace(op_settings, namespaces=(ns,), peering_name=PEERING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 from kubernetes.client import ApiClient
 
@@ -77,7 +79,7 @@ async def test_pod_phases_drive_search(
         assert counter.count(server.url) == 1, "a pod phase change must not re-read tools"
 
 
-async def _is(check, expected) -> bool:
+async def _is(check: Callable[[], Awaitable[object]], expected: object) -> bool:
     return await check() == expected
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -31,7 +33,7 @@ TOOLS = [
 OTHER_TOOLS = [make_tool("convert_currency", "Convert an amount between currencies")]
 
 
-def entry(url: str, description: str = "Translation service") -> dict:
+def entry(url: str, description: str = "Translation service") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["translate_text"]}
 
 
@@ -97,7 +99,7 @@ async def test_final_state_does_not_depend_on_order(
     servers = [McpTestServer(TOOLS).start() for _ in spaces]
     try:
         catalog_first, server_first, before_start = spaces
-        def catalog(i: int) -> dict:
+        def catalog(i: int) -> dict[str, Any]:
             return legacy_catalog(remote_servers={"translator": entry(servers[i].url)})
 
         kube.put_catalog(before_start, "registry", catalog(2))
@@ -185,7 +187,7 @@ async def test_least_privilege_as_the_operators_service_account(
     start_operator: OperatorFactory,
     probe: IndexProbe,
     operator_kubeconfig: str,
-    scope,
+    scope: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced, and ConfigMap
@@ -193,18 +195,18 @@ async def test_least_privilege_as_the_operators_service_account(
     reported and skipped; nothing else suffers."""
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-test-{ns[-8:]}"
-    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
-    rbac.create_cluster_role_binding({
+    rbac.create_cluster_role(cast(Any, {"metadata": {"name": role}, "rules": OPERATOR_RULES}))
+    rbac.create_cluster_role_binding(cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
-    rbac.create_namespaced_role(ns, {"metadata": {"name": role}, "rules": CATALOG_RULES})
-    rbac.create_namespaced_role_binding(ns, {
+    }))
+    rbac.create_namespaced_role(ns, cast(Any, {"metadata": {"name": role}, "rules": CATALOG_RULES}))
+    rbac.create_namespaced_role_binding(ns, cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
+    }))
     forbidden = _fresh_namespace(kube, "no-role")
     try:
         with McpTestServer(TOOLS) as server, caplog.at_level(logging.WARNING, logger="mcp_optimizer"):
@@ -239,15 +241,15 @@ async def test_least_privilege_as_the_operators_service_account(
         kube.core.delete_namespace(forbidden)
 
 
-def _fresh_namespace(kube, prefix: str) -> str:
+def _fresh_namespace(kube: Kube, prefix: str) -> str:
     name = unique(prefix)
-    kube.core.create_namespace({"metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
     return name
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
-async def _is(row, column, expected) -> bool:
-    return ((await row) or {}).get(column, object()) == expected
+async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
+    return bool(((await row) or {}).get(column, object()) == expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable
 
 import pytest
 from kubernetes.client import ApiClient
@@ -61,9 +62,11 @@ async def test_steady_state_writes_nothing(
         # Settled: no write for 2 s. A loaded machine may still see one late write of kopf's own
         # (e.g. a retry's bookkeeping) after the annotation clears; a reconcile loop never settles.
         settled = kube.server(ns, "mail")
+        assert settled is not None
         for _ in range(10):
             await asyncio.sleep(2)
             now = kube.server(ns, "mail")
+            assert now is not None
             if now["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"]:
                 break
             settled = now
@@ -72,6 +75,7 @@ async def test_steady_state_writes_nothing(
         calls = counter.count(server.url)
         await asyncio.sleep(3)  # an absence cannot be polled for
         later = kube.server(ns, "mail")
+        assert later is not None
         assert later["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"], (settled, later)
         assert counter.count(server.url) == calls == 1
 
@@ -93,5 +97,5 @@ async def test_liveness_endpoint(ns: str, start_operator: OperatorFactory) -> No
                      what="liveness endpoint answering 200")
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected

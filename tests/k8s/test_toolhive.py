@@ -12,13 +12,14 @@ read-only guarantee is checked as the operator's ServiceAccount with list/watch 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -83,11 +84,11 @@ def apply_example(api: client.ApiClient, ns: str, name: str) -> list[dict[str, A
 
 
 async def _eq(value: Any, expected: Any) -> bool:
-    return await value == expected
+    return bool(await value == expected)
 
 
 async def _column(row: Any, column: str, expected: Any) -> bool:
-    return ((await row) or {}).get(column, object()) == expected
+    return bool(((await row) or {}).get(column, object()) == expected)
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def tns(ns: str, kube_api: client.ApiClient, toolhive_crds: None) -> Iterator[st
 
 
 async def _is(check: Any, expected: Any) -> bool:
-    return await check() == expected
+    return bool(await check() == expected)
 
 
 async def test_mcpserver_phase_drives_search(
@@ -131,6 +132,7 @@ async def test_mcpserver_phase_drives_search(
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Pending", url=proxy.url)
         await eventually(lambda: _is(status, "STOPPED"), what="indexed as STOPPED")
         row = await probe.workload(wl)
+        assert row is not None
         assert row["name"] == "fetch" and row["package"] == "ghcr.io/stackloklabs/gofetch/server"
         assert row["namespace"] == tns and row["group"] == "default"
         assert counter.count(proxy.url) == 0
@@ -139,20 +141,22 @@ async def test_mcpserver_phase_drives_search(
         assert await status() == "RUNNING"
         assert counter.count(proxy.url) == 1
         row = await probe.workload(wl)
+        assert row is not None
         assert row["endpoint"] == proxy.url and row["transport"] == "streamable-http"
 
         for phase, expected in (("Failed", "ERROR"), ("Ready", "RUNNING"), ("Stopped", "STOPPED"),
                                 ("Ready", "RUNNING"), ("Terminating", "STOPPED"), ("Ready", "RUNNING")):
             th.set_status(kube_api, "MCPServer", tns, "fetch", phase=phase, message=f"now {phase}")
-            took = await within(FAST * 5, lambda expected=expected: _is(status, expected), what=f"{phase}")
+            took = await within(FAST * 5, functools.partial(_is, status, expected), what=f"{phase}")
             assert took < FAST, f"{phase} took {took:.2f}s to reach the index"
             assert await searchable() is (expected == "RUNNING")
         row = await probe.workload(wl)
+        assert row is not None
         assert counter.count(proxy.url) == 1, "a phase change must not re-read tools"
 
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Failed", message="CrashLoopBackOff")
         await eventually(lambda: _is(status, "ERROR"))
-        assert "Failed: CrashLoopBackOff" in (await probe.workload(wl))["status_reason"]
+        assert "Failed: CrashLoopBackOff" in (await probe.workload(wl) or {})["status_reason"]
 
 
 NOTION_TOOLS = [
@@ -237,7 +241,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         for wl, (registry_name, catalog) in linked.items():
             await eventually(lambda wl=wl, r=registry_name: _column(probe.workload(wl), "registry_server_name", r),
                              timeout=180, what=f"{wl} linked to {registry_name}")
-            assert (await probe.workload(wl))["registry_catalog"] == catalog
+            assert (await probe.workload(wl) or {})["registry_catalog"] == catalog
         assert await probe.found("search my notion workspace", proxy(tns, "notion"), "notion_search")
         assert await probe.found("weather forecast for Paris", entry(tns, "weather"), "get_forecast")
         assert await probe.found("fetch a web page", mcpserver(tns, "fetch"), "fetch")
@@ -246,6 +250,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         assert counter.count("https://mcp.context7.com/mcp") == 0, "a Pending entry must not be contacted"
         assert counter.count(notion_proxy.url) == 1 and counter.count("https://mcp.notion.com/mcp") == 0
         row = await probe.workload(proxy(tns, "notion"))
+        assert row is not None
         assert (row["url"], row["endpoint"]) == ("https://mcp.notion.com/mcp", notion_proxy.url)
         # Events about ToolHive's objects are posted as for ours (an Event is not a write to them).
         await eventually(lambda: kube.has_event(tns, "notion", "RegistryLinked", "Normal"))
@@ -319,6 +324,7 @@ async def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads(
         for wl in (ours_wl, theirs_wl):
             await eventually(lambda wl=wl: probe.found("fetch a web page", wl, "fetch"), what=wl)
         row = await probe.workload(theirs_wl)
+        assert row is not None
         assert (row["endpoint"], row["transport"]) == (theirs.sse_url, "sse")
 
         process = await asyncio.create_subprocess_exec(
@@ -368,8 +374,8 @@ async def test_toolhive_groups_are_scopes(
         github_wl, fetch_wl = mcpserver(tns, "github-mcp"), mcpserver(tns, "ops-fetch")
         await eventually(lambda: probe.found("open a bug report on github", github_wl))
         await eventually(lambda: probe.found("fetch a web page", fetch_wl))
-        assert (await probe.workload(github_wl))["group"] == "engineering-team"
-        assert (await probe.workload(fetch_wl))["group"] == "ops"
+        assert (await probe.workload(github_wl) or {})["group"] == "engineering-team"
+        assert (await probe.workload(fetch_wl) or {})["group"] == "ops"
         await eventually(lambda: _column(probe.workload(entry(tns, "context7")), "group", "engineering-team"))
         assert await probe.workload(workload_name(tns, "eng-tools", "VirtualMCPServer")) is None
 
@@ -464,12 +470,12 @@ async def test_read_only_as_the_operators_service_account(
     caplog.set_level(logging.INFO, logger="mcp_optimizer.operator.runner")
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-th-{tns[-8:]}"
-    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
-    rbac.create_cluster_role_binding({
+    rbac.create_cluster_role(cast(Any, {"metadata": {"name": role}, "rules": OPERATOR_RULES}))
+    rbac.create_cluster_role_binding(cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
+    }))
     try:
         with McpTestServer(FETCH_TOOLS) as fetch, McpTestServer(NOTION_TOOLS) as notion, \
                 McpTestServer(WEATHER_TOOLS) as ours:
@@ -490,7 +496,7 @@ async def test_read_only_as_the_operators_service_account(
 
             # The Helm chart's rule, granted while it runs: picked up at the next check.
             role_body = rbac.read_cluster_role(role)
-            role_body.rules = [*role_body.rules, client.V1PolicyRule(**{
+            role_body.rules = [*(role_body.rules or ()), client.V1PolicyRule(**{
                 "api_groups": TOOLHIVE_RULE["apiGroups"], "resources": TOOLHIVE_RULE["resources"],
                 "verbs": TOOLHIVE_RULE["verbs"]})]
             rbac.replace_cluster_role(role, role_body)
@@ -517,7 +523,7 @@ async def test_read_only_as_the_operators_service_account(
             assert after == before
             for (_, _), state in after.items():
                 assert not state["finalizers"] and not state["annotations"]
-            ours_meta = kube.server(tns, "weather")["metadata"]
+            ours_meta = (kube.server(tns, "weather") or {})["metadata"]
             assert "mcp-optimizer.dev/finalizer" in ours_meta["finalizers"]  # ours, by contrast, is managed
     finally:
         rbac.delete_cluster_role_binding(role)

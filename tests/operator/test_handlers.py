@@ -7,8 +7,9 @@ writer and a scripted ``tools/list``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
@@ -52,11 +53,12 @@ class ScriptedTools:
         return self.tools
 
 
-def body(name: str = "echo", *, generation: int = 1, uid: str = "uid-1", **spec: Any) -> dict[str, Any]:
-    return {
+def body(name: str = "echo", *, generation: int = 1, uid: str = "uid-1", **spec: Any) -> kopf.Body:
+    """An MCPServer as kopf hands it to a handler."""
+    return kopf.Body(cast(kopf.RawBody, {
         "metadata": {"namespace": "ns", "name": name, "uid": uid, "generation": generation},
         "spec": spec or {"url": "https://echo.example.com/mcp"},
-    }
+    }))
 
 
 def running_pod(name: str, instance: str) -> PodState:
@@ -71,7 +73,7 @@ def writer() -> RecordingWriter:
     return RecordingWriter()
 
 
-def reconciler(indexer, writer, tools) -> WorkloadReconciler:
+def reconciler(indexer: Indexer, writer: RecordingWriter, tools: ScriptedTools) -> WorkloadReconciler:
     return WorkloadReconciler(indexer, writer, mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
 
 
@@ -85,7 +87,7 @@ class FailingReconciler:
 
 async def test_delete_retries_then_lets_go() -> None:
     memo = SimpleNamespace(reconciler=FailingReconciler())
-    logger = SimpleNamespace(error=lambda *a, **k: None)
+    logger = logging.getLogger("test.handlers")
     with pytest.raises(kopf.TemporaryError) as exc:
         await mcpservers.delete_server(body=body(), memo=memo, retry=0, logger=logger)
     assert exc.value.delay == backoff(0)
@@ -93,14 +95,14 @@ async def test_delete_retries_then_lets_go() -> None:
     await mcpservers.delete_server(body=body(), memo=memo, retry=mcpservers.DELETE_ATTEMPTS - 1, logger=logger)
 
 
-async def test_invalid_spec_is_permanent(indexer: Indexer, writer) -> None:
+async def test_invalid_spec_is_permanent(indexer: Indexer, writer: RecordingWriter) -> None:
     memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools()))
     with pytest.raises(kopf.PermanentError, match=r"spec\.endpoint is required"):
         await mcpservers.reconcile_server(body=body(image="a/b"), memo=memo, retry=0)
     assert writer.last("echo")["phase"] == "Error"
 
 
-async def test_tools_failure_is_temporary_with_backoff(indexer: Indexer, writer) -> None:
+async def test_tools_failure_is_temporary_with_backoff(indexer: Indexer, writer: RecordingWriter) -> None:
     memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools(error="connection refused")))
     with pytest.raises(kopf.TemporaryError) as exc:
         await mcpservers.reconcile_server(body=body(), memo=memo, retry=3)
@@ -109,11 +111,13 @@ async def test_tools_failure_is_temporary_with_backoff(indexer: Indexer, writer)
     status = writer.last("echo")
     assert status["phase"] == "Error"
     # The timer does not raise (it must keep ticking); it starts the re-probe loop.
-    await mcpservers.resync_server(body=body(), memo=memo, logger=SimpleNamespace(warning=print))
+    await mcpservers.resync_server(body=body(), memo=memo, logger=logging.getLogger("test.handlers"))
     await memo.reconciler.close()
 
 
-async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(indexer: Indexer, writer) -> None:
+async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(
+    indexer: Indexer, writer: RecordingWriter
+) -> None:
     """A rule or a bound is not fixed in seconds: no fast backoff that lists (and parses) a
     hostile server's answer again and again."""
     for reason, code in (("limit", "LimitExceeded"), ("destination", "DestinationRefused")):
@@ -134,7 +138,9 @@ def test_backoff_is_exponential_and_capped() -> None:
 # ------------------------------------------------------------------------------ reconciler
 
 
-async def test_remote_sync_reads_tools_and_reports(indexer: Indexer, writer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_remote_sync_reads_tools_and_reports(
+    indexer: Indexer, writer: RecordingWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # lastSyncTime has a resolution of one second: both syncs must happen within the same one.
     monkeypatch.setattr(workloads, "now_rfc3339", lambda: "2026-12-01T00:00:00Z")
     tools = ScriptedTools()
@@ -158,7 +164,7 @@ async def test_remote_sync_reads_tools_and_reports(indexer: Indexer, writer, mon
         assert same_status({**again, "lastSyncTime": None}, {**status, "lastSyncTime": None})
 
 
-async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer: Indexer, writer) -> None:
+async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer: Indexer, writer: RecordingWriter) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     view = parse_server(body())
     await rec.sync(view, read_tools=True)
@@ -168,7 +174,7 @@ async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer: Index
     assert await indexer.workload_names() == set()
 
 
-async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer: Indexer, writer) -> None:
+async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer: Indexer, writer: RecordingWriter) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     old = parse_server(body(generation=1, url="https://echo.example.com/mcp", group="old"))
     new = parse_server(body(generation=2, url="https://echo.example.com/mcp", group="new"))
@@ -176,13 +182,13 @@ async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer: Index
     assert await rec.sync(new, read_tools=True) is Outcome.OK
     assert await rec.sync(old, read_tools=True) is Outcome.STALE
     row = await indexer.workloads.get_by_workload_name("ns/echo")
-    assert row.group == "new"
+    assert row is not None and row.group == "new"
     # Once the indices are attached, an object missing from them is gone.
     rec.attach(pods={}, servers={})
     assert await rec.sync(new, read_tools=True) is Outcome.STALE
 
 
-async def test_pod_fast_path_writes_status_without_tools_list(indexer: Indexer, writer) -> None:
+async def test_pod_fast_path_writes_status_without_tools_list(indexer: Indexer, writer: RecordingWriter) -> None:
     tools = ScriptedTools()
     rec = reconciler(indexer, writer, tools)
     view = parse_server(body("web", image="ghcr.io/acme/web:1", endpoint="http://web/mcp"))
@@ -219,6 +225,7 @@ async def test_pod_fast_path_writes_status_without_tools_list(indexer: Indexer, 
     assert tools.calls == 1
 
 
-async def _status(indexer, name: str) -> WorkloadStatus:
+async def _status(indexer: Indexer, name: str) -> WorkloadStatus:
     row = await indexer.workloads.get_by_workload_name(name)
+    assert row is not None, name
     return WorkloadStatus(row.status)

@@ -126,7 +126,7 @@ def test_stdio_servers_keep_their_declared_transport() -> None:
         ({"url": "https://x/mcp", "podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}, "op"),
     ],
 )
-def test_invalid_specs_are_reported_not_raised(spec, message) -> None:
+def test_invalid_specs_are_reported_not_raised(spec: dict[str, Any], message: str) -> None:
     view = parse_server(server(spec))
     assert view.spec_error is not None
     assert message in view.spec_error
@@ -224,7 +224,7 @@ def test_pods_of_other_servers_are_ignored() -> None:
          "PodPending"),
     ],
 )
-def test_pod_status_rules(pods, status, code) -> None:
+def test_pod_status_rules(pods: list[PodState], status: WorkloadStatus, code: str) -> None:
     result = pods_status(pods, SELECTOR)
     assert (result.status, result.code) == (status, code)
     assert result.message

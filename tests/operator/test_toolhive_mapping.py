@@ -84,8 +84,8 @@ PROXY = "http://mcp-fetch-proxy.team-a.svc.cluster.local:8080/mcp"
         (SERVER_ENTRY, "Failed", WorkloadStatus.ERROR),
     ],
 )
-def test_phase_to_status(kind, phase, status) -> None:
-    spec = {"image": IMAGE} if kind == MCP_SERVER else {"remoteUrl": "https://mcp.example.com/mcp"}
+def test_phase_to_status(kind: str, phase: str, status: WorkloadStatus) -> None:
+    spec: dict[str, Any] = {"image": IMAGE} if kind == MCP_SERVER else {"remoteUrl": "https://mcp.example.com/mcp"}
     if kind == VIRTUAL_SERVER:
         spec = {"groupRef": {"name": "g"}}
     options = ToolHiveOptions.parse(["team-a/g"]) if kind == VIRTUAL_SERVER else NO_OPTIONS
@@ -196,7 +196,7 @@ def test_server_entry_is_read_at_its_remote_url() -> None:
         (MCP_SERVER, None, "spec is missing"),
     ],
 )
-def test_bad_objects_are_reported_not_raised(kind, spec, message) -> None:
+def test_bad_objects_are_reported_not_raised(kind: str, spec: dict[str, Any] | None, message: str) -> None:
     view = view_of(kind, spec, {"phase": "Ready", "url": PROXY})
     assert view.spec_error is not None and message in view.spec_error
     assert view.toolhive.kind == kind

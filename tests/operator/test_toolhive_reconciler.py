@@ -81,7 +81,7 @@ async def settled(indexer: Any, status: str, tools: int) -> None:
         row = await indexer.workloads.get_by_workload_name(WL)
         if row is None or row.status != status:
             return False
-        return await indexer.workload_tools.count_by_server(row.id) == tools
+        return bool(await indexer.workload_tools.count_by_server(row.id) == tools)
 
     for _ in range(600):  # up to 30 s: the model is slow on a loaded machine
         if await check():
@@ -120,7 +120,7 @@ async def test_a_phase_change_during_the_tools_read_wins(indexer: Indexer) -> No
     tools.gate.set()
     await settled(indexer, "ERROR", 1)
     row = await indexer.workloads.get_by_workload_name(WL)
-    assert row.status_reason == "ToolHive reports Failed: OOMKilled"
+    assert row is not None and row.status_reason == "ToolHive reports Failed: OOMKilled"
     await cluster.event({"phase": "Ready", "url": PROXY})
     await settled(indexer, "RUNNING", 1)
     assert tools.calls == [PROXY], "a phase change must not read the tools again"
@@ -140,10 +140,10 @@ async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer: Indexer)
     await settled(indexer, "RUNNING", 1)
     for _ in range(600):
         row = await indexer.workloads.get_by_workload_name(WL)
-        if row.endpoint == moved:
+        if row is not None and row.endpoint == moved:
             break
         await asyncio.sleep(0.05)
-    assert row.endpoint == moved
+    assert row is not None and row.endpoint == moved
     assert tools.calls[-1] == moved
     await reconciler.close()
 
