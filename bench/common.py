@@ -38,10 +38,11 @@ from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 
 # Re-exported: the benchmarks take the real data from here.
-from mcp_optimizer.testing.devsets import data_dir as data_dir
-from mcp_optimizer.testing.devsets import livemcpbench_servers as livemcpbench_servers
-from mcp_optimizer.testing.devsets import livemcpbench_tasks as livemcpbench_tasks
-from mcp_optimizer.testing.shared import model_path, shared_model_path
+from tests.support.devsets import data_dir as data_dir
+from tests.support.devsets import livemcpbench_servers as livemcpbench_servers
+from tests.support.devsets import livemcpbench_tasks as livemcpbench_tasks
+from tests.support.shared import model_path as model_path
+from tests.support.shared import shared_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20251125

@@ -21,7 +21,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 
@@ -30,8 +30,8 @@ from bench.operator import ControlPlane, install_crd
 from mcp_optimizer.mcp.client import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
-from mcp_optimizer.testing.shared import model_path
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
+from tests.support.shared import model_path
 
 NAMESPACE = "default"
 
@@ -48,7 +48,8 @@ def tools(i: int) -> list[dict[str, Any]]:
 
 
 def running(objects: client.CustomObjectsApi, count: int) -> bool:
-    items = objects.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+    listing = cast(dict[str, Any], objects.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL))
+    items = listing["items"]
     return len(items) == count and all((i.get("status") or {}).get("phase") == "Running" for i in items)
 
 

@@ -26,6 +26,7 @@ its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -39,7 +40,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 from kubernetes import client, config
@@ -241,7 +242,7 @@ def create_server(objects: client.CustomObjectsApi, ns: str, name: str, url: str
 
 
 def ready_condition(objects: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
-    body = objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    body = cast(dict[str, Any], objects.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
     for condition in (body.get("status") or {}).get("conditions") or ():
         if condition["type"] == "Ready" and condition["reason"] not in ("Pending", "NotRead"):
             return dict(condition)
@@ -303,7 +304,7 @@ async def hostile_servers(args: Any, report: Report) -> None:
         queries = query_sets()["short"]
         async with (
             httpx2.AsyncClient(timeout=httpx2.Timeout(60.0)) as http,
-            Client(streamable_http_client(operator.url, http_client=http), cache=None) as session,  # type: ignore[arg-type]
+            Client(streamable_http_client(operator.url, http_client=http), cache=None) as session,
         ):
             tenant = Tenant(session, queries)
             await tenant.find_tool_ms(20)  # warm-up
@@ -354,7 +355,7 @@ async def _attack(arena: _Arena, n: int, name: str, report: Report) -> None:
         create_server(objects, attackers, server, arena.servers.hostile[name])
     # Indexing 300 tools runs the model 300 times: minutes on a loaded machine.
     conditions = [
-        await wait_for(lambda s=server: ready_condition(objects, attackers, s), name, 1800)
+        await wait_for(functools.partial(ready_condition, objects, attackers, server), name, 1800)
         for server in copies
     ]
     condition = conditions[0]
@@ -369,7 +370,7 @@ async def _attack(arena: _Arena, n: int, name: str, report: Report) -> None:
     for server in copies:
         objects.delete_namespaced_custom_object(GROUP, VERSION, attackers, PLURAL, server)
     for server in copies:
-        await wait_for(lambda s=server: _gone(arena.engine, f"{attackers}/{s}"), f"{server} removed")
+        await wait_for(functools.partial(_gone, arena.engine, f"{attackers}/{server}"), f"{server} removed")
     after = await tenant.find_tool_ms(rounds)
     # Normal is the p50 of the phases just before and just after: the machine's load
     # drifts, and a ratio against one of them alone would carry that drift.

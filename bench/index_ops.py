@@ -28,6 +28,7 @@ from dataclasses import replace
 
 from bench.common import (
     SEED,
+    RecordingEmbedder,
     Report,
     base_parser,
     load_embedder,
@@ -80,7 +81,7 @@ def ms(seconds: float) -> str:
 async def cold_ingest(indexer: Indexer, entries: list[CatalogEntry], specs: list[WorkloadSpec],
                       report: Report) -> None:
     embedder = indexer.embedder
-    assert hasattr(embedder, "recorded")
+    assert isinstance(embedder, RecordingEmbedder)
     embedder.recorded.clear()
     seconds_before = embedder.seconds_embedding
     with stopwatch() as t_catalog:
@@ -176,6 +177,7 @@ async def fallback(indexer: Indexer, specs: list[WorkloadSpec], count: int, repo
 async def reingest(indexer: Indexer, specs: list[WorkloadSpec], entries: list[CatalogEntry], count: int,
                    report: Report) -> None:
     embedder = indexer.embedder
+    assert embedder is not None
     samples = []
     before = embedder.texts_embedded
     for n, spec in enumerate(specs[:count]):
@@ -215,7 +217,7 @@ async def reingest(indexer: Indexer, specs: list[WorkloadSpec], entries: list[Ca
 
 async def rename(indexer: Indexer, entries: list[CatalogEntry], count: int, report: Report) -> None:
     embedder = indexer.embedder
-    assert hasattr(embedder, "recorded")
+    assert isinstance(embedder, RecordingEmbedder)
     per_workload, floors, texts = [], [], []
     for n in range(count):
         old = entries[n]

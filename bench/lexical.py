@@ -28,7 +28,7 @@ from bench.common import base_parser, print_header
 from mcp_optimizer.db.search import BM25_COLUMN_WEIGHTS, fts_query
 from mcp_optimizer.db.virtual import FTS_COLUMNS, FTS_TOKENIZER
 from mcp_optimizer.embeddings.texts import split_identifier, tool_fts_fields
-from mcp_optimizer.testing.devsets import SLICES, QueryResult, dev_sets
+from tests.support.devsets import SLICES, QueryResult, dev_sets
 
 #: The query stopwords before issue 14.
 OLD_STOPWORDS = frozenset(

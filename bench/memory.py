@@ -96,7 +96,7 @@ async def ask(url: str, queries: list[str], clients: int) -> int:
         nonlocal answered
         async with (
             httpx2.AsyncClient(timeout=httpx2.Timeout(60.0)) as http,
-            Client(streamable_http_client(url, http_client=http), cache=None) as session,  # type: ignore[arg-type]
+            Client(streamable_http_client(url, http_client=http), cache=None) as session,
         ):
             for query in mine:
                 result = await session.call_tool("find_tool", {"tool_description": query, "limit": 10})

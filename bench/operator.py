@@ -63,8 +63,8 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.operator import run_operator
 from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
-from mcp_optimizer.testing import toolhive
 from mcp_optimizer.testing.mcp_servers import LOOPBACK
+from tests.support import toolhive
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -231,7 +231,7 @@ async def _create_and_index(core: Any, objects: Any, ns: str, farm: Farm, count:
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
             "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "endpoint": farm.url(i)},
         })
-        core.create_namespaced_pod(ns, {  # type: ignore[arg-type]
+        core.create_namespaced_pod(ns, {
             "metadata": {"name": f"{name}-0", "labels": {INSTANCE_LABEL: name}},
             "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
         })

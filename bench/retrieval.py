@@ -4,7 +4,7 @@ Each set is indexed on its own (its tools as RUNNING workloads, through the :cla
 BM25 statistics are the set's own) and every query goes through :class:`ToolSearch`. The sets,
 their slices, how their labels map to indexed tools and the metrics (R@1, R@5, R@10, MRR@10,
 any-of within a group of equivalent tools, all-of across a multi-tool query's groups) are in
-:mod:`mcp_optimizer.testing.devsets`; find_tool p50/p95 is the latency of
+:mod:`tests.support.devsets`; find_tool p50/p95 is the latency of
 ``ToolSearch.find_tools`` (limit 10), query embedding included (the query side never reads a
 cache: every query runs through the model).
 
@@ -45,7 +45,7 @@ from bench.common import (
 from mcp_optimizer.db.search import SearchMode, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.embeddings.texts import tool_embedding_text
-from mcp_optimizer.testing.devsets import (
+from tests.support.devsets import (
     METRICS,
     SLICES,
     DegradedEmbedder,

@@ -125,7 +125,7 @@ async def main() -> None:
                        f"{ms_summary(latencies)}; {share:.0%} of it embedding the query",
                        "p50 < 15 ms, p99 < 40 ms", met)
             for mode in ("vector", "bm25"):
-                lat, _ = await single_client(indexer, embedder, queries, mode)  # type: ignore[arg-type]
+                lat, _ = await single_client(indexer, embedder, queries, mode)
                 print(f"    {mode}-only: {ms_summary(lat)}")
             if name == "task":
                 lat, _ = await single_client(indexer, embedder, queries, split_words=1)

@@ -1,4 +1,9 @@
-"""Shared fixtures: the real embedding model (loaded once) and a fresh index file per test."""
+"""Shared fixtures: the real embedding model (loaded once) and a fresh index file per test.
+
+A directory or module whose tests never assert retrieval overrides ``embedder`` with
+:class:`tests.support.fake_embedder.FakeEmbedder` (tests/operator/conftest.py does); ``indexer``
+then indexes with it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,15 @@ from pathlib import Path
 import pytest
 
 from mcp_optimizer.config import Settings
-from mcp_optimizer.embeddings import FastEmbedder
+from mcp_optimizer.embeddings import Embedder, FastEmbedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.shared import model_path
+from tests.support.shared import model_path
+
+# The operator harness's fixtures (mcpserver_crd, ns, kube, op_settings, start_operator, probe) for
+# tests/k8s and tests/deploy. Plugins listed here are imported before any test module, so pytest
+# rewrites their asserts; pytest_plugins anywhere but the root conftest registers them for the
+# whole session anyway (and in a non-root conftest is an error).
+pytest_plugins = ["tests.k8s.harness"]
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +40,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def indexer(settings: Settings, embedder: FastEmbedder) -> AsyncIterator[Indexer]:
+async def indexer(settings: Settings, embedder: Embedder) -> AsyncIterator[Indexer]:
     index = await Indexer.open(settings, embedder)
     yield index
     await index.close()

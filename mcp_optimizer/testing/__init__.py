@@ -1,4 +1,13 @@
-"""Test and benchmark helpers shipped with the package (real MCP servers on loopback).
+"""Real MCP servers on loopback, a public API for testing MCP clients and deployments.
+
+* :mod:`mcp_optimizer.testing.mcp_servers`: servers built on the MCP SDK whose tools come from plain
+  definitions (one per port, or hundreds behind one port), servers that hang, refuse or act as a
+  hostile tenant would; ``python -m mcp_optimizer.testing.mcp_servers --tools tools.json --port 8000``.
+* :mod:`mcp_optimizer.testing.stdio_bridge`: a stdio MCP server served over streamable HTTP and SSE
+  (the demo runs its stdio server behind it); ``python -m mcp_optimizer.testing.stdio_bridge``.
+
+Nothing here reads a model, data or any path of a source checkout: the project's own tests find
+those through ``tests/support``. This package ships because ``mcp_optimizer.demo`` runs it.
 
 Names are re-exported lazily so ``python -m mcp_optimizer.testing.mcp_servers`` does not
 import that module twice (runpy warns when a package pre-imports the module it runs).

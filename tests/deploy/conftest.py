@@ -9,6 +9,7 @@ bindings other suites create for the same user (nor leave theirs to others).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -35,7 +36,7 @@ def operator_namespace(kube_api: client.ApiClient) -> str:  # noqa: F811
     """The operator's namespace (mcp-optimizer-system), created once; namespaces never go away here."""
     core = client.CoreV1Api(kube_api)
     try:
-        core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+        core.create_namespace(cast(Any, {"metadata": {"name": OPERATOR_NAMESPACE}}))
     except client.ApiException as exc:
         if exc.status != 409:
             raise
@@ -50,7 +51,7 @@ def namespaces(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> It
     core = client.CoreV1Api(kube_api)
     names = [f"watched-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
     for name in names:
-        core.create_namespace({"metadata": {"name": name}})
+        core.create_namespace(cast(Any, {"metadata": {"name": name}}))
     yield names
     for name in names:
         try:

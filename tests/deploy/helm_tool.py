@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import Any, cast
 
 import helm_sdkpy
 from helm_sdkpy import Configuration, Install, Lint, Status, Uninstall
@@ -43,7 +43,7 @@ def _release(result: dict[str, Any]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "lint":
         config = Configuration(namespace="default")
-        return await Lint(config).run(args.chart)
+        return cast(dict[str, Any], await Lint(config).run(args.chart))
     config = Configuration(namespace=args.namespace, kubeconfig=args.kubeconfig)
     if args.command == "install":
         values = json.loads(args.values) if args.values else None

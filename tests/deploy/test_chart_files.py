@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +18,7 @@ from tests.deploy.support import CHART, MANIFESTS, REPO, Helm, by_kind, objects
 ALLOWED_VERBS = {"list", "watch", "patch", "create"}
 
 
-def test_chart_crds_are_the_top_level_crds():
+def test_chart_crds_are_the_top_level_crds() -> None:
     """deploy/helm/mcp-optimizer/crds/ is a byte-identical copy of crds/ (scripts/sync-crds)."""
     top = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
     chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
@@ -29,13 +31,13 @@ def test_chart_crds_are_the_top_level_crds():
     assert res.returncode == 0, res.stderr
 
 
-def test_manifest_crds_are_the_top_level_crds():
+def test_manifest_crds_are_the_top_level_crds() -> None:
     rendered = objects((MANIFESTS / "10-crds.yaml").read_text())
     top = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))]
     assert rendered == top, "run scripts/render-manifests"
 
 
-def test_helm_lint_passes():
+def test_helm_lint_passes() -> None:
     Helm.require()
     result = Helm(None).lint()
     assert result["TotalChartsLinted"] == 1
@@ -45,12 +47,12 @@ def test_helm_lint_passes():
     assert not serious, serious
 
 
-def _rules(path):
+def _rules(path: Path) -> list[dict[str, Any]]:
     docs = objects(path.read_text())
     return [r for kind in ("ClusterRole", "Role") for role in by_kind(docs, kind) for r in role["rules"]]
 
 
-def test_rbac_has_no_wildcards_and_only_the_verbs_used():
+def test_rbac_has_no_wildcards_and_only_the_verbs_used() -> None:
     rules = _rules(MANIFESTS / "20-mcp-optimizer.yaml")
     assert rules
     for rule in rules:
@@ -74,7 +76,7 @@ def test_rbac_has_no_wildcards_and_only_the_verbs_used():
     }
 
 
-def test_configmaps_are_readable_only_in_the_catalog_namespace():
+def test_configmaps_are_readable_only_in_the_catalog_namespace() -> None:
     """Catalog trust: no ClusterRole touches ConfigMaps; one Role does, in the release namespace."""
     docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
     for role in by_kind(docs, "ClusterRole"):
@@ -85,7 +87,7 @@ def test_configmaps_are_readable_only_in_the_catalog_namespace():
     ]
 
 
-def test_default_install_is_secure():
+def test_default_install_is_secure() -> None:
     """Kubernetes auth on, the endpoint on the network only behind it, a NetworkPolicy in front."""
     docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
     (deployment,) = by_kind(docs, "Deployment")
@@ -114,7 +116,7 @@ def test_default_install_is_secure():
     assert set(by_port) <= container_ports
 
 
-def test_toolhive_rbac_is_read_only():
+def test_toolhive_rbac_is_read_only() -> None:
     """The optional ToolHive role: list and watch on ToolHive's server resources, nothing else."""
     rules = _rules(MANIFESTS / "optional" / "toolhive-rbac.yaml")
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
@@ -125,7 +127,7 @@ def test_toolhive_rbac_is_read_only():
     }
 
 
-def test_deployment_is_hardened():
+def test_deployment_is_hardened() -> None:
     docs = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
     (deployment,) = by_kind(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -144,7 +146,7 @@ def test_deployment_is_hardened():
     assert "limits" in c["resources"] and "requests" in c["resources"]
 
 
-def test_dockerfile_runs_the_operator_as_non_root_with_the_model_baked_in():
+def test_dockerfile_runs_the_operator_as_non_root_with_the_model_baked_in() -> None:
     text = (REPO / "Dockerfile").read_text()
     final = text.split("\nFROM ")[-1]
     assert re.search(r'^ENTRYPOINT \["mcp-optimizer", "run"\]$', final, re.M)
@@ -158,7 +160,7 @@ def test_dockerfile_runs_the_operator_as_non_root_with_the_model_baked_in():
 
 
 @pytest.mark.parametrize("doc", ["docs/kind.md", ".github/workflows/e2e.yaml"])
-def test_docs_and_ci_workflow_exist(doc):
+def test_docs_and_ci_workflow_exist(doc: str) -> None:
     text = (REPO / doc).read_text()
     assert "USE_EXISTING_CLUSTER" in text
     if doc.endswith(".yaml"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from kubernetes import client
 
 from mcp_optimizer.config import Settings, endpoint_host, resolve_auth_mode
 from mcp_optimizer.mcp.auth import parse_tokens
-from tests.deploy.support import HelmError, env_of, kubectl, objects
+from tests.deploy.support import Helm, HelmError, env_of, kubectl, objects
 
 pytestmark = pytest.mark.kube
 
@@ -32,16 +33,17 @@ def _labels(release: str) -> str:
     return f"app.kubernetes.io/instance={release}"
 
 
-def _rbac(kube_api) -> client.RbacAuthorizationV1Api:
+def _rbac(kube_api: client.ApiClient) -> client.RbacAuthorizationV1Api:
     return client.RbacAuthorizationV1Api(kube_api)
 
 
-def _deployment(kube_api, namespace: str, name: str) -> dict:
+def _deployment(kube_api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     apps = client.AppsV1Api(kube_api)
-    return kube_api.sanitize_for_serialization(apps.read_namespaced_deployment(name, namespace))
+    deployment = apps.read_namespaced_deployment(name, namespace)
+    return cast(dict[str, Any], kube_api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
 
 
-def _settings_from(deployment: dict, monkeypatch) -> Settings:
+def _settings_from(deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings.from_env() with the Deployment's environment: the chart and config.py agree."""
     env = env_of(deployment)
     ours = {k: v for k, v in env.items() if k.startswith("MCP_OPTIMIZER_")}
@@ -58,7 +60,9 @@ def _settings_from(deployment: dict, monkeypatch) -> Settings:
     return Settings.from_env()
 
 
-def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
+def test_install_all_namespaces(
+    helm: Helm, kube_api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     with helm.installed(release, namespace, {"exampleCatalog": {"enabled": True}}) as result:
@@ -152,7 +156,9 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
     client.ApiextensionsV1Api(kube_api).read_custom_resource_definition("mcpservers.mcp-optimizer.dev")
 
 
-def test_install_listed_namespaces(helm, kube_api, namespace, namespaces, monkeypatch):
+def test_install_listed_namespaces(
+    helm: Helm, kube_api: client.ApiClient, namespace: str, namespaces: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     values = {"watchNamespaces": namespaces, "exampleCatalog": {"enabled": True}}
@@ -185,7 +191,9 @@ def test_install_listed_namespaces(helm, kube_api, namespace, namespaces, monkey
         core.read_namespaced_config_map("example-registry-catalog", namespace)
 
 
-def test_install_with_catalog_namespaces(helm, kube_api, namespace, namespaces, monkeypatch):
+def test_install_with_catalog_namespaces(
+    helm: Helm, kube_api: client.ApiClient, namespace: str, namespaces: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """catalogNamespaces: a Role for ConfigMaps in each listed namespace (Events too where no
     watched-namespace Role grants them), never a ClusterRole; the example catalog may go there."""
     release = _release()
@@ -210,7 +218,7 @@ def test_install_with_catalog_namespaces(helm, kube_api, namespace, namespaces, 
         helm.install(_release(), namespace, {"exampleCatalog": {"enabled": True, "namespace": "elsewhere"}})
 
 
-def test_install_with_persistence(helm, kube_api, namespace):
+def test_install_with_persistence(helm: Helm, kube_api: client.ApiClient, namespace: str) -> None:
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     values = {"persistence": {"enabled": True, "size": "2Gi", "storageClass": "standard"}}
@@ -237,7 +245,9 @@ def test_install_with_persistence(helm, kube_api, namespace):
         assert volumes["index"]["persistentVolumeClaim"] == {"claimName": "my-index"}
 
 
-def test_install_with_auth_tokens(helm, kube_api, namespace, monkeypatch):
+def test_install_with_auth_tokens(
+    helm: Helm, kube_api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     tokens = [
@@ -297,12 +307,16 @@ def test_install_with_auth_tokens(helm, kube_api, namespace, monkeypatch):
         ({"mode": "open"}, r'auth\.mode must be kubernetes, tokens or none, not "open"'),
     ],
 )
-def test_auth_values_that_cannot_work_are_refused(helm, namespace, auth, message):
+def test_auth_values_that_cannot_work_are_refused(
+    helm: Helm, namespace: str, auth: dict[str, Any], message: str
+) -> None:
     with pytest.raises(HelmError, match=message):
         helm.install(_release(), namespace, {"auth": auth})
 
 
-def test_no_auth_must_be_chosen_and_then_listens_on_loopback(helm, kube_api, namespace, monkeypatch):
+def test_no_auth_must_be_chosen_and_then_listens_on_loopback(
+    helm: Helm, kube_api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = _release()
     fullname = f"{release}-mcp-optimizer"
     with helm.installed(release, namespace, {"auth": {"mode": "none"}}) as result:
@@ -322,13 +336,14 @@ def test_no_auth_must_be_chosen_and_then_listens_on_loopback(helm, kube_api, nam
         assert "Anyone who reaches 0.0.0.0:8080 sees and calls every server" in result["notes"]
 
 
-def test_network_policy_values(helm, kube_api, namespace):
+def test_network_policy_values(helm: Helm, kube_api: client.ApiClient, namespace: str) -> None:
     networking = client.NetworkingV1Api(kube_api)
     release = _release()
     agents = {"namespaceSelector": {"matchLabels": {"team": "agents"}}}
     values = {"networkPolicy": {"mcpFrom": [agents], "metricsFrom": []}}
     with helm.installed(release, namespace, values):
         (policy,) = networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items
+        assert policy.spec is not None and policy.spec.ingress is not None
         (rule,) = policy.spec.ingress
         assert [p.port for p in rule.ports] == ["mcp"]
         assert rule._from[0].namespace_selector.match_labels == {"team": "agents"}
@@ -344,7 +359,14 @@ def test_network_policy_values(helm, kube_api, namespace):
         assert networking.list_namespaced_network_policy(namespace, label_selector=_labels(release)).items == []
 
 
-def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces, monkeypatch):
+def test_install_with_peering(
+    helm: Helm,
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    namespaces: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Peering: kopf's CRDs come first (deploy/manifests/optional), then the chart's peering
     objects and the RBAC rules for them, cluster-wide and per namespace."""
     # That file only: optional/ also holds the ToolHive role, which would then not be Helm's.
@@ -377,6 +399,6 @@ def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces,
     with helm.installed(release, namespace, {"peering": {"enabled": True}, "watchNamespaces": namespaces}):
         for ns in namespaces:
             objects_api.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", fullname)
-            role = _rbac(kube_api).read_namespaced_role(fullname, ns)
-            assert any(r.resources == ["kopfpeerings"] for r in role.rules)
+            ns_role = _rbac(kube_api).read_namespaced_role(fullname, ns)
+            assert any(r.resources == ["kopfpeerings"] for r in ns_role.rules)
     assert objects(Path(__file__).parents[2].joinpath("deploy/manifests/optional/kopf-peering-crds.yaml").read_text())

@@ -9,6 +9,7 @@ from tests.deploy.support import (
     MANIFESTS,
     OPERATOR_NAMESPACE,
     OPERATOR_RELEASE,
+    Helm,
     key,
     kubectl,
     objects,
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.kube
 FILES = sorted(p.relative_to(MANIFESTS).as_posix() for p in MANIFESTS.rglob("*.yaml"))
 
 
-def test_manifest_files_are_there():
+def test_manifest_files_are_there() -> None:
     assert FILES == [
         "00-namespace.yaml",
         "10-crds.yaml",
@@ -30,7 +31,7 @@ def test_manifest_files_are_there():
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_server_side_dry_run(name, kubeconfig, operator_namespace):
+def test_server_side_dry_run(name: str, kubeconfig: str, operator_namespace: str) -> None:
     """The API server (validation, admission, CRD schemas) accepts each file."""
     res = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", str(MANIFESTS / name))
     for doc in objects((MANIFESTS / name).read_text()):
@@ -38,13 +39,13 @@ def test_server_side_dry_run(name, kubeconfig, operator_namespace):
     assert "(server dry run)" in res.stdout
 
 
-def test_directory_applies_as_documented(kubeconfig, operator_namespace):
+def test_directory_applies_as_documented(kubeconfig: str, operator_namespace: str) -> None:
     """`kubectl apply -f deploy/manifests/` (the documented command) in one go."""
     res = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", str(MANIFESTS))
     assert res.stdout.count("(server dry run)") == sum(len(objects(p.read_text())) for p in MANIFESTS.glob("*.yaml"))
 
 
-def test_manifests_agree_with_the_chart(helm, operator_namespace):
+def test_manifests_agree_with_the_chart(helm: Helm, operator_namespace: str) -> None:
     """Object by object, the plain manifests are the chart's rendering at default values
     (release mcp-optimizer in mcp-optimizer-system); scripts/render-manifests regenerates them."""
     plain = objects((MANIFESTS / "20-mcp-optimizer.yaml").read_text())
@@ -58,7 +59,7 @@ def test_manifests_agree_with_the_chart(helm, operator_namespace):
     assert {d["metadata"].get("namespace") for d in plain} <= {OPERATOR_NAMESPACE, None}
 
 
-def test_toolhive_rbac_manifest_agrees_with_the_chart(helm, operator_namespace):
+def test_toolhive_rbac_manifest_agrees_with_the_chart(helm: Helm, operator_namespace: str) -> None:
     """optional/toolhive-rbac.yaml is the chart's ToolHive RBAC with toolhive.enabled=true."""
     plain = objects((MANIFESTS / "optional" / "toolhive-rbac.yaml").read_text())
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"toolhive": {"enabled": True}}) as release:
@@ -72,7 +73,7 @@ EXAMPLES = MANIFESTS.parent / "examples"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_examples_dry_run(name, kubeconfig, helm, operator_namespace):
+def test_examples_dry_run(name: str, kubeconfig: str, helm: Helm, operator_namespace: str) -> None:
     """The quickstart's example catalog and MCPServers validate against the installed CRD."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):  # the CRD comes with the chart
         res = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", str(EXAMPLES / name))

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcp_optimizer.catalog import parse_catalog
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.ingest import WorkloadSpec
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.metrics import IndexCounts, Metrics, MetricsServer, start_metrics_server
 
 
@@ -34,7 +35,7 @@ async def get(url: str) -> tuple[int, str]:
     return await asyncio.to_thread(fetch)
 
 
-def test_reconcile_counts_and_durations_by_kind_and_outcome():
+def test_reconcile_counts_and_durations_by_kind_and_outcome() -> None:
     m = Metrics()
     with m.reconcile("MCPServer") as timer:
         timer.outcome = "synced"
@@ -49,7 +50,7 @@ def test_reconcile_counts_and_durations_by_kind_and_outcome():
     assert s[("mcp_optimizer_reconcile_duration_seconds_count", (("kind", "Catalog"), ("outcome", "error")))] == 1
 
 
-def test_find_tool_embedding_and_catalog_errors():
+def test_find_tool_embedding_and_catalog_errors() -> None:
     m = Metrics()
     with m.time_find_tool():
         pass
@@ -78,7 +79,7 @@ CATALOG = """{
 }"""
 
 
-async def test_index_gauges_and_endpoints(indexer):
+async def test_index_gauges_and_endpoints(indexer: Indexer) -> None:
     parsed = parse_catalog(CATALOG)
     await indexer.load_catalog("ns/catalog", parsed.entries, parsed.warnings)
     tools = [{"name": "forecast", "description": "Weather forecast", "inputSchema": {"type": "object"}}]
@@ -123,7 +124,7 @@ async def test_index_gauges_and_endpoints(indexer):
         assert ("mcp_optimizer_registry_servers", (("catalog", "ns/catalog"),)) not in s
 
 
-async def test_start_metrics_server_helper(indexer):
+async def test_start_metrics_server_helper(indexer: Indexer) -> None:
     server = await start_metrics_server(Metrics(), host="127.0.0.1", port=0, engine=indexer.engine)
     try:
         status, body = await get(f"http://127.0.0.1:{server.port}/metrics")
@@ -132,7 +133,7 @@ async def test_start_metrics_server_helper(indexer):
         await server.stop()
 
 
-def test_embedding_duration_is_the_models_real_time(embedder):
+def test_embedding_duration_is_the_models_real_time(embedder: Embedder) -> None:
     # It used to stay at 0: nothing fed the histogram. The embedder now reports every call that
     # runs the model; cache hits do not run it and are not counted.
     m = Metrics()

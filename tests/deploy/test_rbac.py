@@ -23,8 +23,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -33,17 +32,16 @@ from kubernetes import client
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.ingest import WorkloadSpec
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.kubeapi import load_client_config
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServer, make_tool
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
-
-pytest.register_assert_rewrite("tests.k8s.harness")
-from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
-from tests.mcp.server_env import connect, payload  # noqa: E402
+from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog
+from tests.k8s.kubelet import set_pod_status
+from tests.mcp.server_env import connect, payload
 
 pytestmark = pytest.mark.kube
 
@@ -120,7 +118,7 @@ class Job:
     async def catalog(self) -> bool:
         """configmaps list/watch: the catalog is loaded and the remote server linked to it."""
         row = await self.probe.workload(self.remote)
-        return bool(row) and row["registry_server_name"] == "weather-registry"
+        return row is not None and bool(row["registry_server_name"] == "weather-registry")
 
     async def pods(self) -> bool:
         """pods list/watch: the container server is RUNNING because its pod is."""
@@ -153,34 +151,14 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool
 
 
 @pytest.fixture
-def op_settings(settings: Settings, tmp_path: Path, namespace: str) -> Settings:
-    """The job's namespace is also its catalog namespace (the chart: catalogNamespaces). The MCP
-    servers run on loopback, which the operator refuses unless it is admitted."""
-    return replace(
-        settings,
-        db_path=tmp_path / "index.db",
-        mcp_timeout=3.0,
-        resync_interval=3600.0,
-        remote_probe_interval=3600.0,
-        allowed_destinations=LOOPBACK,
-        catalog_namespaces=(namespace,),
-    )
+def op_settings(op_settings: Settings, namespace: str) -> Settings:
+    """The harness's operator settings (loopback admitted, short timeouts), with the job's namespace
+    as its catalog namespace too (the chart: catalogNamespaces)."""
+    return replace(op_settings, catalog_namespaces=(namespace,))
 
 
 def chart_values(job_namespace: str, **values: Any) -> dict[str, Any]:
     return {"catalogNamespaces": [job_namespace], **values}
-
-
-@pytest.fixture
-def kube(kube_api: client.ApiClient) -> Kube:
-    return Kube(kube_api)
-
-
-@pytest.fixture
-async def probe(op_settings: Settings, embedder) -> Any:
-    index = IndexProbe(op_settings.db_path, embedder)
-    yield index
-    await index.close()
 
 
 @pytest.fixture
@@ -190,7 +168,13 @@ def servers() -> Iterator[tuple[McpTestServer, McpTestServer]]:
 
 
 @pytest.fixture
-def job(namespace, kube, kube_api, probe, servers) -> Iterator[Job]:
+def job(
+    namespace: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    probe: IndexProbe,
+    servers: tuple[McpTestServer, McpTestServer],
+) -> Iterator[Job]:
     weather, pg = servers
     yield Job(namespace, kube, kube_api, probe, weather, pg)
     kube.empty_namespace(namespace)
@@ -198,7 +182,7 @@ def job(namespace, kube, kube_api, probe, servers) -> Iterator[Job]:
 
 @contextlib.contextmanager
 def operator_as_service_account(
-    settings: Settings, operator_kubeconfig: str, embedder, *, expect_ready: bool = True
+    settings: Settings, operator_kubeconfig: str, embedder: Embedder, *, expect_ready: bool = True
 ) -> Iterator[OperatorThread]:
     """The operator in-process, authenticated as the ServiceAccount's token."""
     operator = OperatorThread(
@@ -267,8 +251,14 @@ def can(
 
 
 async def test_operator_does_its_whole_job_with_the_shipped_cluster_role(
-    helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpservers", group="mcp-optimizer.dev")
         wait_until_authorized(kube_api, True, verb="watch", resource="configmaps", namespace=job.ns)
@@ -310,8 +300,15 @@ def _replace_role(kube_api: client.ApiClient, which: str, namespace: str, role: 
     "rule", sorted(RULE_CHECKS), ids=[v[0].replace(" ", "-") for _, v in sorted(RULE_CHECKS.items())]
 )
 async def test_each_rule_is_needed(
-    rule, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job
-):
+    rule: tuple[str, int],
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     what, check = RULE_CHECKS[rule]
     which, index = rule
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
@@ -342,7 +339,7 @@ async def test_each_rule_is_needed(
             assert time.monotonic() - started >= NEGATIVE_WINDOW
 
 
-def test_kopf_scanning_is_disabled():
+def test_kopf_scanning_is_disabled() -> None:
     """With scanning on, kopf lists CRDs and Namespaces, which the least-privilege role does not
     grant, and retries each 403 for about a minute before falling back to the exact names."""
     from mcp_optimizer.operator.runner import operator_settings
@@ -352,8 +349,15 @@ def test_kopf_scanning_is_disabled():
 
 
 async def test_operator_does_its_job_with_roles_in_listed_namespaces(
-    helm: Helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job, monkeypatch
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """watchNamespaces: Roles in the listed namespaces only; the operator watches just those."""
     values = chart_values(job.ns, watchNamespaces=[job.ns])
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
@@ -407,7 +411,7 @@ DENIED = [
 ]
 
 
-def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace):
+def test_access_review_table(helm: Helm, operator_namespace: str, kube_api: client.ApiClient, namespace: str) -> None:
     """What the shipped RBAC allows in a namespace that holds no catalogs, and a sample of what
     it must not; ConfigMaps are readable in the release namespace only."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
@@ -426,8 +430,15 @@ def test_access_review_table(helm: Helm, operator_namespace, kube_api, namespace
 
 
 async def test_operator_runs_with_peering_rules(
-    helm: Helm, operator_namespace, kube_api, kubeconfig, operator_kubeconfig, op_settings, embedder, job
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    kubeconfig: str,
+    operator_kubeconfig: str,
+    op_settings: Settings,
+    embedder: Embedder,
+    job: Job,
+) -> None:
     """peering.enabled: the extra kopf.dev rules are enough for kopf's peering (its heartbeat
     lands in the release's ClusterKopfPeering) and the job still gets done."""
     from tests.deploy.support import MANIFESTS, kubectl
@@ -442,7 +453,8 @@ async def test_operator_runs_with_peering_rules(
         with operator_as_service_account(settings, operator_kubeconfig, embedder):
 
             async def heartbeat() -> bool:
-                peering = objects.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", OPERATOR_RELEASE)
+                peering = cast(dict[str, Any], objects.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", OPERATOR_RELEASE))
                 return bool(peering.get("status"))
 
             assert await wait_for(heartbeat, 30), "kopf's keep-alive never reached the peering object"
@@ -456,8 +468,15 @@ AUTH_RULES = ["tokenreviews", "subjectaccessreviews"]
 
 @pytest.mark.parametrize("removed", [None, *AUTH_RULES], ids=["full-role", *(f"without-{r}" for r in AUTH_RULES)])
 async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
-    removed, helm: Helm, operator_namespace, kube_api, operator_kubeconfig, settings, indexer, namespace
-):
+    removed: str | None,
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    settings: Settings,
+    indexer: Indexer,
+    namespace: str,
+) -> None:
     """As the operator's ServiceAccount, with the chart's auth ClusterRole, the MCP endpoint
     checks a caller's token and scopes it; without either rule every caller gets 503, never data."""
     core = client.CoreV1Api(kube_api)

@@ -15,23 +15,23 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from mcp_optimizer.config import Settings
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.operator.mapping import workload_name
-from mcp_optimizer.testing import toolhive as th
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, env_of
+from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, Helm, env_of
 from tests.deploy.test_rbac import (  # the same helpers and fixtures as the main RBAC tests
     Job,
     can,
     chart_values,
     job,  # noqa: F401
-    kube,  # noqa: F401
     op_settings,  # noqa: F401
     operator_as_service_account,
-    probe,  # noqa: F401
     servers,  # noqa: F401
     wait_for,
     wait_until_authorized,
 )
+from tests.support import toolhive as th
 
 pytestmark = pytest.mark.kube
 
@@ -56,13 +56,13 @@ def _toolhive_role(kube_api: client.ApiClient) -> Any | None:
 def _deployment_env(kube_api: client.ApiClient) -> dict[str, str]:
     apps = client.AppsV1Api(kube_api)
     deployment = apps.read_namespaced_deployment(OPERATOR_RELEASE, OPERATOR_NAMESPACE)
-    return env_of(kube_api.sanitize_for_serialization(deployment))
+    return env_of(kube_api.sanitize_for_serialization(deployment))  # type: ignore[no-untyped-call]
 
 
 # ------------------------------------------------------------------------------ before ToolHive
 
 
-def test_auto_without_toolhive_grants_nothing(helm, operator_namespace, kube_api):
+def test_auto_without_toolhive_grants_nothing(helm: Helm, operator_namespace: str, kube_api: client.ApiClient) -> None:
     assert not th.served_plurals(kube_api), "ToolHive's CRDs must not be on this control plane yet"
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE) as release:
         assert _toolhive_role(kube_api) is None
@@ -72,7 +72,9 @@ def test_auto_without_toolhive_grants_nothing(helm, operator_namespace, kube_api
         assert "helm upgrade to grant read access" in release["notes"]
 
 
-def test_true_grants_read_access_before_toolhive_is_installed(helm, operator_namespace, kube_api):
+def test_true_grants_read_access_before_toolhive_is_installed(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"toolhive": {"enabled": True}}):
         role = _toolhive_role(kube_api)
         assert role is not None
@@ -81,7 +83,7 @@ def test_true_grants_read_access_before_toolhive_is_installed(helm, operator_nam
         assert [(s.kind, s.name) for s in binding.subjects] == [("ServiceAccount", OPERATOR_RELEASE)]
 
 
-def test_an_unknown_mode_is_refused(helm, operator_namespace):
+def test_an_unknown_mode_is_refused(helm: Helm, operator_namespace: str) -> None:
     from tests.deploy.support import HelmError
 
     with pytest.raises(HelmError, match=r"toolhive\.enabled must be auto, true or false"):
@@ -98,7 +100,9 @@ def toolhive_installed(kube_api: client.ApiClient) -> Iterator[None]:
     th.remove_crds(kube_api)
 
 
-def test_auto_with_toolhive_grants_read_access_only(helm, operator_namespace, kube_api, toolhive_installed):
+def test_auto_with_toolhive_grants_read_access_only(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, toolhive_installed: None
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE) as release:
         role = _toolhive_role(kube_api)
         assert role is not None, "auto did not see ToolHive's API"
@@ -109,14 +113,18 @@ def test_auto_with_toolhive_grants_read_access_only(helm, operator_namespace, ku
         assert not any("toolhive.stacklok.dev" in rule.api_groups for rule in main.rules)
 
 
-def test_false_grants_nothing_and_turns_the_operator_off(helm, operator_namespace, kube_api, toolhive_installed):
+def test_false_grants_nothing_and_turns_the_operator_off(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, toolhive_installed: None
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"toolhive": {"enabled": False}}) as release:
         assert _toolhive_role(kube_api) is None
         assert _deployment_env(kube_api)["MCP_OPTIMIZER_TOOLHIVE"] == "false"
         assert "ToolHive: off" in release["notes"]
 
 
-def test_vmcp_groups_add_virtualmcpservers(helm, operator_namespace, kube_api, toolhive_installed):
+def test_vmcp_groups_add_virtualmcpservers(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, toolhive_installed: None
+) -> None:
     values = {"toolhive": {"vmcpGroups": ["team-a/eng", "team-b/ops"]}}
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
         role = _toolhive_role(kube_api)
@@ -126,7 +134,9 @@ def test_vmcp_groups_add_virtualmcpservers(helm, operator_namespace, kube_api, t
         assert _deployment_env(kube_api)["MCP_OPTIMIZER_TOOLHIVE_VMCP_GROUPS"] == "team-a/eng,team-b/ops"
 
 
-def test_listed_namespaces_get_roles(helm, operator_namespace, kube_api, namespaces, toolhive_installed):
+def test_listed_namespaces_get_roles(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, namespaces: list[str], toolhive_installed: None
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, {"watchNamespaces": namespaces}):
         rbac = client.RbacAuthorizationV1Api(kube_api)
         assert _toolhive_role(kube_api) is None  # no cluster-wide access
@@ -155,7 +165,9 @@ TOOLHIVE_DENIED = [
 ]
 
 
-def test_access_review_table(helm, operator_namespace, kube_api, namespace, toolhive_installed):
+def test_access_review_table(
+    helm: Helm, operator_namespace: str, kube_api: client.ApiClient, namespace: str, toolhive_installed: None
+) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE):
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpserverentries", group="toolhive.stacklok.dev")
         decisions = {}
@@ -167,8 +179,15 @@ def test_access_review_table(helm, operator_namespace, kube_api, namespace, tool
 
 
 async def test_operator_indexes_toolhive_with_the_shipped_roles(
-    helm, operator_namespace, kube_api, operator_kubeconfig, op_settings, embedder, job: Job, toolhive_installed,  # noqa: F811
-):
+    helm: Helm,
+    operator_namespace: str,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    op_settings: Settings,  # noqa: F811
+    embedder: Embedder,
+    job: Job,  # noqa: F811
+    toolhive_installed: None,
+) -> None:
     """The chart installed next to ToolHive (auto): the operator, as its ServiceAccount, does its
     own job and indexes ToolHive's MCPServer, whose object it leaves exactly as it was."""
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)), McpTestServer(

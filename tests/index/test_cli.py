@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_optimizer.testing.shared import model_path, shared_dir
+from tests.support.shared import model_path, shared_dir
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

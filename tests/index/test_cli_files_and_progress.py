@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcp_optimizer.testing.shared import model_path
+from tests.support.shared import model_path
 
 
 def env(tmp_path: Path) -> dict[str, str]:

@@ -10,8 +10,8 @@ from sqlalchemy import text
 from mcp_optimizer.db.engine import IndexOpenError, create_engine
 
 
-async def pragmas(path: Path, **kwargs: int) -> dict[str, object]:
-    engine = create_engine(path, **kwargs)
+async def pragmas(path: Path, *, mmap_size: int = 0, max_bytes: int = 0) -> dict[str, object]:
+    engine = create_engine(path, mmap_size=mmap_size, max_bytes=max_bytes)
     try:
         async with engine.connect() as conn:
             return {name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()

@@ -1,6 +1,6 @@
 """The index as a cache: damaged, full or vanished files are recognised, reported and replaced.
 
-Every fault is real (see :mod:`mcp_optimizer.testing.faults`): garbage written into the file, a
+Every fault is real (see :mod:`tests.support.faults`): garbage written into the file, a
 text file, another program's database, a full tmpfs (or SQLite's page cap where this process
 cannot mount one), a file deleted under the process.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from mcp_optimizer.db.health import (
     move_aside,
 )
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.db.search import SearchMode, ToolSearch
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing import faults
-from mcp_optimizer.testing.shared import model_path
+from tests.support import faults
+from tests.support.shared import model_path
 
 from .helpers import entry, tool, workload
 
@@ -37,7 +39,7 @@ TOOLS = [tool("create_issue", "Create a new issue in a GitHub repository"),
          tool("list_pulls", "List the pull requests of a repository")]
 
 
-async def filled(settings: Settings, embedder) -> None:
+async def filled(settings: Settings, embedder: Embedder) -> None:
     """An index with a catalog and a running workload, closed again."""
     indexer = await Indexer.open(settings, embedder)
     await indexer.load_catalog("c", [entry("github", package="ghcr.io/github/github-mcp-server",
@@ -46,7 +48,7 @@ async def filled(settings: Settings, embedder) -> None:
     await indexer.close()
 
 
-DAMAGES = {
+DAMAGES: dict[str, Callable[[Path], object]] = {
     "bad header": faults.corrupt_header,
     "corrupt pages": faults.corrupt_pages,
     "not a database": faults.not_a_database,
@@ -56,7 +58,7 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-async def test_check_recognises_each_damage(settings, embedder, damage):
+async def test_check_recognises_each_damage(settings: Settings, embedder: Embedder, damage: str) -> None:
     await filled(settings, embedder)
     assert inspect_file(settings.db_path) is None
     DAMAGES[damage](settings.db_path)
@@ -66,7 +68,9 @@ async def test_check_recognises_each_damage(settings, embedder, damage):
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-async def test_open_with_repair_moves_the_file_aside_and_starts_anew(settings, embedder, damage):
+async def test_open_with_repair_moves_the_file_aside_and_starts_anew(
+    settings: Settings, embedder: Embedder, damage: str
+) -> None:
     await filled(settings, embedder)
     DAMAGES[damage](settings.db_path)
     damaged_bytes = settings.db_path.read_bytes()
@@ -89,7 +93,9 @@ async def test_open_with_repair_moves_the_file_aside_and_starts_anew(settings, e
 
 
 @pytest.mark.parametrize("damage", ["bad header", "another program's database", "a newer schema revision"])
-async def test_open_without_repair_refuses_with_one_clear_line(settings, embedder, damage):
+async def test_open_without_repair_refuses_with_one_clear_line(
+    settings: Settings, embedder: Embedder, damage: str
+) -> None:
     await filled(settings, embedder)
     DAMAGES[damage](settings.db_path)
     before = settings.db_path.read_bytes()
@@ -101,7 +107,7 @@ async def test_open_without_repair_refuses_with_one_clear_line(settings, embedde
     assert damaged_copies(settings.db_path) == []
 
 
-def test_only_the_newest_damaged_copies_are_kept(tmp_path):
+def test_only_the_newest_damaged_copies_are_kept(tmp_path: Path) -> None:
     index = tmp_path / "index.db"
     kept = []
     for n in range(4):
@@ -119,7 +125,9 @@ def test_only_the_newest_damaged_copies_are_kept(tmp_path):
     assert damaged_copies(index) == [] and not index.exists()
 
 
-async def test_corruption_at_run_time_is_reported_and_rebuild_replaces_the_file(settings, embedder):
+async def test_corruption_at_run_time_is_reported_and_rebuild_replaces_the_file(
+    settings: Settings, embedder: Embedder
+) -> None:
     await filled(settings, embedder)
     indexer = await Indexer.open(settings, embedder, repair=True)
     search = ToolSearch(indexer.engine, embedder)
@@ -151,7 +159,9 @@ async def test_corruption_at_run_time_is_reported_and_rebuild_replaces_the_file(
 
 
 @pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
-async def test_each_retriever_reports_a_damaged_index_as_corrupt(settings, embedder, mode):
+async def test_each_retriever_reports_a_damaged_index_as_corrupt(
+    settings: Settings, embedder: Embedder, mode: SearchMode
+) -> None:
     """FTS5 says SQLITE_CORRUPT, sqlite-vec a plain SQLITE_ERROR in its own words ("chunks iter
     error"): either way the fault is recognised, so the endpoint says the index cannot be read
     (not "internal error") and the operator repairs it. Hybrid search runs both at once, so which
@@ -170,7 +180,7 @@ async def test_each_retriever_reports_a_damaged_index_as_corrupt(settings, embed
         await indexer.close()
 
 
-async def test_a_file_deleted_under_the_process_is_noticed(settings, embedder):
+async def test_a_file_deleted_under_the_process_is_noticed(settings: Settings, embedder: Embedder) -> None:
     await filled(settings, embedder)
     indexer = await Indexer.open(settings, embedder, repair=True)
     try:
@@ -197,7 +207,9 @@ def _full_disk_kinds() -> list[str]:
 
 
 @pytest.mark.parametrize("kind", _full_disk_kinds())
-async def test_a_full_disk_fails_writes_and_recovers_when_space_returns(tmp_path, settings, embedder, kind):
+async def test_a_full_disk_fails_writes_and_recovers_when_space_returns(
+    tmp_path: Path, settings: Settings, embedder: Embedder, kind: str
+) -> None:
     with faults.FullDisk(tmp_path, size=16 * 1024 * 1024, kind=kind) as disk:
         settings = replace(settings, db_path=disk.dir / "index.db", **disk.settings)
         indexer = await Indexer.open(settings, embedder, repair=True)
@@ -230,7 +242,7 @@ def _cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=300)
 
 
-async def test_cli_reports_a_damaged_index_in_one_line(settings, embedder, tmp_path):
+async def test_cli_reports_a_damaged_index_in_one_line(settings: Settings, embedder: Embedder, tmp_path: Path) -> None:
     await filled(settings, embedder)
     ok = _cli(settings.db_path, "db", "check")
     assert ok.returncode == 0 and "ok (quick check" in ok.stdout

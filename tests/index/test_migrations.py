@@ -8,7 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
@@ -16,6 +17,7 @@ from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.models import Base
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.db.virtual import VIRTUAL_TABLES
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp.tokens import tool_tokens
 
@@ -30,7 +32,7 @@ async def test_models_and_migrations_agree(tmp_path: Path) -> None:
     engine = create_engine(tmp_path / "i.db")
     await migrate.upgrade(engine)
     async with engine.connect() as conn:
-        def diff(sync_conn):
+        def diff(sync_conn: Connection) -> object:
             context = MigrationContext.configure(sync_conn, opts={
                 "include_name": lambda name, type_, parent: not (type_ == "table" and _is_virtual(name or ""))})
             return compare_metadata(context, Base.metadata)
@@ -39,14 +41,14 @@ async def test_models_and_migrations_agree(tmp_path: Path) -> None:
     assert differences == []
 
 
-async def _counts(engine) -> dict[str, int]:
+async def _counts(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as conn:
         return {t: (await conn.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one()
                 for t in ("mcpservers_registry", "tools_registry", "mcpservers_workload", "tools_workload",
                           "workload_tool_vectors", "workload_tool_fts", "registry_tool_vectors", "registry_tool_fts")}
 
 
-async def test_upgrade_from_revision_0002_keeps_rows_and_vectors(tmp_path: Path, embedder) -> None:
+async def test_upgrade_from_revision_0002_keeps_rows_and_vectors(tmp_path: Path, embedder: Embedder) -> None:
     """An index as revision 0002 left it (no token estimates, three full-text columns) upgrades
     in place: 0003 adds and backfills each tool's token estimate; 0004 rebuilds the full-text rows
     from the stored tool details (with the server name) and records the model that made the
@@ -82,7 +84,8 @@ async def test_upgrade_from_revision_0002_keeps_rows_and_vectors(tmp_path: Path,
     async with upgraded.engine.connect() as conn:
         assert (await conn.execute(text("SELECT details_embedding FROM tools_workload ORDER BY id"))).all() \
             == old_vectors
-        rows = dict((await conn.execute(text("SELECT name, server FROM workload_tool_fts"))).all())
+        fts = await conn.execute(text("SELECT name, server FROM workload_tool_fts"))
+        rows: dict[str, str] = {name: server for name, server in fts.all()}
         indexes = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type='index'"))).scalars().all()
         stored = (await conn.execute(text("SELECT details, token_count FROM tools_workload"))).all()
     assert "ix_mcpservers_workload_status" in indexes

@@ -11,10 +11,10 @@ from sqlalchemy import text
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
-from mcp_optimizer.embeddings import EmbeddingError, FastEmbedder, from_bytes, mean_pool, model_spec
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, FastEmbedder, from_bytes, mean_pool, model_spec
 from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.shared import shared_model_path
+from tests.support.shared import shared_model_path
 
 from .helpers import entry, tool, workload
 
@@ -50,7 +50,9 @@ async def _vector_lengths(index: Indexer) -> set[int]:
         return lengths
 
 
-async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embedder, wordllama) -> None:
+async def test_a_new_model_reembeds_every_stored_text_once(
+    tmp_path: Path, embedder: Embedder, wordllama: FastEmbedder
+) -> None:
     settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
@@ -90,7 +92,7 @@ async def test_a_new_model_reembeds_every_stored_text_once(tmp_path: Path, embed
     await index.close()
 
 
-async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, embedder) -> None:
+async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, embedder: Embedder) -> None:
     settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
@@ -107,7 +109,7 @@ async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, e
     await index.close()
 
 
-async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Path, embedder) -> None:
+async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Path, embedder: Embedder) -> None:
     settings = Settings(db_path=tmp_path / "i.db", search_mode="bm25")  # and no model path at all
     index = await Indexer.open(settings)
     assert index.embedder is None
@@ -134,7 +136,7 @@ async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Pat
     await index.close()
 
 
-async def test_keyword_only_writes_make_the_next_model_start_reembed(tmp_path: Path, embedder) -> None:
+async def test_keyword_only_writes_make_the_next_model_start_reembed(tmp_path: Path, embedder: Embedder) -> None:
     path = tmp_path / "i.db"
     index = await Indexer.open(Settings(db_path=path), embedder)
     await _populate(index)
@@ -167,10 +169,10 @@ def test_the_model_is_described_by_settings() -> None:
     with pytest.raises(EmbeddingError, match="MCP_OPTIMIZER_EMBEDDING_DIM"):
         Settings(embedding_model_name="acme/embedder").embedding_model_spec()
     with pytest.raises(ValueError, match="SEARCH_MODE"):
-        Settings(search_mode="semantic")
+        Settings(search_mode="semantic")  # type: ignore[arg-type]  # the point: a mode the type refuses
 
 
-def test_a_dimension_that_does_not_match_the_model_is_a_clear_error(wordllama) -> None:
+def test_a_dimension_that_does_not_match_the_model_is_a_clear_error(wordllama: FastEmbedder) -> None:
     wrong = FastEmbedder(wordllama.model_path, model_spec(WORDLLAMA.name, dim=384))
     wrong._model = wordllama._model
     with pytest.raises(EmbeddingError, match="does not match"):

@@ -1,6 +1,6 @@
 """The ranking holds BM25's floor on every dev-set slice, also when the embedder is weak.
 
-A fixed sample of each slice of the three dev sets (``mcp_optimizer.testing.devsets``) is
+A fixed sample of each slice of the three dev sets (``tests.support.devsets``) is
 indexed through the Indexer with the configured model, and the default ``find_tool`` ranking is
 compared with BM25 alone on the same index. Relations, not absolute numbers: the default may
 not fall more than 0.02 R@5 below BM25 on any slice, neither with the model as it is nor with
@@ -20,7 +20,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import Indexer
-from mcp_optimizer.testing.devsets import (
+from tests.support.devsets import (
     DegradedEmbedder,
     DevSet,
     bfcl,
@@ -83,11 +83,11 @@ async def test_default_ranking_holds_the_bm25_floor_on_every_slice(
     # BM25's floor with the weak embedder on both BFCL slices, as rank fusion did on the private
     # set (bench/RESULTS.md, "Fusion": -0.13 and -0.14 R@5 on larger samples).
     index, devset = next((i, d) for i, d in zip(indexes, devsets, strict=True) if d.name == "bfcl")
-    weak = DegradedEmbedder(embedder, 0.3)
-    previous = ToolSearch(index.engine, weak, fusion="rrf", rrf_k=20, vector_weight=1.25, split_words=1)
+    weak_model = DegradedEmbedder(embedder, 0.3)
+    previous = ToolSearch(index.engine, weak_model, fusion="rrf", rrf_k=20, vector_weight=1.25, split_words=1)
     losses = {}
     for name, queries in devset.slices.items():
-        weak.pool = [q.text for q in queries]
+        weak_model.pool = [q.text for q in queries]
         bm25 = next(b for n, _, _, b in report if n == name)
         losses[name] = bm25 - mean_metric(await score(previous, queries, "hybrid"), "R@5")
     assert all(loss > TOLERANCE for loss in losses.values()), losses

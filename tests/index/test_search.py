@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
@@ -45,7 +47,9 @@ async def test_returns_schema_and_server(search: ToolSearch) -> None:
 
 
 @pytest.mark.parametrize("status", [WorkloadStatus.STOPPED, WorkloadStatus.ERROR])
-async def test_only_running_servers_tools_are_returned(indexer: Indexer, search: ToolSearch, status) -> None:
+async def test_only_running_servers_tools_are_returned(
+    indexer: Indexer, search: ToolSearch, status: WorkloadStatus
+) -> None:
     assert any(h.server == "ns-ops/weather" for h in await search.find_tools("weather forecast"))
     await indexer.set_workload_status("ns-ops/weather", status)
     for mode in ("hybrid", "vector", "bm25"):
@@ -156,8 +160,9 @@ async def test_registry_search_excludes_only_servers_running_in_scope(indexer: I
                                           group="b"))
     search = ToolSearch(indexer.engine, indexer.embedder)
 
-    async def names(**scope) -> list[str]:
-        return [h.name for h in await search.find_registry_servers("postgres sql database", **scope)]
+    async def names(*, groups: Sequence[str] | None = None, namespaces: Sequence[str] | None = None) -> list[str]:
+        hits = await search.find_registry_servers("postgres sql database", groups=groups, namespaces=namespaces)
+        return [h.name for h in hits]
 
     assert "postgres" not in await names()  # runs somewhere
     assert "postgres" not in await names(groups=["b"])

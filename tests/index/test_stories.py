@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Row, text
 
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.embeddings import EmbeddingError, from_bytes, mean_pool
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, from_bytes, mean_pool
 from mcp_optimizer.embeddings.texts import text_hash, tool_embedding_text
 from mcp_optimizer.ingest import DuplicateRegistryServersError, Indexer
 
@@ -23,7 +26,7 @@ async def count(indexer: Indexer, sql: str, **params: object) -> int:
         return int((await conn.execute(text(sql), params)).scalar_one())
 
 
-async def workload_row(indexer: Indexer, name: str):
+async def workload_row(indexer: Indexer, name: str) -> Row[Any]:
     row = await indexer.workloads.get_by_workload_name(name)
     assert row is not None
     return row
@@ -128,7 +131,7 @@ async def test_matching_never_crosses_types(indexer: Indexer) -> None:
     assert result.registry_server_name is None
 
 
-async def test_s2_3_unlinked_workload_mean_pools_its_tools(indexer: Indexer, embedder) -> None:
+async def test_s2_3_unlinked_workload_mean_pools_its_tools(indexer: Indexer, embedder: Embedder) -> None:
     result = await indexer.apply_workload(workload("ns/solo", package="ghcr.io/me/solo", tools=GITHUB_TOOLS))
     assert result.registry_server_name is None
     row = await workload_row(indexer, "ns/solo")
@@ -211,18 +214,16 @@ async def test_pin_to_missing_entry_links_when_it_appears(indexer: Indexer) -> N
 class FailingEmbedder:
     """Stands in for a model whose runtime fails: a fault the real model does not produce on demand."""
 
-    def __init__(self, real) -> None:
-        self.real = real
-
-    async def aembed(self, texts):
+    async def aembed(self, texts: Sequence[str], *, query: bool = False) -> NoReturn:
         raise EmbeddingError("embedding failed: onnxruntime out of memory")
 
-    async def aembed_one(self, text):
+    async def aembed_one(self, text: str, *, query: bool = False) -> NoReturn:
         raise EmbeddingError("embedding failed: onnxruntime out of memory")
 
 
 async def test_s2_6_embedding_failure_still_creates_workload_with_error_status(indexer: Indexer) -> None:
-    indexer.embedder = FailingEmbedder(indexer.embedder)  # type: ignore[assignment]
+    real = indexer.embedder
+    indexer.embedder = FailingEmbedder()  # type: ignore[assignment]
     result = await indexer.apply_workload(workload("ns/solo", package="ghcr.io/me/solo", tools=GITHUB_TOOLS))
     assert result.status == WorkloadStatus.ERROR and isinstance(result.error, EmbeddingError)
     row = await workload_row(indexer, "ns/solo")
@@ -232,7 +233,7 @@ async def test_s2_6_embedding_failure_still_creates_workload_with_error_status(i
     await indexer.set_workload_status("ns/solo", WorkloadStatus.RUNNING)
     assert (await workload_row(indexer, "ns/solo")).status == "ERROR"
     # ... and a later successful ingestion clears it.
-    indexer.embedder = indexer.embedder.real  # type: ignore[attr-defined]
+    indexer.embedder = real
     result = await indexer.apply_workload(workload("ns/solo", package="ghcr.io/me/solo", tools=GITHUB_TOOLS))
     assert result.status == WorkloadStatus.RUNNING and result.tools_embedded == 2
 
@@ -268,7 +269,7 @@ async def test_s3_2_tools_removed_keep_link(indexer: Indexer) -> None:
     assert await count(indexer, "SELECT count(*) FROM workload_tool_fts") == 1
 
 
-async def test_s3_3_registry_deleted_workload_falls_back(indexer: Indexer, embedder) -> None:
+async def test_s3_3_registry_deleted_workload_falls_back(indexer: Indexer, embedder: Embedder) -> None:
     await _linked(indexer)
     await indexer.delete_catalog("c")
     row = await workload_row(indexer, "ns/gh")
@@ -302,6 +303,7 @@ async def test_s3_5_registry_tool_changes_do_not_touch_workloads(indexer: Indexe
     await _linked(indexer)
     before = await workload_row(indexer, "ns/gh")
     embeddings = await tool_embeddings(indexer, "ns/gh")
+    assert indexer.embedder is not None
     embedded_before = indexer.embedder.texts_embedded
     result = await indexer.load_catalog(
         "c", [entry("github", package=GITHUB_IMAGE, tools=["create_issue", "fork_repository"])])
@@ -344,6 +346,7 @@ async def test_unchanged_catalog_reload_embeds_nothing(indexer: Indexer) -> None
     entries = [entry(f"s{i}", package=f"ghcr.io/x/s{i}", tools=[f"t{i}a", f"t{i}b"]) for i in range(20)]
     first = await indexer.load_catalog("c", entries)
     assert first.texts_embedded == 60
+    assert indexer.embedder is not None
     embedded = indexer.embedder.texts_embedded
     again = await indexer.load_catalog("c", entries)
     assert again.texts_embedded == 0 and len(again.unchanged) == 20

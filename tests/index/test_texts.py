@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp_optimizer.embeddings.texts import MAX_SCHEMA_WORDS_CHARS, split_identifier, tool_fts_fields
 
 
@@ -36,7 +38,7 @@ def test_hostile_schemas_are_bounded_and_never_break_the_row() -> None:
     _, _, args, _ = tool_fts_fields(huge)
     assert len(args) <= MAX_SCHEMA_WORDS_CHARS
     assert "v20" not in args.split()  # at most 20 enum values per argument
-    deep: dict = {"type": "object", "properties": {}}
+    deep: dict[str, Any] = {"type": "object", "properties": {}}
     node = deep
     for i in range(50):  # nesting deeper than anyone writes is cut, not recursed into
         node["properties"] = {f"level{i}": {"type": "object", "properties": {}}}

@@ -4,15 +4,18 @@ correct when the catalog changes midway or the load dies midway."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import text
 
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition
+from mcp_optimizer.config import Settings
 from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.embeddings.model import to_bytes
 from mcp_optimizer.embeddings.texts import server_embedding_text, text_hash, tool_embedding_text
 from mcp_optimizer.ingest import Indexer
@@ -21,10 +24,13 @@ from mcp_optimizer.ingest.service import _GROUP_ENTRIES, _CatalogOp, _next_group
 
 from .helpers import tool, workload
 
+#: The kinds of catalog operation the Indexer groups (ingest.service._CatalogOp.kind).
+CatalogOpKind = Literal["remove", "update", "rename", "add"]
+
 # ------------------------------------------------------------------------------ the lock
 
 
-async def test_waiters_are_served_by_priority_then_arrival():
+async def test_waiters_are_served_by_priority_then_arrival() -> None:
     scheduler = WriteScheduler()
     order: list[str] = []
     holder = asyncio.Event()
@@ -52,7 +58,7 @@ async def test_waiters_are_served_by_priority_then_arrival():
     assert not scheduler.locked
 
 
-async def test_a_waiter_past_max_wait_is_not_starved():
+async def test_a_waiter_past_max_wait_is_not_starved() -> None:
     scheduler = WriteScheduler(max_wait=0.05)
     order: list[str] = []
     release = asyncio.Event()
@@ -76,7 +82,7 @@ async def test_a_waiter_past_max_wait_is_not_starved():
     assert order == ["bulk", "status"]
 
 
-async def test_cancelled_waiters_leave_the_lock_usable():
+async def test_cancelled_waiters_leave_the_lock_usable() -> None:
     scheduler = WriteScheduler()
     observed: list[tuple[str, float]] = []
     scheduler.observer = lambda priority, waited: observed.append((priority, waited))
@@ -139,7 +145,7 @@ async def rows(indexer: Indexer, catalog_name: str) -> int:
                                        {"c": catalog_name})).scalar_one())
 
 
-async def until(check, *, timeout: float = 120.0) -> None:
+async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 120.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
@@ -153,7 +159,9 @@ async def linked_workloads(indexer: Indexer) -> None:
                                               tools=[tool(f"own_{i}", "A workload tool")]))
 
 
-async def reference(settings, embedder, entries: list[CatalogEntry], tmp_name: str) -> dict[str, Any]:
+async def reference(
+    settings: Settings, embedder: Embedder | None, entries: list[CatalogEntry], tmp_name: str
+) -> dict[str, Any]:
     """The same catalog loaded in one piece into a fresh index, with the same workloads."""
     fresh = await Indexer.open(replace(settings, db_path=settings.db_path.with_name(tmp_name),
                                        catalog_chunk_seconds=3600.0), embedder)
@@ -166,7 +174,7 @@ async def reference(settings, embedder, entries: list[CatalogEntry], tmp_name: s
         await fresh.close()
 
 
-async def test_a_status_write_does_not_wait_for_a_catalog(settings, embedder):
+async def test_a_status_write_does_not_wait_for_a_catalog(settings: Settings, embedder: Embedder) -> None:
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
         await indexer.apply_workload(workload("ns/pinned", package="ghcr.io/other/x:1", tools=[tool("x_tool")]))
@@ -188,7 +196,7 @@ async def _more_than(indexer: Indexer, catalog_name: str, n: int) -> bool:
     return await rows(indexer, catalog_name) > n
 
 
-async def test_chunked_load_equals_a_load_in_one_transaction(settings, embedder):
+async def test_chunked_load_equals_a_load_in_one_transaction(settings: Settings, embedder: Embedder) -> None:
     v1 = catalog(300)
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
@@ -210,7 +218,7 @@ def version_two() -> list[CatalogEntry]:
     return [*renamed, *changed, *kept[100:], *catalog(40, start=300)]
 
 
-async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings, embedder):
+async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings: Settings, embedder: Embedder) -> None:
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     v2 = version_two()
     try:
@@ -229,7 +237,7 @@ async def test_a_catalog_that_changes_midway_ends_as_the_last_version(settings, 
         await indexer.close()
 
 
-async def test_a_load_cut_short_is_finished_by_the_next_load(settings, embedder):
+async def test_a_load_cut_short_is_finished_by_the_next_load(settings: Settings, embedder: Embedder) -> None:
     v1 = catalog(300)
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
     try:
@@ -313,7 +321,7 @@ def assert_search_rows_are_the_tools_own(dump_: dict[str, Any]) -> None:
     assert dump_["server_vectors"] == sorted((n, e) for n, e in servers.items() if e is not None)
 
 
-async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, embedder):
+async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Settings, embedder: Embedder) -> None:
     """The grouped insert allocates tool ids itself: after a server lost its newest tools (their
     ids free again), it must store exactly what the one-by-one writes store, each tool's FTS and
     vector rows under its own id."""
@@ -322,7 +330,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, em
         CatalogEntry(name="remote-one", remote=True, url="https://mcp.example.com/mcp", transport="streamable-http",
                      description="A remote server", tags=["web"],
                      tools=[ToolDefinition(name="fetch_page", description="Fetch a web page",
-                                           input_schema={"type": "object", "properties": {
+                                           inputSchema={"type": "object", "properties": {
                                                "url": {"type": "string", "description": "The page address"}}}),
                             ToolDefinition(name="fetch_unembedded")]),
         CatalogEntry(name="no-tools", remote=False, package="ghcr.io/acme/empty:1", transport="stdio"),
@@ -355,7 +363,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings, em
     assert len(grouped_dump["tools"]) == 1 + 5 * 3 + 2 and len(grouped_dump["tool_vectors"]) == 1 + 5 * 3 + 1
 
 
-async def test_grouped_catalog_writes_keep_every_tool_searchable(settings, embedder):
+async def test_grouped_catalog_writes_keep_every_tool_searchable(settings: Settings, embedder: Embedder) -> None:
     """A chunked load and a change of most of the catalog (removals, renames, changes and additions
     written in groups) leave each tool's search rows its own, and search finds the added tools."""
     indexer = await Indexer.open(replace(settings, catalog_chunk_seconds=0.0), embedder)
@@ -373,8 +381,8 @@ async def test_grouped_catalog_writes_keep_every_tool_searchable(settings, embed
         await indexer.close()
 
 
-def test_groups_are_bounded_and_never_mix_kinds():
-    def op(kind: str, tools: int, i: int) -> _CatalogOp:
+def test_groups_are_bounded_and_never_mix_kinds() -> None:
+    def op(kind: CatalogOpKind, tools: int, i: int) -> _CatalogOp:
         entry = CatalogEntry(name=f"s{i}", remote=False, package=f"ghcr.io/acme/s{i}:1", transport="stdio",
                              tools=[ToolDefinition(name=f"t{n}") for n in range(tools)])
         return _CatalogOp(kind, None, None if kind == "remove" else entry)

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from kubernetes import client, config
@@ -38,7 +40,7 @@ def kube_apiserver_path() -> Path:
     return Path(cache) / "mcp-optimizer" / f"kube-apiserver-{K8S_VERSION}" / "kube-apiserver"
 
 
-def _control_plane(*args: str) -> subprocess.CompletedProcess:
+def _control_plane(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(CONTROL_PLANE), *args],
         stdin=subprocess.DEVNULL,
@@ -49,7 +51,7 @@ def _control_plane(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def control_plane_dir(tmp_path_factory):
+def control_plane_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
     """State dir of the local control plane, or None with USE_EXISTING_CLUSTER=1."""
     if use_existing_cluster():
         yield None
@@ -80,7 +82,7 @@ def control_plane_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(control_plane_dir) -> str:
+def kubeconfig(control_plane_dir: Path | None) -> str:
     """Path of an admin (system:masters) kubeconfig."""
     if control_plane_dir is None:
         path = os.environ.get("KUBECONFIG") or os.path.join(os.path.expanduser("~"), ".kube", "config")
@@ -92,7 +94,7 @@ def kubeconfig(control_plane_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane_dir) -> str:
+def operator_kubeconfig(control_plane_dir: Path | None) -> str:
     """Kubeconfig authenticating as system:serviceaccount:mcp-optimizer-system:mcp-optimizer.
 
     Only available with the local control plane (a static token there).
@@ -103,17 +105,17 @@ def operator_kubeconfig(control_plane_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def kube_api(kubeconfig) -> client.ApiClient:
+def kube_api(kubeconfig: str) -> Iterator[client.ApiClient]:
     """A kubernetes ApiClient with admin rights."""
-    api = config.new_client_from_config(config_file=kubeconfig)
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     yield api
     api.close()
 
 
 @pytest.fixture(scope="session")
-def operator_api(operator_kubeconfig) -> client.ApiClient:
+def operator_api(operator_kubeconfig: str) -> Iterator[client.ApiClient]:
     """A kubernetes ApiClient acting as the operator's ServiceAccount."""
-    api = config.new_client_from_config(config_file=operator_kubeconfig)
+    api = config.new_client_from_config(config_file=operator_kubeconfig)  # type: ignore[no-untyped-call]
     yield api
     api.close()
 
@@ -125,7 +127,7 @@ def _namespace_name(nodename: str) -> str:
 
 
 @pytest.fixture
-def namespace(kube_api, request) -> str:
+def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace with a unique name, deleted (not awaited) at teardown.
 
     A bare kube-apiserver has no namespace controller, so the namespace stays
@@ -133,7 +135,7 @@ def namespace(kube_api, request) -> str:
     """
     core = client.CoreV1Api(kube_api)
     name = _namespace_name(request.node.name)
-    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    core.create_namespace(cast(Any, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
     yield name
     try:
         core.delete_namespace(name)

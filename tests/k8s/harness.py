@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -333,12 +333,13 @@ class Kube:
 
     def create_server(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name}, "spec": spec}
-        return self.objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)  # type: ignore[no-any-return]
+        created = self.objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        return cast(dict[str, Any], created)
 
     def patch_server(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.objects.patch_namespaced_custom_object(  # type: ignore[no-any-return]
+        return cast(dict[str, Any], self.objects.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH
-        )
+        ))
 
     def annotate_server(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
         self.objects.patch_namespaced_custom_object(
@@ -351,7 +352,8 @@ class Kube:
 
     def server(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[no-any-return]
+            found = self.objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(dict[str, Any], found)
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -379,7 +381,7 @@ class Kube:
         """Create or replace a catalog ConfigMap."""
         data = catalog if isinstance(catalog, str) else json.dumps(catalog)
         labels = {CATALOG_LABEL: "true"} if labelled else {}
-        body = {"metadata": {"name": name, "labels": labels}, "data": {CATALOG_KEY: data}}
+        body: Any = {"metadata": {"name": name, "labels": labels}, "data": {CATALOG_KEY: data}}
         try:
             self.core.create_namespaced_config_map(namespace, body)
         except client.ApiException as exc:
@@ -395,10 +397,10 @@ class Kube:
     def create_pod(self, namespace: str, name: str, instance: str, labels: dict[str, str] | None = None) -> None:
         self.core.create_namespaced_pod(
             namespace,
-            {
+            cast(Any, {
                 "metadata": {"name": name, "labels": {INSTANCE_LABEL: instance, **(labels or {})}},
                 "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
-            },
+            }),
         )
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -410,7 +412,7 @@ class Kube:
     def events(self, namespace: str, name: str) -> list[tuple[str, str, str]]:
         """(type, reason, message) of Events about object ``name`` in ``namespace``."""
         events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-        return [(e.type, e.reason, e.message or "") for e in events.items]
+        return [(e.type or "", e.reason or "", e.message or "") for e in events.items]
 
     def has_event(self, namespace: str, name: str, reason: str, type_: str | None = None) -> bool:
         return any(r == reason and (type_ is None or t == type_) for t, r, _ in self.events(namespace, name))
@@ -423,7 +425,8 @@ class Kube:
         A bare API server has no namespace controller, so nothing else would ever remove them.
         """
         try:
-            servers = self.objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            listing = self.objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            servers = cast(dict[str, Any], listing)["items"]
         except client.ApiException:
             servers = []
         for item in servers:
@@ -492,13 +495,15 @@ def mcpserver_crd(kube_api: client.ApiClient) -> str:
         if exc.status != 409:
             raise
         current = ext.read_custom_resource_definition(name)
+        assert current.metadata is not None
         body["metadata"]["resourceVersion"] = current.metadata.resource_version
         ext.replace_custom_resource_definition(name, body)
     objects = client.CustomObjectsApi(kube_api)
     deadline = time.monotonic() + 30
     while True:
         crd = ext.read_custom_resource_definition(name)
-        established = any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or ())
+        conditions = crd.status.conditions if crd.status is not None else None
+        established = any(c.type == "Established" and c.status == "True" for c in conditions or ())
         if established:
             try:
                 objects.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)

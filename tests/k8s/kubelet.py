@@ -8,6 +8,7 @@ state write its ``/status`` subresource themselves with these helpers.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from kubernetes import client
 
@@ -29,7 +30,7 @@ def pod_status_body(
     waiting_reason: str | None = None,
     restart_count: int = 0,
     pod_ip: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Build a pod ``status`` like the kubelet would report it.
 
     ``ready`` only takes effect for a running pod whose containers are not
@@ -44,7 +45,9 @@ def pod_status_body(
     statuses = []
     for name in container_names:
         if waiting_reason is not None:
-            state = {"waiting": {"reason": waiting_reason, "message": f"simulated {waiting_reason}"}}
+            state: dict[str, dict[str, Any]] = {
+                "waiting": {"reason": waiting_reason, "message": f"simulated {waiting_reason}"}
+            }
         elif terminated:
             code = 0 if phase == "Succeeded" else 1
             state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
@@ -63,7 +66,7 @@ def pod_status_body(
             "state": state,
         })
 
-    def cond(type_: str, ok: bool) -> dict:
+    def cond(type_: str, ok: bool) -> dict[str, Any]:
         c = {"type": type_, "status": "True" if ok else "False", "lastTransitionTime": now}
         if not ok and type_ in ("Ready", "ContainersReady"):
             c["reason"] = "ContainersNotReady"
@@ -108,6 +111,7 @@ def set_pod_status(
     """
     core = _core(api)
     pod = core.read_namespaced_pod(name, namespace)
+    assert pod.spec is not None, f"pod {namespace}/{name} has no spec"
     names = [c.name for c in pod.spec.containers]
     body = pod_status_body(names, phase, ready=ready, waiting_reason=waiting_reason,
                            restart_count=restart_count, pod_ip=pod_ip)

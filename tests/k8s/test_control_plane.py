@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import pytest
 from kubernetes import client
@@ -12,9 +14,12 @@ from .kubelet import set_pod_status
 GROUP = "smoke.test.dev"
 PLURAL = "widgets"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+T = TypeVar("T")
 
 
-def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -26,7 +31,7 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
 
 
 @pytest.fixture
-def widget_crd(kube_api):
+def widget_crd(kube_api: client.ApiClient) -> Iterator[str]:
     ext = client.ApiextensionsV1Api(kube_api)
     body = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -57,23 +62,23 @@ def widget_crd(kube_api):
         if e.status != 409:
             raise
 
-    def established():
+    def established() -> bool:
         crd = ext.read_custom_resource_definition(CRD_NAME)
-        return any(c.type == "Established" and c.status == "True"
-                   for c in (crd.status.conditions or []))
+        return crd.status is not None and any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
     wait_for(established, what=f"CRD {CRD_NAME} Established")
     yield CRD_NAME
     ext.delete_custom_resource_definition(CRD_NAME)
 
 
-def test_custom_resource_roundtrip(kube_api, namespace, widget_crd):
+def test_custom_resource_roundtrip(kube_api: client.ApiClient, namespace: str, widget_crd: str) -> None:
     co = client.CustomObjectsApi(kube_api)
     obj = {"apiVersion": f"{GROUP}/v1", "kind": "Widget",
            "metadata": {"name": "w1"}, "spec": {"size": 3}}
 
     # The CRD is Established but the REST handler may need a moment.
-    def create():
+    def create() -> object:
         try:
             return co.create_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, obj)
         except client.ApiException as e:
@@ -82,18 +87,18 @@ def test_custom_resource_roundtrip(kube_api, namespace, widget_crd):
             raise
 
     wait_for(create, what="custom resource endpoint")
-    got = co.get_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, "w1")
+    got = cast(dict[str, Any], co.get_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, "w1"))
     assert got["spec"] == {"size": 3}
 
     co.patch_namespaced_custom_object_status(
         GROUP, "v1", namespace, PLURAL, "w1", {"status": {"phase": "Ready"}},
         _content_type="application/merge-patch+json")
-    got = co.get_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, "w1")
+    got = cast(dict[str, Any], co.get_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, "w1"))
     assert got["status"] == {"phase": "Ready"}
     assert got["spec"] == {"size": 3}
 
 
-def _make_pod(core, namespace, name):
+def _make_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     return core.create_namespaced_pod(namespace, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "smoke"}},
@@ -102,11 +107,12 @@ def _make_pod(core, namespace, name):
     })
 
 
-def _ready(pod):
+def _ready(pod: client.V1Pod) -> str | None:
+    assert pod.status is not None
     return {c.type: c.status for c in pod.status.conditions or []}.get("Ready")
 
 
-def test_pod_status_is_written_by_the_test(kube_api, namespace):
+def test_pod_status_is_written_by_the_test(kube_api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(kube_api)
     _make_pod(core, namespace, "p1")
     assert core.read_namespaced_pod("p1", namespace).status.phase == "Pending"
@@ -128,7 +134,9 @@ def test_pod_status_is_written_by_the_test(kube_api, namespace):
     assert all(c.restart_count == 4 and not c.ready for c in statuses)
 
 
-def test_operator_service_account_is_subject_to_rbac(kube_api, operator_api, namespace):
+def test_operator_service_account_is_subject_to_rbac(
+    kube_api: client.ApiClient, operator_api: client.ApiClient, namespace: str
+) -> None:
     op_core = client.CoreV1Api(operator_api)
     with pytest.raises(client.ApiException) as exc:
         op_core.list_namespaced_secret(namespace)
@@ -149,7 +157,7 @@ def test_operator_service_account_is_subject_to_rbac(kube_api, operator_api, nam
                       "namespace": "mcp-optimizer-system"}],
     })
 
-    def allowed():
+    def allowed() -> bool:
         try:
             op_core.list_namespaced_secret(namespace)
             return True

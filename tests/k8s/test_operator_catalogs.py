@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
+from kubernetes.client import ApiClient
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.catalog import CatalogEntry  # noqa: E402
-from mcp_optimizer.ingest import Indexer  # noqa: E402
-from mcp_optimizer.operator.catalogs import CATALOG_LABEL  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, legacy_catalog, unique  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.catalog import CatalogEntry
+from mcp_optimizer.ingest import Indexer
+from mcp_optimizer.operator.catalogs import CATALOG_LABEL
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, legacy_catalog, unique
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 
@@ -28,11 +26,13 @@ TOOLS = [
 QUERY = "search pull requests"
 
 
-def remote_entry(url: str, description: str = "Issue tracker: search and file issues") -> dict:
+def remote_entry(url: str, description: str = "Issue tracker: search and file issues") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["search_issues", "create_issue"]}
 
 
-async def test_catalog_create_edit_malformed_delete(ns, kube, start_operator, probe):
+async def test_catalog_create_edit_malformed_delete(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "tracker", {"url": server.url})
         start_operator([ns], catalog_namespaces=(ns,))
@@ -83,8 +83,8 @@ async def test_catalog_create_edit_malformed_delete(ns, kube, start_operator, pr
 
 
 async def test_label_removal_deletes_the_catalog_and_unlabelled_configmaps_are_ignored(
-    ns, kube, start_operator, probe
-):
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     url = unique("https://tracker.example.com/mcp")
     kube.put_catalog(ns, "not-a-catalog", legacy_catalog(remote_servers={"x": remote_entry(url)}), labelled=False)
     kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"tracker": remote_entry(url)}))
@@ -99,7 +99,9 @@ async def test_label_removal_deletes_the_catalog_and_unlabelled_configmaps_are_i
     await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/registry"}))
 
 
-async def test_duplicates_across_catalogs_then_a_pin(ns, kube, kube_api, start_operator, probe):
+async def test_duplicates_across_catalogs_then_a_pin(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     image = f"ghcr.io/acme/{unique('tracker')}"
     entry = {"image": f"{image}:1.0", "description": "Issue tracker", "tools": ["search_issues"]}
     with McpTestServer(TOOLS) as server:
@@ -146,7 +148,9 @@ async def test_duplicates_across_catalogs_then_a_pin(ns, kube, kube_api, start_o
         assert await probe.status(wl) == "RUNNING"
 
 
-async def test_pin_to_a_missing_entry_links_once_it_appears(ns, kube, start_operator, probe):
+async def test_pin_to_a_missing_entry_links_once_it_appears(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "tracker", {"url": server.url,
                                            "registryRef": {"catalog": f"{ns}/later", "name": "tracker"}})
@@ -160,7 +164,9 @@ async def test_pin_to_a_missing_entry_links_once_it_appears(ns, kube, start_oper
         await eventually(lambda: kube.condition(ns, "tracker", "RegistryMatched").get("reason") == "Linked")
 
 
-async def test_linked_and_autonomous_workloads_and_a_rename(ns, kube, start_operator, probe):
+async def test_linked_and_autonomous_workloads_and_a_rename(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     notes_tools = [make_tool("write_note", "Write a note to the notebook"),
                    make_tool("read_note", "Read a note from the notebook")]
     with McpTestServer(TOOLS) as tracker, McpTestServer(notes_tools) as notes:
@@ -196,8 +202,13 @@ async def test_linked_and_autonomous_workloads_and_a_rename(ns, kube, start_oper
 
 
 async def test_catalogs_are_read_only_from_trusted_namespaces(
-    kube, kube_api, start_operator, probe, caplog, mcpserver_crd
-):
+    kube: Kube,
+    kube_api: ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    caplog: pytest.LogCaptureFixture,
+    mcpserver_crd: str,
+) -> None:
     """A tenant's labelled ConfigMap listing another team's image cannot hijack or break that
     team's workload: only the trusted namespace's catalogs count, even with MCPServers watched
     cluster-wide; a catalog an earlier version loaded from elsewhere is removed at start."""
@@ -248,15 +259,15 @@ async def test_catalogs_are_read_only_from_trusted_namespaces(
             kube.core.delete_namespace(space)
 
 
-def _fresh_namespace(kube, prefix: str) -> str:
+def _fresh_namespace(kube: Kube, prefix: str) -> str:
     name = unique(prefix)
-    kube.core.create_namespace({"metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
     return name
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
-async def _is(row, column, expected) -> bool:
+async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
     return ((await row) or {}).get(column) == expected

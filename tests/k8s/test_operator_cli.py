@@ -9,18 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.mcp import McpClientError, call_tool, list_tools  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, http_get  # noqa: E402
+from mcp_optimizer.config import Settings
+from mcp_optimizer.mcp import McpClientError, call_tool, list_tools
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
+from tests.k8s.harness import Kube, eventually, http_get
 
 pytestmark = pytest.mark.kube
 
@@ -33,23 +31,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def agent_token(kube, ns: str) -> str:
+def agent_token(kube: Kube, ns: str) -> str:
     """A ServiceAccount that may get MCPServers in ``ns``, and its token for the MCP endpoint."""
-    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "agent"}})
+    kube.core.create_namespaced_service_account(ns, cast(Any, {"metadata": {"name": "agent"}}))
     rbac = client.RbacAuthorizationV1Api(kube.api)
     rule = {"apiGroups": ["mcp-optimizer.dev"], "resources": ["mcpservers"], "verbs": ["get"]}
-    rbac.create_namespaced_role(ns, {"metadata": {"name": "agent"}, "rules": [rule]})
-    rbac.create_namespaced_role_binding(ns, {
+    rbac.create_namespaced_role(ns, cast(Any, {"metadata": {"name": "agent"}, "rules": [rule]}))
+    rbac.create_namespaced_role_binding(ns, cast(Any, {
         "metadata": {"name": "agent"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
         "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
-    })
-    request = {"spec": {"audiences": ["mcp-optimizer"], "expirationSeconds": 3600}}
-    return str(kube.core.create_namespaced_service_account_token("agent", ns, request).status.token)
+    }))
+    request: Any = {"spec": {"audiences": ["mcp-optimizer"], "expirationSeconds": 3600}}
+    status = kube.core.create_namespaced_service_account_token("agent", ns, request).status
+    assert status is not None
+    return str(status.token)
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "bm25"])
-async def test_run_command(ns, kube, kubeconfig, op_settings, tmp_path, mode):
+async def test_run_command(
+    ns: str, kube: Kube, kubeconfig: str, op_settings: Settings, tmp_path: Path, mode: str
+) -> None:
     """`mcp-optimizer run` with no auth settings: Kubernetes auth, a caller needs its token."""
     mcp_port, health_port, metrics_port = free_port(), free_port(), free_port()
     auth = {"Authorization": f"Bearer {agent_token(kube, ns)}"}

@@ -4,22 +4,19 @@ and says what to do (duplicate tool names, a too-long name, a registryRef of the
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from dataclasses import replace  # noqa: E402
-
-from mcp_optimizer.db.search import ToolSearch  # noqa: E402
-from mcp_optimizer.mcp.server import McpEndpoint  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from mcp_optimizer.testing.stdio_bridge import StdioBridge  # noqa: E402
-from tests.k8s.harness import eventually, legacy_catalog  # noqa: E402
-from tests.mcp.server_env import connect, hits, payload  # noqa: E402
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from mcp_optimizer.testing.stdio_bridge import StdioBridge
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, legacy_catalog
+from tests.mcp.server_env import connect, hits, payload
 
 pytestmark = pytest.mark.kube
 
@@ -36,11 +33,13 @@ EVERYTHING = [
 ]
 
 
-def conditions(kube, ns: str, name: str) -> dict[str, dict]:
+def conditions(kube: Kube, ns: str, name: str) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in kube.server_status(ns, name).get("conditions") or ()}
 
 
-async def test_stdio_servers_behind_a_bridge_are_indexed_and_callable(ns, kube, start_operator, probe, op_settings):
+async def test_stdio_servers_behind_a_bridge_are_indexed_and_callable(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, op_settings: Settings
+) -> None:
     async with StdioBridge(TIME, name="time", page_size=1) as bridge:
         # ToolHive's registry says "stdio" for most servers; users copy it. Both bridge paths.
         kube.create_server(ns, "time", {"url": bridge.url, "transport": "stdio"})
@@ -66,7 +65,9 @@ async def test_stdio_servers_behind_a_bridge_are_indexed_and_callable(ns, kube, 
                 assert payload(result) == {"tool": "get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}
 
 
-async def test_task_only_tools_and_repeated_names_are_reported_not_fatal(ns, kube, start_operator, probe):
+async def test_task_only_tools_and_repeated_names_are_reported_not_fatal(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(EVERYTHING, legacy=True) as everything, McpTestServer(legacy=True) as sloppy:
         sloppy.registry.set_tools([make_tool("search", "Search the wiki"), make_tool("search", "Search again"),
                                    make_tool("read_page", "Read a wiki page")], allow_repeated_names=True)
@@ -93,7 +94,9 @@ async def test_task_only_tools_and_repeated_names_are_reported_not_fatal(ns, kub
         await eventually(lambda: kube.has_event(ns, "wiki", "DuplicateToolNames", "Warning"), what="Warning Event")
 
 
-async def test_a_name_too_long_for_the_default_selector_says_so(ns, kube, start_operator):
+async def test_a_name_too_long_for_the_default_selector_says_so(
+    ns: str, kube: Kube, start_operator: OperatorFactory
+) -> None:
     name = "search-the-engineering-wiki-and-the-runbooks-of-the-platform-team"  # 65 characters
     assert len(name) > 63
     with McpTestServer(EVERYTHING) as server:
@@ -106,7 +109,9 @@ async def test_a_name_too_long_for_the_default_selector_says_so(ns, kube, start_
     await eventually(lambda: kube.has_event(ns, name, "PodSelectorUnmatchable", "Warning"), what="Warning Event")
 
 
-async def test_a_registry_ref_of_the_wrong_kind_keeps_a_working_server_in_search(ns, kube, start_operator, probe):
+async def test_a_registry_ref_of_the_wrong_kind_keeps_a_working_server_in_search(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(EVERYTHING) as server:
         kube.put_catalog(ns, "catalog", legacy_catalog(
             servers={"wiki-image": {"image": "ghcr.io/acme/wiki:1", "description": "Wiki (container)"}},

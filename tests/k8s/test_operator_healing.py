@@ -1,6 +1,6 @@
 """The operator heals its index (issue 10, point 6), against the real control plane.
 
-Each fault is real (:mod:`mcp_optimizer.testing.faults`): garbage in the file's header or pages, a
+Each fault is real (:mod:`tests.support.faults`): garbage in the file's header or pages, a
 text file or another program's database in its place, the file deleted under the process, a full
 tmpfs (or SQLite's page cap where this process cannot mount). Each test asserts that the fault is
 detected and reported (log, Event on the operator's Pod, metric, ``/readyz``), that the index
@@ -21,24 +21,22 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from kubernetes.client import ApiClient
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.db.health import damaged_copies  # noqa: E402
-from mcp_optimizer.mcp import McpClientError, call_tool  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing import faults  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import Kube, eventually, http_get, legacy_catalog  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.health import damaged_copies
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.mcp import McpClientError, call_tool
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, HangingServer, McpTestServer, make_tool
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get, legacy_catalog
+from tests.k8s.kubelet import set_pod_status
+from tests.support import faults
 
 pytestmark = pytest.mark.kube
 
@@ -58,10 +56,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def operator_pod(kube: Kube, ns: str) -> dict[str, str]:
+def operator_pod(kube: Kube, ns: str) -> dict[str, Any]:
     """A Pod object standing for the operator's own (the downward API would name it); Events go there."""
     kube.create_pod(ns, OPERATOR_POD, instance="mcp-optimizer-operator")
-    uid = kube.core.read_namespaced_pod(OPERATOR_POD, ns).metadata.uid
+    meta = kube.core.read_namespaced_pod(OPERATOR_POD, ns).metadata
+    assert meta is not None and meta.uid is not None
+    uid = meta.uid
     return {"pod_name": OPERATOR_POD, "pod_namespace": ns, "pod_uid": uid}
 
 
@@ -153,8 +153,16 @@ class RunProcess:
         return self.log_path.read_text(errors="replace")
 
 
+class StartProcess(Protocol):
+    """The ``run_process`` fixture: starts ``mcp-optimizer run`` as a process for namespace ``ns``."""
+
+    def __call__(
+        self, ns: str, pod: dict[str, str], *, db: Path | None = None, env: dict[str, str] | None = None
+    ) -> RunProcess: ...
+
+
 @pytest.fixture
-def run_process(kubeconfig, op_settings, tmp_path) -> Iterator[Any]:
+def run_process(kubeconfig: str, op_settings: Settings, tmp_path: Path) -> Iterator[StartProcess]:
     started: list[RunProcess] = []
 
     def start(ns: str, pod: dict[str, str], *, db: Path | None = None, env: dict[str, str] | None = None) -> RunProcess:
@@ -182,7 +190,7 @@ def tools_indexed(kube: Kube, ns: str, name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ at start
 
 
-DAMAGES = {
+DAMAGES: dict[str, Callable[[Path], object]] = {
     "bad header": faults.corrupt_header,
     "corrupt pages": faults.corrupt_pages,
     "not a database": faults.not_a_database,
@@ -192,8 +200,14 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
-    ns, kube, kube_api, start_operator, probe, op_settings, damage
-):
+    ns: str,
+    kube: Kube,
+    kube_api: ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    damage: str,
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -226,8 +240,8 @@ async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
 
 
 async def test_corruption_at_run_time_fails_readyz_and_repairs_itself(
-    ns, kube, run_process, op_settings, probe, embedder
-):
+    ns: str, kube: Kube, run_process: StartProcess, op_settings: Settings, probe: IndexProbe, embedder: Embedder
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -271,8 +285,8 @@ def _not_ready(operator: RunProcess) -> tuple[int, str] | None:
 
 
 async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_returns(
-    ns, kube, kube_api, run_process, tmp_path, embedder
-):
+    ns: str, kube: Kube, kube_api: ApiClient, run_process: StartProcess, tmp_path: Path, embedder: Embedder
+) -> None:
     pod = operator_pod(kube, ns)
     many = [make_tool(f"tool_{i:03d}", f"Tool number {i} of the catalog server") for i in range(20)]
     with faults.FullDisk(tmp_path, size=48 * 1024 * 1024) as disk, McpTestServer(TRANSLATE) as first, \
@@ -309,7 +323,9 @@ async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_r
     assert "sqlalchemy.exc" not in log and "pysqlite3" not in log and "INSERT" not in log
 
 
-async def test_an_index_deleted_under_the_operator_is_rebuilt(ns, kube, kube_api, start_operator, probe, op_settings):
+async def test_an_index_deleted_under_the_operator_is_rebuilt(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe, op_settings: Settings
+) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -336,13 +352,13 @@ async def test_an_index_deleted_under_the_operator_is_rebuilt(ns, kube, kube_api
 
 
 async def _status_is(probe: Any, name: str, status: str) -> bool:
-    return await probe.status(name) == status
+    return bool(await probe.status(name) == status)
 
 
 # ------------------------------------------------------------------------------ readiness
 
 
-async def test_readyz_waits_for_the_first_full_pass(ns, kube, run_process):
+async def test_readyz_waits_for_the_first_full_pass(ns: str, kube: Kube, run_process: StartProcess) -> None:
     pod = operator_pod(kube, ns)
     with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
@@ -389,8 +405,13 @@ async def _catalog_rows(probe: Any, catalog: str) -> int:
 
 
 async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
-    ns, kube, run_process, start_operator, probe, op_settings
-):
+    ns: str,
+    kube: Kube,
+    run_process: StartProcess,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+) -> None:
     pod = operator_pod(kube, ns)
     catalog = f"{ns}/big"
     with McpTestServer(TRANSLATE) as remote:
@@ -413,7 +434,9 @@ async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
         assert tools[0]["n"] == 800
 
 
-async def test_a_catalog_changed_midway_ends_as_its_last_version(ns, kube, start_operator, probe):
+async def test_a_catalog_changed_midway_ends_as_its_last_version(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     catalog = f"{ns}/big"
     start_operator([ns], catalog_namespaces=(ns,), catalog_chunk_seconds=0.0)
     kube.put_catalog(ns, "big", big_catalog(300))
@@ -436,4 +459,4 @@ async def _catalog_has(probe: Any, catalog: str, count: int) -> bool:
 
 
 async def _names_are(probe: Any, catalog: str, names: list[str]) -> bool:
-    return await probe.registry_servers(catalog) == names
+    return bool(await probe.registry_servers(catalog) == names)

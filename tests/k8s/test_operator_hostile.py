@@ -8,18 +8,15 @@ lost: other tenants' rows, status and search stay as they were.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import pytest
+from kubernetes.client import ApiClient
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.logs import TextFormatter  # noqa: E402
-from mcp_optimizer.operator.mapping import REFRESH_ANNOTATION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import (  # noqa: E402
+from mcp_optimizer.logs import TextFormatter
+from mcp_optimizer.operator.mapping import REFRESH_ANNOTATION, workload_name
+from mcp_optimizer.testing.mcp_servers import (
     HangingServer,
     HostileMcpServer,
     Hostility,
@@ -28,10 +25,10 @@ from mcp_optimizer.testing.mcp_servers import (  # noqa: E402
     make_tool,
     refused_url,
 )
-from tests.k8s.conftest import _namespace_name  # noqa: E402
-from tests.k8s.harness import eventually, within  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
-from tests.mcp.server_env import connect, error_text  # noqa: E402
+from tests.k8s.conftest import _namespace_name
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, within
+from tests.k8s.kubelet import set_pod_status
+from tests.mcp.server_env import connect, error_text
 
 pytestmark = pytest.mark.kube
 
@@ -43,19 +40,19 @@ WEATHER = [make_tool("get_forecast", "Get the weather forecast for a city for th
 
 
 @pytest.fixture
-def ns2(kube, mcpserver_crd, request) -> Iterator[str]:
+def ns2(kube: Kube, mcpserver_crd: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A second tenant's namespace."""
     name = _namespace_name(request.node.name + "-b")
-    kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
     yield name
     kube.empty_namespace(name)
     kube.core.delete_namespace(name)
 
 
-def ready(kube, ns: str, name: str, reason: str):
+def ready(kube: Kube, ns: str, name: str, reason: str) -> Callable[[], dict[str, Any] | None]:
     """The Ready condition once its reason is ``reason`` (for eventually)."""
 
-    def check():
+    def check() -> dict[str, Any] | None:
         condition = kube.condition(ns, name, "Ready")
         return condition if condition.get("reason") == reason else None
 
@@ -65,7 +62,9 @@ def ready(kube, ns: str, name: str, reason: str):
 # ------------------------------------------------------------------------------ destinations
 
 
-async def test_the_default_install_refuses_loopback(ns, kube, start_operator, probe):
+async def test_the_default_install_refuses_loopback(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with HangingServer() as hanging:
         kube.create_server(ns, "local", {"url": hanging.url})
         start_operator([ns], allowed_destinations=())
@@ -79,7 +78,9 @@ async def test_the_default_install_refuses_loopback(ns, kube, start_operator, pr
         assert hanging.connections_accepted == 0
 
 
-async def test_other_namespaces_the_apiserver_and_metadata_are_refused(ns, kube, kube_api, start_operator, probe):
+async def test_other_namespaces_the_apiserver_and_metadata_are_refused(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     apiserver = kube_api.configuration.host  # https://127.0.0.1:<port>: loopback is allowed here
     servers = {
         "theirs": ("http://github-mcp.team-b.svc.cluster.local:8080/mcp", "other-namespace"),
@@ -111,7 +112,9 @@ async def test_other_namespaces_the_apiserver_and_metadata_are_refused(ns, kube,
     ],
     ids=["50MB-description", "100k-tools", "endless-pages"],
 )
-async def test_a_hostile_server_fails_alone(hostility, bound, ns, ns2, kube, start_operator, probe):
+async def test_a_hostile_server_fails_alone(
+    hostility: Hostility, bound: str, ns: str, ns2: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     good = workload_name(ns2, "weather")
     with McpTestServer(WEATHER) as weather, HostileMcpServer(hostility) as hostile:
         kube.create_server(ns2, "weather", {"url": weather.url})
@@ -139,7 +142,9 @@ async def test_a_hostile_server_fails_alone(hostility, bound, ns, ns2, kube, sta
         assert kube.server_status(ns2, "weather")["phase"] == "Running"
 
 
-async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(ns, kube, start_operator, probe):
+async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     big = make_tool("send_report", "Send the weekly report by email. " + "details " * 4000)
     with McpTestServer([big, *WEATHER]) as server:
         kube.create_server(ns, "reports", {"url": server.url})
@@ -161,7 +166,9 @@ async def test_oversized_tools_are_indexed_clipped_and_the_status_says_so(ns, ku
 # ------------------------------------------------------------------------------ credentials
 
 
-async def test_credentials_in_a_url_are_used_and_never_shown(ns, kube, start_operator, probe, caplog):
+async def test_credentials_in_a_url_are_used_and_never_shown(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO")
     with McpTestServer(WEATHER) as weather:
         working = weather.url.replace("http://", "http://alice:s3cret@")
@@ -188,7 +195,9 @@ async def test_credentials_in_a_url_are_used_and_never_shown(ns, kube, start_ope
 # ------------------------------------------------------------------------------ dead servers
 
 
-async def test_remote_servers_are_probed_on_their_own_interval(ns, kube, start_operator, probe):
+async def test_remote_servers_are_probed_on_their_own_interval(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     port = closed_port()
     wl = workload_name(ns, "mail")
     server = McpTestServer(MAIL, port=port).start()
@@ -207,7 +216,9 @@ async def test_remote_servers_are_probed_on_their_own_interval(ns, kube, start_o
         server.stop()
 
 
-async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(ns, kube, start_operator, probe):
+async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     port = closed_port()
     wl = workload_name(ns, "mail")
     server = McpTestServer(MAIL, port=port).start()
@@ -233,7 +244,9 @@ async def test_a_failed_call_marks_a_remote_server_at_once_and_it_comes_back(ns,
         server.stop()
 
 
-async def test_a_failed_call_to_a_container_server_only_reprobes_it(ns, kube, kube_api, start_operator, probe):
+async def test_a_failed_call_to_a_container_server_only_reprobes_it(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Pods decide a container server's status: a call failing for its own reasons changes
     nothing; a server that stopped answering is found by the re-probe the call started."""
     wl = workload_name(ns, "reports")
@@ -246,6 +259,7 @@ async def test_a_failed_call_to_a_container_server_only_reprobes_it(ns, kube, ku
         assert counter is not None
         await eventually(lambda: probe.found("dump a large report", wl))
         reads = counter.count(hostile.url)
+        assert operator.endpoint_url is not None
         async with connect(operator.endpoint_url) as client:
             result = await client.call_tool("call_tool", {"server_name": wl, "tool_name": "dump", "parameters": {}})
         assert "MCP_OPTIMIZER_MAX_CALL_RESULT_BYTES" in error_text(result)
@@ -261,7 +275,9 @@ async def test_a_failed_call_to_a_container_server_only_reprobes_it(ns, kube, ku
     assert not await probe.found("dump a large report", wl)
 
 
-async def test_the_refresh_annotation_forces_a_reread(ns, kube, start_operator, probe):
+async def test_the_refresh_annotation_forces_a_reread(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     wl = workload_name(ns, "mail")
     with McpTestServer(MAIL) as server:
         kube.create_server(ns, "mail", {"url": server.url})
@@ -278,5 +294,5 @@ async def test_the_refresh_annotation_forces_a_reread(ns, kube, start_operator, 
         assert counter.count(server.url) == 3
 
 
-async def _equals(value, expected) -> bool:
+async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServer, make_tool, refused_url  # noqa: E402
-from tests.k8s.harness import MERGE_PATCH, eventually  # noqa: E402
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServer, make_tool, refused_url
+from tests.k8s.harness import MERGE_PATCH, IndexProbe, Kube, OperatorFactory, eventually
 
 pytestmark = pytest.mark.kube
 
@@ -25,7 +20,9 @@ GIT = [
 ]
 
 
-async def test_remote_server_create_update_delete(ns, kube, start_operator, probe):
+async def test_remote_server_create_update_delete(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(WEATHER) as weather, McpTestServer(GIT) as git:
         kube.create_server(ns, "weather", {"url": weather.url})
         start_operator([ns])
@@ -66,7 +63,9 @@ async def test_remote_server_create_update_delete(ns, kube, start_operator, prob
         assert not await probe.found("commit history", wl)
 
 
-async def test_container_server_without_pods_is_indexed_stopped(ns, kube, start_operator, probe):
+async def test_container_server_without_pods_is_indexed_stopped(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(WEATHER) as weather:
         kube.create_server(ns, "weather", {"image": "ghcr.io/acme/weather:1.0", "endpoint": weather.url})
         counter = start_operator([ns]).list_tools
@@ -83,7 +82,9 @@ async def test_container_server_without_pods_is_indexed_stopped(ns, kube, start_
         assert counter is not None and counter.count(weather.url) == 0
 
 
-async def test_invalid_spec_is_a_permanent_error_with_an_event(ns, kube, start_operator, probe):
+async def test_invalid_spec_is_a_permanent_error_with_an_event(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(WEATHER) as weather:
         # Passes the CRD schema (endpoint is optional there) but a container server needs one.
         kube.create_server(ns, "broken", {"image": "ghcr.io/acme/weather:1.0"})
@@ -109,7 +110,9 @@ async def test_invalid_spec_is_a_permanent_error_with_an_event(ns, kube, start_o
         await eventually(removed, what="row removed")
 
 
-async def test_unreachable_and_hanging_servers(ns, kube, start_operator, probe):
+async def test_unreachable_and_hanging_servers(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     refused = refused_url()
     with HangingServer() as hanging, McpTestServer(WEATHER) as weather:
         kube.create_server(ns, "refused", {"url": refused})
@@ -130,7 +133,9 @@ async def test_unreachable_and_hanging_servers(ns, kube, start_operator, probe):
         assert hanging.connections_accepted >= 1
 
 
-async def test_a_failing_server_recovers_by_retry(ns, kube, start_operator, probe):
+async def test_a_failing_server_recovers_by_retry(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     server = McpTestServer(WEATHER)
     url = refused_url()
     # The URL is refused until a server listens there: start one on that very port later.
@@ -147,7 +152,9 @@ async def test_a_failing_server_recovers_by_retry(ns, kube, start_operator, prob
         assert kube.condition(ns, "late", "ToolsIndexed")["status"] == "True"
 
 
-async def test_a_stripped_finalizer_does_not_leave_the_row_behind(ns, kube, start_operator, probe):
+async def test_a_stripped_finalizer_does_not_leave_the_row_behind(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(WEATHER) as weather:
         kube.create_server(ns, "weather", {"url": weather.url})
         start_operator([ns])

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.conftest import REPO  # noqa: E402
-from tests.k8s.harness import IndexProbe, OperatorThread, eventually  # noqa: E402
+from mcp_optimizer.config import Settings
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.conftest import REPO
+from tests.k8s.harness import IndexProbe, Kube, OperatorThread, eventually
 
 pytestmark = pytest.mark.kube
 
@@ -25,7 +24,7 @@ PEERING = "mcp-optimizer"
 
 
 @pytest.fixture(scope="module")
-def peering_crds(kube_api):
+def peering_crds(kube_api: client.ApiClient) -> None:
     # Shipped with the manifests: its absence is a packaging bug, not a reason to skip.
     assert PEERING_CRDS.is_file(), f"{PEERING_CRDS} is missing"
     ext = client.ApiextensionsV1Api(kube_api)
@@ -37,8 +36,16 @@ def peering_crds(kube_api):
                 raise
 
 
-async def test_the_standby_replica_takes_over(ns, kube, kube_api, op_settings, kubeconfig, embedder, tmp_path,
-                                              peering_crds):
+async def test_the_standby_replica_takes_over(
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    op_settings: Settings,
+    kubeconfig: str,
+    embedder: Embedder,
+    tmp_path: Path,
+    peering_crds: None,
+) -> None:
     objects = client.CustomObjectsApi(kube_api)
 
     def create_peering() -> bool:
@@ -54,8 +61,8 @@ async def test_the_standby_replica_takes_over(ns, kube, kube_api, op_settings, k
 
     await eventually(create_peering, what="KopfPeering created")
 
-    def peers() -> dict:
-        body = objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", PEERING)
+    def peers() -> dict[str, Any]:
+        body = cast(dict[str, Any], objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", PEERING))
         return dict(body.get("status") or {})
 
     base = replace(op_settings, namespaces=(ns,), peering_name=PEERING)

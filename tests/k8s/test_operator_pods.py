@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
+from kubernetes.client import ApiClient
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, within  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, within
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 
@@ -25,7 +23,9 @@ QUERY = "run an SQL query on postgres"
 FAST = 1.0
 
 
-async def test_pod_phases_drive_search(ns, kube, kube_api, start_operator, probe):
+async def test_pod_phases_drive_search(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "analytics", {"image": "ghcr.io/acme/pg-mcp:2", "endpoint": server.url})
         kube.create_pod(ns, "analytics-0", instance="analytics")
@@ -79,11 +79,13 @@ async def test_pod_phases_drive_search(ns, kube, kube_api, start_operator, probe
         assert counter.count(server.url) == 1, "a pod phase change must not re-read tools"
 
 
-async def _is(check, expected) -> bool:
+async def _is(check: Callable[[], Awaitable[object]], expected: object) -> bool:
     return await check() == expected
 
 
-async def test_selector_and_several_pods(ns, kube, kube_api, start_operator, probe):
+async def test_selector_and_several_pods(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "pg", {
             "image": "ghcr.io/acme/pg-mcp:2",

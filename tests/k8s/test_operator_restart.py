@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import MERGE_PATCH, OperatorThread, eventually, legacy_catalog, unique  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION, workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import (
+    MERGE_PATCH,
+    IndexProbe,
+    Kube,
+    OperatorFactory,
+    OperatorThread,
+    eventually,
+    legacy_catalog,
+    unique,
+)
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 
@@ -27,11 +33,13 @@ TOOLS = [
 OTHER_TOOLS = [make_tool("convert_currency", "Convert an amount between currencies")]
 
 
-def entry(url: str, description: str = "Translation service") -> dict:
+def entry(url: str, description: str = "Translation service") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["translate_text"]}
 
 
-async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, start_operator, probe):
+async def test_restart_sees_every_change_made_while_down(
+    ns: str, kube: Kube, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with (
         McpTestServer(TOOLS) as a_server,
         McpTestServer(OTHER_TOOLS) as other,
@@ -83,13 +91,15 @@ async def test_restart_sees_every_change_made_while_down(ns, kube, kube_api, sta
         await eventually(lambda: kube.server_status(ns, "e").get("phase") == "Running")
 
 
-async def test_final_state_does_not_depend_on_order(kube, start_operator, probe, mcpserver_crd):
+async def test_final_state_does_not_depend_on_order(
+    kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
+) -> None:
     """The same cluster reached in three orders gives the same rows (S3.4 as a level, not an edge)."""
     spaces = [_fresh_namespace(kube, f"order-{label}") for label in ("catalog-first", "server-first", "before-start")]
     servers = [McpTestServer(TOOLS).start() for _ in spaces]
     try:
         catalog_first, server_first, before_start = spaces
-        def catalog(i: int) -> dict:
+        def catalog(i: int) -> dict[str, Any]:
             return legacy_catalog(remote_servers={"translator": entry(servers[i].url)})
 
         kube.put_catalog(before_start, "registry", catalog(2))
@@ -127,7 +137,9 @@ async def test_final_state_does_not_depend_on_order(kube, start_operator, probe,
             kube.core.delete_namespace(space)
 
 
-async def test_watched_namespaces_only(kube, start_operator, probe, mcpserver_crd):
+async def test_watched_namespaces_only(
+    kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
+) -> None:
     spaces = [_fresh_namespace(kube, f"scope-{i}") for i in range(7)]
     watched, ignored = spaces[:6], spaces[6]
     try:
@@ -169,25 +181,32 @@ CATALOG_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["lis
 
 @pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 async def test_least_privilege_as_the_operators_service_account(
-    ns, kube, kube_api, start_operator, probe, operator_kubeconfig, scope, caplog
-):
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    operator_kubeconfig: str,
+    scope: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The operator works with exactly OPERATOR_RULES, cluster-wide and namespaced, and ConfigMap
     access only in its catalog namespace. A listed catalog namespace it has no Role in is
     reported and skipped; nothing else suffers."""
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-test-{ns[-8:]}"
-    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
-    rbac.create_cluster_role_binding({
+    rbac.create_cluster_role(cast(Any, {"metadata": {"name": role}, "rules": OPERATOR_RULES}))
+    rbac.create_cluster_role_binding(cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
-    rbac.create_namespaced_role(ns, {"metadata": {"name": role}, "rules": CATALOG_RULES})
-    rbac.create_namespaced_role_binding(ns, {
+    }))
+    rbac.create_namespaced_role(ns, cast(Any, {"metadata": {"name": role}, "rules": CATALOG_RULES}))
+    rbac.create_namespaced_role_binding(ns, cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
+    }))
     forbidden = _fresh_namespace(kube, "no-role")
     try:
         with McpTestServer(TOOLS) as server, caplog.at_level(logging.WARNING, logger="mcp_optimizer"):
@@ -222,15 +241,15 @@ async def test_least_privilege_as_the_operators_service_account(
         kube.core.delete_namespace(forbidden)
 
 
-def _fresh_namespace(kube, prefix: str) -> str:
+def _fresh_namespace(kube: Kube, prefix: str) -> str:
     name = unique(prefix)
-    kube.core.create_namespace({"metadata": {"name": name}})
+    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
     return name
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
-async def _is(row, column, expected) -> bool:
-    return ((await row) or {}).get(column, object()) == expected
+async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
+    return bool(((await row) or {}).get(column, object()) == expected)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable
 
 import pytest
+from kubernetes.client import ApiClient
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from tests.k8s.harness import eventually, http_get  # noqa: E402
-from tests.k8s.kubelet import set_pod_status  # noqa: E402
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get
+from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
 
@@ -25,7 +22,9 @@ TOOLS = [
 ]
 
 
-async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(ns, kube, kube_api, start_operator, probe):
+async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(
+    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     with McpTestServer(TOOLS) as remote, McpTestServer(TOOLS) as container:
         kube.create_server(ns, "mail", {"url": remote.url})
         kube.create_server(ns, "mail-box", {"image": "ghcr.io/acme/mail:1", "endpoint": container.url})
@@ -48,7 +47,9 @@ async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(ns, k
             await eventually(lambda wl=wl: _eq(probe.tools(wl), ["send_email"]), timeout=10)
 
 
-async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
+async def test_steady_state_writes_nothing(
+    ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Status writes must not re-trigger the handlers: once settled, the object stays put."""
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "mail", {"url": server.url})
@@ -61,9 +62,11 @@ async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
         # Settled: no write for 2 s. A loaded machine may still see one late write of kopf's own
         # (e.g. a retry's bookkeeping) after the annotation clears; a reconcile loop never settles.
         settled = kube.server(ns, "mail")
+        assert settled is not None
         for _ in range(10):
             await asyncio.sleep(2)
             now = kube.server(ns, "mail")
+            assert now is not None
             if now["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"]:
                 break
             settled = now
@@ -72,18 +75,19 @@ async def test_steady_state_writes_nothing(ns, kube, start_operator, probe):
         calls = counter.count(server.url)
         await asyncio.sleep(3)  # an absence cannot be polled for
         later = kube.server(ns, "mail")
+        assert later is not None
         assert later["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"], (settled, later)
         assert counter.count(server.url) == calls == 1
 
 
-async def test_sse_server(ns, kube, start_operator, probe):
+async def test_sse_server(ns: str, kube: Kube, start_operator: OperatorFactory, probe: IndexProbe) -> None:
     with McpTestServer(TOOLS) as server:
         kube.create_server(ns, "mail", {"url": server.sse_url, "transport": "sse"})
         start_operator([ns])
         await eventually(lambda: probe.found("send an email", workload_name(ns, "mail")))
 
 
-async def test_liveness_endpoint(ns, start_operator):
+async def test_liveness_endpoint(ns: str, start_operator: OperatorFactory) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -93,5 +97,5 @@ async def test_liveness_endpoint(ns, start_operator):
                      what="liveness endpoint answering 200")
 
 
-async def _eq(value, expected) -> bool:
+async def _eq(value: Awaitable[object], expected: object) -> bool:
     return await value == expected

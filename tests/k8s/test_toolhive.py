@@ -12,32 +12,30 @@ read-only guarantee is checked as the operator's ServiceAccount with list/watch 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
 
-# The harness is also a plugin (its fixtures: ns, kube, start_operator, probe, ...); let pytest
-# rewrite its asserts although this module imports it first.
-pytest.register_assert_rewrite("tests.k8s.harness")
-pytest_plugins = ["tests.k8s.harness"]
-
-from mcp_optimizer.db.search import ToolSearch  # noqa: E402
-from mcp_optimizer.mcp.auth import build_token_table  # noqa: E402
-from mcp_optimizer.mcp.scope import AccessScope  # noqa: E402
-from mcp_optimizer.mcp.server import McpEndpoint  # noqa: E402
-from mcp_optimizer.operator.mapping import workload_name  # noqa: E402
-from mcp_optimizer.testing import toolhive as th  # noqa: E402
-from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool  # noqa: E402
-from mcp_optimizer.testing.shared import shared_dir  # noqa: E402
-from tests.k8s.harness import OperatorThread, eventually, legacy_catalog, within  # noqa: E402
-from tests.mcp.server_env import connect, payload  # noqa: E402
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import Embedder
+from mcp_optimizer.mcp.auth import build_token_table
+from mcp_optimizer.mcp.scope import AccessScope
+from mcp_optimizer.mcp.server import McpEndpoint
+from mcp_optimizer.operator.mapping import workload_name
+from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, OperatorThread, eventually, legacy_catalog, within
+from tests.mcp.server_env import connect, payload
+from tests.support import toolhive as th
+from tests.support.shared import shared_dir
 
 pytestmark = pytest.mark.kube
 
@@ -86,11 +84,11 @@ def apply_example(api: client.ApiClient, ns: str, name: str) -> list[dict[str, A
 
 
 async def _eq(value: Any, expected: Any) -> bool:
-    return await value == expected
+    return bool(await value == expected)
 
 
 async def _column(row: Any, column: str, expected: Any) -> bool:
-    return ((await row) or {}).get(column, object()) == expected
+    return bool(((await row) or {}).get(column, object()) == expected)
 
 
 @pytest.fixture
@@ -108,10 +106,12 @@ def tns(ns: str, kube_api: client.ApiClient, toolhive_crds: None) -> Iterator[st
 
 
 async def _is(check: Any, expected: Any) -> bool:
-    return await check() == expected
+    return bool(await check() == expected)
 
 
-async def test_mcpserver_phase_drives_search(tns, kube_api, start_operator, probe):
+async def test_mcpserver_phase_drives_search(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's fetch example, unchanged: Ready -> searchable, Failed/Stopped -> gone within a
     second (one write, no tools/list), Ready again -> back with the stored tools."""
     (server_doc,) = th.example("mcpserver_fetch")
@@ -132,6 +132,7 @@ async def test_mcpserver_phase_drives_search(tns, kube_api, start_operator, prob
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Pending", url=proxy.url)
         await eventually(lambda: _is(status, "STOPPED"), what="indexed as STOPPED")
         row = await probe.workload(wl)
+        assert row is not None
         assert row["name"] == "fetch" and row["package"] == "ghcr.io/stackloklabs/gofetch/server"
         assert row["namespace"] == tns and row["group"] == "default"
         assert counter.count(proxy.url) == 0
@@ -140,20 +141,22 @@ async def test_mcpserver_phase_drives_search(tns, kube_api, start_operator, prob
         assert await status() == "RUNNING"
         assert counter.count(proxy.url) == 1
         row = await probe.workload(wl)
+        assert row is not None
         assert row["endpoint"] == proxy.url and row["transport"] == "streamable-http"
 
         for phase, expected in (("Failed", "ERROR"), ("Ready", "RUNNING"), ("Stopped", "STOPPED"),
                                 ("Ready", "RUNNING"), ("Terminating", "STOPPED"), ("Ready", "RUNNING")):
             th.set_status(kube_api, "MCPServer", tns, "fetch", phase=phase, message=f"now {phase}")
-            took = await within(FAST * 5, lambda expected=expected: _is(status, expected), what=f"{phase}")
+            took = await within(FAST * 5, functools.partial(_is, status, expected), what=f"{phase}")
             assert took < FAST, f"{phase} took {took:.2f}s to reach the index"
             assert await searchable() is (expected == "RUNNING")
         row = await probe.workload(wl)
+        assert row is not None
         assert counter.count(proxy.url) == 1, "a phase change must not re-read tools"
 
         th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Failed", message="CrashLoopBackOff")
         await eventually(lambda: _is(status, "ERROR"))
-        assert "Failed: CrashLoopBackOff" in (await probe.workload(wl))["status_reason"]
+        assert "Failed: CrashLoopBackOff" in (await probe.workload(wl) or {})["status_reason"]
 
 
 NOTION_TOOLS = [
@@ -170,7 +173,9 @@ def put_toolhive_catalog(kube: Any, ns: str) -> str:
     return f"{ns}/toolhive-registry"
 
 
-async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operator, probe):
+async def test_tool_config_change_rereads_the_tools(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's fetch-with-MCPToolConfig example: the proxy applies the filter; changing the
     MCPToolConfig reads the tools again, and so does ToolHive recording a new toolConfigHash."""
     apply_example(kube_api, tns, "mcpserver_fetch_tools_filter")
@@ -197,8 +202,8 @@ async def test_tool_config_change_rereads_the_tools(tns, kube_api, start_operato
 
 
 async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
-    tns, kube, kube_api, start_operator, probe
-):
+    tns: str, kube: Kube, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Registry matching against ToolHive's own catalog: MCPServers by image (the fetch and
     GitHub examples, unchanged), an MCPRemoteProxy and the MCPServerEntry example by URL. A
     Pending entry is never contacted; a Valid one is read at its remote URL."""
@@ -236,7 +241,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         for wl, (registry_name, catalog) in linked.items():
             await eventually(lambda wl=wl, r=registry_name: _column(probe.workload(wl), "registry_server_name", r),
                              timeout=180, what=f"{wl} linked to {registry_name}")
-            assert (await probe.workload(wl))["registry_catalog"] == catalog
+            assert (await probe.workload(wl) or {})["registry_catalog"] == catalog
         assert await probe.found("search my notion workspace", proxy(tns, "notion"), "notion_search")
         assert await probe.found("weather forecast for Paris", entry(tns, "weather"), "get_forecast")
         assert await probe.found("fetch a web page", mcpserver(tns, "fetch"), "fetch")
@@ -245,6 +250,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         assert counter.count("https://mcp.context7.com/mcp") == 0, "a Pending entry must not be contacted"
         assert counter.count(notion_proxy.url) == 1 and counter.count("https://mcp.notion.com/mcp") == 0
         row = await probe.workload(proxy(tns, "notion"))
+        assert row is not None
         assert (row["url"], row["endpoint"]) == ("https://mcp.notion.com/mcp", notion_proxy.url)
         # Events about ToolHive's objects are posted as for ours (an Event is not a write to them).
         await eventually(lambda: kube.has_event(tns, "notion", "RegistryLinked", "Normal"))
@@ -256,7 +262,9 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
         assert not await probe.found("weather forecast for Paris", entry(tns, "weather"))
 
 
-async def test_a_vmcp_does_not_double_the_results(tns, kube_api, start_operator, probe):
+async def test_a_vmcp_does_not_double_the_results(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """ToolHive's simple vMCP example: by default the group is indexed through its backend and
     the vMCP is left out; with the setting, through the vMCP and the backend is left out. Either
     way each tool is found once."""
@@ -296,8 +304,14 @@ def endpoint_settings(op_settings: Any) -> Any:
 
 
 async def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads(
-    tns, kube, kube_api, start_operator, probe, op_settings, embedder
-):
+    tns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    embedder: Embedder,
+) -> None:
     """servers --json, find_tool and call_tool tell ToolHive's MCPServer fetch and ours apart
     (ToolHive's is served over SSE here: the proxy URL ``.../sse#fetch``)."""
     tools = [FETCH_TOOLS[0]]
@@ -310,6 +324,7 @@ async def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads(
         for wl in (ours_wl, theirs_wl):
             await eventually(lambda wl=wl: probe.found("fetch a web page", wl, "fetch"), what=wl)
         row = await probe.workload(theirs_wl)
+        assert row is not None
         assert (row["endpoint"], row["transport"]) == (theirs.sse_url, "sse")
 
         process = await asyncio.create_subprocess_exec(
@@ -336,7 +351,14 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, op_settings, embedder):
+async def test_toolhive_groups_are_scopes(
+    tns: str,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    embedder: Embedder,
+) -> None:
     """spec.groupRef (ToolHive's mixed-group example) and the group label become the workload's
     group: find_tool(group=...) and tokens scoped to a group see only that group's servers."""
     apply_example(kube_api, tns, "mcpserverentry_mixed_group")
@@ -352,8 +374,8 @@ async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, 
         github_wl, fetch_wl = mcpserver(tns, "github-mcp"), mcpserver(tns, "ops-fetch")
         await eventually(lambda: probe.found("open a bug report on github", github_wl))
         await eventually(lambda: probe.found("fetch a web page", fetch_wl))
-        assert (await probe.workload(github_wl))["group"] == "engineering-team"
-        assert (await probe.workload(fetch_wl))["group"] == "ops"
+        assert (await probe.workload(github_wl) or {})["group"] == "engineering-team"
+        assert (await probe.workload(fetch_wl) or {})["group"] == "ops"
         await eventually(lambda: _column(probe.workload(entry(tns, "context7")), "group", "engineering-team"))
         assert await probe.workload(workload_name(tns, "eng-tools", "VirtualMCPServer")) is None
 
@@ -372,7 +394,9 @@ async def test_toolhive_groups_are_scopes(tns, kube_api, start_operator, probe, 
             assert fetch_wl in {h["server"] for h in hits["tools"]}
 
 
-async def test_deleted_objects_leave_no_rows_even_across_a_restart(tns, kube_api, start_operator, probe):
+async def test_deleted_objects_leave_no_rows_even_across_a_restart(
+    tns: str, kube_api: client.ApiClient, start_operator: OperatorFactory, probe: IndexProbe
+) -> None:
     """Deletion is noticed by the watch (ToolHive's own finalizer holding the object is enough);
     objects deleted while the operator is down are collected at its start."""
     apply_example(kube_api, tns, "mcpserver_fetch")
@@ -431,8 +455,14 @@ def _untouched(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_read_only_as_the_operators_service_account(
-    tns, kube, kube_api, operator_kubeconfig, start_operator, probe, caplog
-):
+    tns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    operator_kubeconfig: str,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """As its ServiceAccount, first without any right on ToolHive's resources (it starts, serves
     its own MCPServers and says in one line why ToolHive is not watched), then with list/watch
     only (picked up without a restart of the process): it indexes, follows phases and tool
@@ -440,12 +470,12 @@ async def test_read_only_as_the_operators_service_account(
     caplog.set_level(logging.INFO, logger="mcp_optimizer.operator.runner")
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"mcp-optimizer-th-{tns[-8:]}"
-    rbac.create_cluster_role({"metadata": {"name": role}, "rules": OPERATOR_RULES})
-    rbac.create_cluster_role_binding({
+    rbac.create_cluster_role(cast(Any, {"metadata": {"name": role}, "rules": OPERATOR_RULES}))
+    rbac.create_cluster_role_binding(cast(Any, {
         "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
+    }))
     try:
         with McpTestServer(FETCH_TOOLS) as fetch, McpTestServer(NOTION_TOOLS) as notion, \
                 McpTestServer(WEATHER_TOOLS) as ours:
@@ -466,7 +496,7 @@ async def test_read_only_as_the_operators_service_account(
 
             # The Helm chart's rule, granted while it runs: picked up at the next check.
             role_body = rbac.read_cluster_role(role)
-            role_body.rules = [*role_body.rules, client.V1PolicyRule(**{
+            role_body.rules = [*(role_body.rules or ()), client.V1PolicyRule(**{
                 "api_groups": TOOLHIVE_RULE["apiGroups"], "resources": TOOLHIVE_RULE["resources"],
                 "verbs": TOOLHIVE_RULE["verbs"]})]
             rbac.replace_cluster_role(role, role_body)
@@ -493,14 +523,21 @@ async def test_read_only_as_the_operators_service_account(
             assert after == before
             for (_, _), state in after.items():
                 assert not state["finalizers"] and not state["annotations"]
-            ours_meta = kube.server(tns, "weather")["metadata"]
+            ours_meta = (kube.server(tns, "weather") or {})["metadata"]
             assert "mcp-optimizer.dev/finalizer" in ours_meta["finalizers"]  # ours, by contrast, is managed
     finally:
         rbac.delete_cluster_role_binding(role)
         rbac.delete_cluster_role(role)
 
 
-async def test_absent_crds_then_installed(ns, kube, kube_api, start_operator, probe, caplog):
+async def test_absent_crds_then_installed(
+    ns: str,
+    kube: Kube,
+    kube_api: client.ApiClient,
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Without ToolHive's CRDs the operator starts and serves as today, with one log line; once
     they are installed, it picks them up (kopf restarted in-process, the index kept)."""
     caplog.set_level(logging.INFO, logger="mcp_optimizer.operator.runner")

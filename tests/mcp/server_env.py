@@ -238,7 +238,7 @@ async def connect(
         return
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0)) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client,  # type: ignore[arg-type]
+        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client,
     ):
         yield client
 

@@ -362,7 +362,7 @@ async def test_a_pre_2026_server_is_probed_once_then_spoken_to_directly() -> Non
             result = await call_tool(legacy.url, "streamable-http", "search", {"query": "x"}, timeout=10)
             second = list(statuses)
         finally:
-            client_module._new_http_client = original  # type: ignore[assignment]
+            client_module._new_http_client = original
     assert result["isError"] is False
     assert first[0] == ("POST", 400)  # the probe, answered as pre-2026 servers answer it
     assert second[0] == ("POST", 200)  # straight to initialize

@@ -17,6 +17,7 @@ import pytest
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.search import ToolSearch
+from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp.auth import build_token_table
 from mcp_optimizer.mcp.scope import AccessScope
@@ -24,6 +25,7 @@ from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.mcp.sessions import SessionLimitReached, SessionLimits
 from mcp_optimizer.testing.mcp_servers import McpTestServerFarm
 from tests.mcp.server_env import connect, endpoint_settings, farm, payload, populate, running_endpoint
+from tests.support.fake_embedder import FakeEmbedder
 
 __all__ = ["farm"]
 
@@ -68,6 +70,12 @@ def in_session(session_id: str, token: str) -> dict[str, str]:
         "mcp-session-id": session_id,
         "mcp-protocol-version": "2025-06-18",
     }
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """These tests bound sessions and never assert which tools a query finds: the fake model."""
+    return FakeEmbedder()
 
 
 @pytest.fixture

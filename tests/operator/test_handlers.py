@@ -7,16 +7,19 @@ writer and a scripted ``tools/list``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
 
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp import McpClientError
 from mcp_optimizer.operator import mcpservers, workloads
 from mcp_optimizer.operator.mapping import PodState, ServerView, parse_server
+from mcp_optimizer.operator.runner import OperatorContext
 from mcp_optimizer.operator.status import same_status
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 
@@ -51,11 +54,12 @@ class ScriptedTools:
         return self.tools
 
 
-def body(name: str = "echo", *, generation: int = 1, uid: str = "uid-1", **spec: Any) -> dict[str, Any]:
-    return {
+def body(name: str = "echo", *, generation: int = 1, uid: str = "uid-1", **spec: Any) -> kopf.Body:
+    """An MCPServer as kopf hands it to a handler."""
+    return kopf.Body(cast(kopf.RawBody, {
         "metadata": {"namespace": "ns", "name": name, "uid": uid, "generation": generation},
         "spec": spec or {"url": "https://echo.example.com/mcp"},
-    }
+    }))
 
 
 def running_pod(name: str, instance: str) -> PodState:
@@ -70,11 +74,16 @@ def writer() -> RecordingWriter:
     return RecordingWriter()
 
 
-def reconciler(indexer, writer, tools) -> WorkloadReconciler:
+def reconciler(indexer: Indexer, writer: RecordingWriter, tools: ScriptedTools) -> WorkloadReconciler:
     return WorkloadReconciler(indexer, writer, mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ handlers
+
+
+def _memo(reconciler: object) -> OperatorContext:
+    """The handlers' memo as far as these handlers read it: only its reconciler."""
+    return cast(OperatorContext, SimpleNamespace(reconciler=reconciler))
 
 
 class FailingReconciler:
@@ -82,9 +91,9 @@ class FailingReconciler:
         raise RuntimeError("database is locked")
 
 
-async def test_delete_retries_then_lets_go():
-    memo = SimpleNamespace(reconciler=FailingReconciler())
-    logger = SimpleNamespace(error=lambda *a, **k: None)
+async def test_delete_retries_then_lets_go() -> None:
+    memo = _memo(FailingReconciler())
+    logger = logging.getLogger("test.handlers")
     with pytest.raises(kopf.TemporaryError) as exc:
         await mcpservers.delete_server(body=body(), memo=memo, retry=0, logger=logger)
     assert exc.value.delay == backoff(0)
@@ -92,15 +101,15 @@ async def test_delete_retries_then_lets_go():
     await mcpservers.delete_server(body=body(), memo=memo, retry=mcpservers.DELETE_ATTEMPTS - 1, logger=logger)
 
 
-async def test_invalid_spec_is_permanent(indexer, writer):
-    memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools()))
+async def test_invalid_spec_is_permanent(indexer: Indexer, writer: RecordingWriter) -> None:
+    memo = _memo(reconciler(indexer, writer, ScriptedTools()))
     with pytest.raises(kopf.PermanentError, match=r"spec\.endpoint is required"):
         await mcpservers.reconcile_server(body=body(image="a/b"), memo=memo, retry=0)
     assert writer.last("echo")["phase"] == "Error"
 
 
-async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
-    memo = SimpleNamespace(reconciler=reconciler(indexer, writer, ScriptedTools(error="connection refused")))
+async def test_tools_failure_is_temporary_with_backoff(indexer: Indexer, writer: RecordingWriter) -> None:
+    memo = _memo(reconciler(indexer, writer, ScriptedTools(error="connection refused")))
     with pytest.raises(kopf.TemporaryError) as exc:
         await mcpservers.reconcile_server(body=body(), memo=memo, retry=3)
     assert exc.value.delay == backoff(3) == 8
@@ -108,17 +117,19 @@ async def test_tools_failure_is_temporary_with_backoff(indexer, writer):
     status = writer.last("echo")
     assert status["phase"] == "Error"
     # The timer does not raise (it must keep ticking); it starts the re-probe loop.
-    await mcpservers.resync_server(body=body(), memo=memo, logger=SimpleNamespace(warning=print))
+    await mcpservers.resync_server(body=body(), memo=memo, logger=logging.getLogger("test.handlers"))
     await memo.reconciler.close()
 
 
-async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(indexer, writer):
+async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(
+    indexer: Indexer, writer: RecordingWriter
+) -> None:
     """A rule or a bound is not fixed in seconds: no fast backoff that lists (and parses) a
     hostile server's answer again and again."""
     for reason, code in (("limit", "LimitExceeded"), ("destination", "DestinationRefused")):
         tools = ScriptedTools(error=f"refused ({reason})", reason=reason)
         rec = WorkloadReconciler(indexer, writer, mcp_timeout=1.0, list_tools=tools, probe_interval=45.0)  # type: ignore[arg-type]
-        memo = SimpleNamespace(reconciler=rec)
+        memo = _memo(rec)
         with pytest.raises(kopf.TemporaryError) as exc:
             await mcpservers.reconcile_server(body=body(), memo=memo, retry=0)
         assert exc.value.delay == 45.0
@@ -126,14 +137,16 @@ async def test_a_refused_or_oversized_server_is_retried_at_the_probe_interval(in
         assert rec.retry_delay(parse_server(body()), 10) == 60.0  # the backoff's cap, if longer
 
 
-def test_backoff_is_exponential_and_capped():
+def test_backoff_is_exponential_and_capped() -> None:
     assert [backoff(i) for i in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
 # ------------------------------------------------------------------------------ reconciler
 
 
-async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch):
+async def test_remote_sync_reads_tools_and_reports(
+    indexer: Indexer, writer: RecordingWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # lastSyncTime has a resolution of one second: both syncs must happen within the same one.
     monkeypatch.setattr(workloads, "now_rfc3339", lambda: "2026-12-01T00:00:00Z")
     tools = ScriptedTools()
@@ -157,7 +170,7 @@ async def test_remote_sync_reads_tools_and_reports(indexer, writer, monkeypatch)
         assert same_status({**again, "lastSyncTime": None}, {**status, "lastSyncTime": None})
 
 
-async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer, writer):
+async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer: Indexer, writer: RecordingWriter) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     view = parse_server(body())
     await rec.sync(view, read_tools=True)
@@ -167,7 +180,7 @@ async def test_a_deleted_object_is_not_resurrected_by_a_late_sync(indexer, write
     assert await indexer.workload_names() == set()
 
 
-async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer, writer):
+async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer: Indexer, writer: RecordingWriter) -> None:
     rec = reconciler(indexer, writer, ScriptedTools())
     old = parse_server(body(generation=1, url="https://echo.example.com/mcp", group="old"))
     new = parse_server(body(generation=2, url="https://echo.example.com/mcp", group="new"))
@@ -175,13 +188,13 @@ async def test_an_older_generation_does_not_overwrite_a_newer_one(indexer, write
     assert await rec.sync(new, read_tools=True) is Outcome.OK
     assert await rec.sync(old, read_tools=True) is Outcome.STALE
     row = await indexer.workloads.get_by_workload_name("ns/echo")
-    assert row.group == "new"
+    assert row is not None and row.group == "new"
     # Once the indices are attached, an object missing from them is gone.
     rec.attach(pods={}, servers={})
     assert await rec.sync(new, read_tools=True) is Outcome.STALE
 
 
-async def test_pod_fast_path_writes_status_without_tools_list(indexer, writer):
+async def test_pod_fast_path_writes_status_without_tools_list(indexer: Indexer, writer: RecordingWriter) -> None:
     tools = ScriptedTools()
     rec = reconciler(indexer, writer, tools)
     view = parse_server(body("web", image="ghcr.io/acme/web:1", endpoint="http://web/mcp"))
@@ -218,6 +231,7 @@ async def test_pod_fast_path_writes_status_without_tools_list(indexer, writer):
     assert tools.calls == 1
 
 
-async def _status(indexer, name: str) -> WorkloadStatus:
+async def _status(indexer: Indexer, name: str) -> WorkloadStatus:
     row = await indexer.workloads.get_by_workload_name(name)
+    assert row is not None, name
     return WorkloadStatus(row.status)

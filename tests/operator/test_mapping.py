@@ -63,7 +63,7 @@ def pod(
 # ------------------------------------------------------------------------------ MCPServer
 
 
-def test_container_server_maps_to_a_workload_spec():
+def test_container_server_maps_to_a_workload_spec() -> None:
     view = parse_server(server({"image": "ghcr.io/acme/web:1.2", "endpoint": "http://web.team-a.svc:8080/mcp"}))
     assert view.spec_error is None
     assert view.workload_name == "team-a/web"
@@ -83,7 +83,7 @@ def test_container_server_maps_to_a_workload_spec():
     assert spec.tools == [{"name": "t"}]
 
 
-def test_remote_server_uses_its_url_as_identity_and_endpoint():
+def test_remote_server_uses_its_url_as_identity_and_endpoint() -> None:
     body = server({
         "url": "https://mcp.example.com/mcp",
         "transport": "sse",
@@ -102,7 +102,7 @@ def test_remote_server_uses_its_url_as_identity_and_endpoint():
     assert spec.tools is None  # None keeps the stored tools
 
 
-def test_stdio_servers_keep_their_declared_transport():
+def test_stdio_servers_keep_their_declared_transport() -> None:
     # What is spoken to the bridge in front of a stdio server is the MCP client's decision
     # (mcp.client.wire_transport), for tools/list and call_tool alike: the index stores what
     # the spec declares.
@@ -126,7 +126,7 @@ def test_stdio_servers_keep_their_declared_transport():
         ({"url": "https://x/mcp", "podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}, "op"),
     ],
 )
-def test_invalid_specs_are_reported_not_raised(spec, message):
+def test_invalid_specs_are_reported_not_raised(spec: dict[str, Any], message: str) -> None:
     view = parse_server(server(spec))
     assert view.spec_error is not None
     assert message in view.spec_error
@@ -134,19 +134,19 @@ def test_invalid_specs_are_reported_not_raised(spec, message):
         workload_spec(view, status=WorkloadStatus.STOPPED, reason=None, tools=None)
 
 
-def test_missing_spec_and_deletion_are_seen():
+def test_missing_spec_and_deletion_are_seen() -> None:
     assert parse_server(server(None)).spec_error == "spec is missing"
     view = parse_server(server({"url": "https://x/mcp"}, deletionTimestamp="2024-01-01T00:00:00Z"))
     assert view.deleting
 
 
-def test_workload_names_round_trip():
+def test_workload_names_round_trip() -> None:
     assert split_workload_name("team-a/web") == ("team-a", "web")
     with pytest.raises(ValueError):
         split_workload_name("no-namespace")
 
 
-def test_object_ref_is_enough_for_events():
+def test_object_ref_is_enough_for_events() -> None:
     ref = parse_server(server({"url": "https://x/mcp"})).object_ref
     assert ref["kind"] == "MCPServer"
     assert ref["metadata"] == {"namespace": "team-a", "name": "web", "uid": "u-1"}
@@ -155,7 +155,7 @@ def test_object_ref_is_enough_for_events():
 # ------------------------------------------------------------------------------ selectors
 
 
-def test_label_selector_semantics():
+def test_label_selector_semantics() -> None:
     selector = LabelSelector.parse({
         "matchLabels": {"app": "web"},
         "matchExpressions": [
@@ -176,7 +176,7 @@ def test_label_selector_semantics():
     assert str(selector) == "app=web,tier in (api,mcp),!canary,zone notin (eu),owner"
 
 
-def test_empty_selector_selects_everything():
+def test_empty_selector_selects_everything() -> None:
     assert LabelSelector.parse({}).matches({"any": "thing"})
     assert LabelSelector.parse({}).matches({})
 
@@ -186,14 +186,14 @@ def test_empty_selector_selects_everything():
 SELECTOR = LabelSelector.for_instance("web")
 
 
-def test_no_pods_is_stopped():
+def test_no_pods_is_stopped() -> None:
     result = pods_status([], SELECTOR)
     assert result.status is WorkloadStatus.STOPPED
     assert result.code == "NoPods"
     assert "app.kubernetes.io/instance=web" in result.message
 
 
-def test_pods_of_other_servers_are_ignored():
+def test_pods_of_other_servers_are_ignored() -> None:
     assert pods_status([pod("other-0", labels={"app.kubernetes.io/instance": "other"})], SELECTOR).code == "NoPods"
 
 
@@ -224,13 +224,13 @@ def test_pods_of_other_servers_are_ignored():
          "PodPending"),
     ],
 )
-def test_pod_status_rules(pods, status, code):
+def test_pod_status_rules(pods: list[PodState], status: WorkloadStatus, code: str) -> None:
     result = pods_status(pods, SELECTOR)
     assert (result.status, result.code) == (status, code)
     assert result.message
 
 
-def test_running_message_counts_pods():
+def test_running_message_counts_pods() -> None:
     result = pods_status([pod("web-0"), pod("web-1", ready=False)], SELECTOR)
     assert result.message.startswith("1/2 pods Running and Ready")
 
@@ -238,7 +238,7 @@ def test_running_message_counts_pods():
 # ------------------------------------------------------------------------------ status
 
 
-def test_status_of_a_linked_running_server():
+def test_status_of_a_linked_running_server() -> None:
     from mcp_optimizer.operator.mapping import tools_listed
 
     facts = ServerFacts(
@@ -265,7 +265,7 @@ def test_status_of_a_linked_running_server():
     assert warnings(facts) == []
 
 
-def test_index_problems_make_the_phase_error_whatever_the_pods_say():
+def test_index_problems_make_the_phase_error_whatever_the_pods_say() -> None:
     facts = ServerFacts(
         runtime=pods_status([pod("web-0")], SELECTOR),
         index_problem=IndexProblem("DuplicateRegistryEntries", "2 registry entries match"),
@@ -279,7 +279,7 @@ def test_index_problems_make_the_phase_error_whatever_the_pods_say():
     assert warnings(facts) == [("DuplicateRegistryEntries", "2 registry entries match")]
 
 
-def test_invalid_spec_status():
+def test_invalid_spec_status() -> None:
     facts = ServerFacts(spec_error="spec.endpoint is required")
     status = render_status(facts)
     assert status["phase"] == "Error"
@@ -287,7 +287,7 @@ def test_invalid_spec_status():
     assert warnings(facts) == [("InvalidSpec", "spec.endpoint is required")]
 
 
-def test_tools_failure_and_pin_notes_are_warnings():
+def test_tools_failure_and_pin_notes_are_warnings() -> None:
     facts = ServerFacts(tools_error="MCP tools/list failed: refused",
                         registry_note=RegistryNote("RegistryRefNotFound", "pinned entry a/b not found"))
     conditions = {c["type"]: c for c in render_status(facts)["conditions"]}
@@ -296,7 +296,7 @@ def test_tools_failure_and_pin_notes_are_warnings():
     assert {reason for reason, _ in warnings(facts)} == {"ToolsListFailed", "RegistryRefNotFound"}
 
 
-def test_a_pin_of_the_wrong_type_keeps_the_server_running_and_says_so():
+def test_a_pin_of_the_wrong_type_keeps_the_server_running_and_says_so() -> None:
     note = RegistryNote("RegistryRefInvalid", "workload 'team-a/web' is a container server but its pinned registry "
                         "entry a/r is a remote server; the pin is ignored")
     facts = ServerFacts(runtime=pods_status([pod("web-0")], SELECTOR), registry=("a", "web"), registry_note=note)
@@ -308,7 +308,7 @@ def test_a_pin_of_the_wrong_type_keeps_the_server_running_and_says_so():
     assert ("RegistryRefInvalid", note.message) in warnings(facts)
 
 
-def test_repeated_tool_names_are_the_servers_fault_not_the_specs():
+def test_repeated_tool_names_are_the_servers_fault_not_the_specs() -> None:
     tools = [{"name": "a", "description": "first"}, {"name": "b"}, {"name": "a", "description": "second"},
              {"name": ""}]
     kept, repeated = distinct_tools(tools)
@@ -327,7 +327,7 @@ def test_repeated_tool_names_are_the_servers_fault_not_the_specs():
     assert [reason for reason, _ in warnings(facts)] == ["DuplicateToolNames"]
 
 
-def test_task_only_tools_are_named_in_the_tools_condition():
+def test_task_only_tools_are_named_in_the_tools_condition() -> None:
     facts = ServerFacts(runtime=pods_status([pod("web-0")], SELECTOR), generation=1, tools_generation=1,
                         tool_count=12, task_only_tools=("simulate-research-query",))
     [tools] = [c for c in render_status(facts)["conditions"] if c["type"] == "ToolsIndexed"]
@@ -336,7 +336,7 @@ def test_task_only_tools_are_named_in_the_tools_condition():
     assert "simulate-research-query" in tools["message"]
 
 
-def test_a_name_too_long_for_the_default_selector_says_what_to_do():
+def test_a_name_too_long_for_the_default_selector_says_what_to_do() -> None:
     name = "a-very-long-mcp-server-name-that-is-fine-for-kubernetes-objects-x"
     assert len(name) > 63
     view = parse_server(server({"image": "x/y", "endpoint": "http://e/mcp"}, name=name))
@@ -354,7 +354,7 @@ def test_a_name_too_long_for_the_default_selector_says_what_to_do():
     assert pods_status([], short.selector).code == "NoPods"
 
 
-def test_condition_transition_time_moves_only_when_status_changes():
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
     facts = ServerFacts(runtime=pods_status([], SELECTOR))
     first = render_status(facts, now="2024-01-01T00:00:00Z")
     facts.runtime = pods_status([pod("web-0", phase="Pending", ready=False)], SELECTOR)
@@ -368,7 +368,7 @@ def test_condition_transition_time_moves_only_when_status_changes():
     assert {c["type"]: c for c in third["conditions"]}["Ready"]["lastTransitionTime"] == "2024-01-01T00:02:00Z"
 
 
-def test_same_status_ignores_timestamps_only():
+def test_same_status_ignores_timestamps_only() -> None:
     facts = ServerFacts(runtime=pods_status([], SELECTOR))
     a = render_status(facts, now="2024-01-01T00:00:00Z")
     b = render_status(facts, now="2024-01-02T00:00:00Z")
@@ -378,7 +378,7 @@ def test_same_status_ignores_timestamps_only():
     assert not same_status(a, None)
 
 
-def test_merge_conditions_from_scratch():
+def test_merge_conditions_from_scratch() -> None:
     from mcp_optimizer.operator.status import Condition
 
     merged = merge_conditions([], [Condition("Ready", "True", "R", "m")], now="T", generation=2)

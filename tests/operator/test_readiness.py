@@ -9,7 +9,7 @@ from mcp_optimizer.operator.readiness import Readiness
 from mcp_optimizer.operator.status import ServerFacts, render_status, warnings
 
 
-def test_ready_only_after_the_first_full_pass_and_while_the_index_is_healthy():
+def test_ready_only_after_the_first_full_pass_and_while_the_index_is_healthy() -> None:
     health = IndexHealth()
     readiness = Readiness(health)
     assert readiness.state() == (False, "starting: catalogs are being loaded")
@@ -29,7 +29,7 @@ def test_ready_only_after_the_first_full_pass_and_while_the_index_is_healthy():
     assert readiness.state() == (True, "ok")
 
 
-def test_catalogs_must_be_loaded_even_with_no_mcpservers():
+def test_catalogs_must_be_loaded_even_with_no_mcpservers() -> None:
     readiness = Readiness(IndexHealth())
     readiness.expect(set())
     assert not readiness.state()[0]
@@ -37,7 +37,7 @@ def test_catalogs_must_be_loaded_even_with_no_mcpservers():
     assert readiness.state() == (True, "ok")
 
 
-def test_a_refused_write_does_not_claim_tools():
+def test_a_refused_write_does_not_claim_tools() -> None:
     facts = ServerFacts(generation=2, runtime=RuntimeStatus(WorkloadStatus.RUNNING, "PodRunning", "1 pod running"),
                         tool_count=3, tools_generation=1, identifier="image ghcr.io/acme/x")
     facts.index_unavailable = "database or disk is full"

@@ -22,7 +22,7 @@ from mcp_optimizer.operator.toolhive_mapping import (
     toolhive_group,
     toolhive_status,
 )
-from mcp_optimizer.testing import toolhive as th
+from tests.support import toolhive as th
 
 NO_OPTIONS = ToolHiveOptions()
 
@@ -84,8 +84,8 @@ PROXY = "http://mcp-fetch-proxy.team-a.svc.cluster.local:8080/mcp"
         (SERVER_ENTRY, "Failed", WorkloadStatus.ERROR),
     ],
 )
-def test_phase_to_status(kind, phase, status):
-    spec = {"image": IMAGE} if kind == MCP_SERVER else {"remoteUrl": "https://mcp.example.com/mcp"}
+def test_phase_to_status(kind: str, phase: str, status: WorkloadStatus) -> None:
+    spec: dict[str, Any] = {"image": IMAGE} if kind == MCP_SERVER else {"remoteUrl": "https://mcp.example.com/mcp"}
     if kind == VIRTUAL_SERVER:
         spec = {"groupRef": {"name": "g"}}
     options = ToolHiveOptions.parse(["team-a/g"]) if kind == VIRTUAL_SERVER else NO_OPTIONS
@@ -97,14 +97,14 @@ def test_phase_to_status(kind, phase, status):
     assert toolhive_status(view).status is status
 
 
-def test_ready_without_a_usable_url_is_not_running():
+def test_ready_without_a_usable_url_is_not_running() -> None:
     for url in (None, "", "mcp-fetch-proxy:8080/mcp", "ftp://x/mcp", "http://" + "a" * 3000):
         view = view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Ready", "url": url})
         runtime = toolhive_status(view)
         assert (runtime.status, runtime.code) == (WorkloadStatus.STOPPED, "NoURL"), url
 
 
-def test_failure_message_is_shown_and_bounded():
+def test_failure_message_is_shown_and_bounded() -> None:
     view = view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Failed", "message": "image pull failed " + "x" * 1000})
     runtime = toolhive_status(view)
     assert runtime.status is WorkloadStatus.ERROR and runtime.code == "PhaseFailed"
@@ -112,13 +112,13 @@ def test_failure_message_is_shown_and_bounded():
     assert len(runtime.message) < 300
 
 
-def test_an_object_toolhive_has_not_reconciled_yet_is_not_indexed():
+def test_an_object_toolhive_has_not_reconciled_yet_is_not_indexed() -> None:
     view = view_of(MCP_SERVER, {"image": IMAGE})
     assert not belongs_in_index(view) and "no status.phase" in view.toolhive.excluded
     assert belongs_in_index(view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Pending"}))
 
 
-def test_deleting_object_is_stopped_and_not_indexed():
+def test_deleting_object_is_stopped_and_not_indexed() -> None:
     view = view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Ready", "url": PROXY},
                    deletionTimestamp="2026-01-01T00:00:00Z")
     assert toolhive_status(view).status is WorkloadStatus.STOPPED
@@ -128,7 +128,7 @@ def test_deleting_object_is_stopped_and_not_indexed():
 # ------------------------------------------------------------------------------ body -> view -> spec
 
 
-def test_mcpserver_is_matched_by_image_and_read_at_its_proxy():
+def test_mcpserver_is_matched_by_image_and_read_at_its_proxy() -> None:
     view = view_of(MCP_SERVER, {"image": IMAGE, "transport": "stdio", "groupRef": {"name": "eng"},
                                 "toolConfigRef": {"name": "fetch-tools"}},
                    {"phase": "Ready", "url": PROXY, "toolConfigHash": "abc"})
@@ -147,7 +147,7 @@ def test_mcpserver_is_matched_by_image_and_read_at_its_proxy():
     }
 
 
-def test_sse_proxy_url_drops_its_fragment():
+def test_sse_proxy_url_drops_its_fragment() -> None:
     assert proxy_endpoint("http://mcp-gh-proxy.ns.svc.cluster.local:8080/sse#github", MCP_SERVER) == (
         "http://mcp-gh-proxy.ns.svc.cluster.local:8080/sse", "sse")
     assert proxy_endpoint("http://127.0.0.1:9/sse", MCP_SERVER) == ("http://127.0.0.1:9/sse", "sse")
@@ -158,13 +158,13 @@ def test_sse_proxy_url_drops_its_fragment():
         "http://mcp-a-proxy.ns.svc:8080/mcp?x=1", "streamable-http")
 
 
-def test_vmcp_url_has_no_path_and_serves_at_mcp():
+def test_vmcp_url_has_no_path_and_serves_at_mcp() -> None:
     assert proxy_endpoint("http://vmcp-eng.ns.svc.cluster.local:4483", VIRTUAL_SERVER) == (
         "http://vmcp-eng.ns.svc.cluster.local:4483/mcp", "streamable-http")
     assert proxy_endpoint("http://vmcp-eng.ns.svc:4483/custom", VIRTUAL_SERVER)[0] == "http://vmcp-eng.ns.svc:4483/custom"
 
 
-def test_remote_proxy_is_matched_by_its_remote_url_and_read_at_its_proxy():
+def test_remote_proxy_is_matched_by_its_remote_url_and_read_at_its_proxy() -> None:
     view = view_of(REMOTE_PROXY, {"remoteUrl": "https://mcp.notion.com/mcp", "transport": "streamable-http"},
                    {"phase": "Ready", "url": "http://mcp-notion-proxy.team-a.svc.cluster.local:8080/mcp"})
     spec = workload_spec(view, status=WorkloadStatus.RUNNING, reason=None, tools=None)
@@ -173,7 +173,7 @@ def test_remote_proxy_is_matched_by_its_remote_url_and_read_at_its_proxy():
     assert view.workload_name == "team-a/mcpremoteproxy.toolhive/fetch"
 
 
-def test_server_entry_is_read_at_its_remote_url():
+def test_server_entry_is_read_at_its_remote_url() -> None:
     view = view_of(SERVER_ENTRY, {"remoteUrl": "https://mcp.context7.com/mcp", "transport": "streamable-http",
                                   "groupRef": {"name": "remote-tools"}}, {"phase": "Valid"})
     spec = workload_spec(view, status=WorkloadStatus.RUNNING, reason=None, tools=None)
@@ -196,7 +196,7 @@ def test_server_entry_is_read_at_its_remote_url():
         (MCP_SERVER, None, "spec is missing"),
     ],
 )
-def test_bad_objects_are_reported_not_raised(kind, spec, message):
+def test_bad_objects_are_reported_not_raised(kind: str, spec: dict[str, Any] | None, message: str) -> None:
     view = view_of(kind, spec, {"phase": "Ready", "url": PROXY})
     assert view.spec_error is not None and message in view.spec_error
     assert view.toolhive.kind == kind
@@ -206,7 +206,7 @@ def test_bad_objects_are_reported_not_raised(kind, spec, message):
 # ------------------------------------------------------------------------------ groups
 
 
-def test_group_from_groupref_object_string_label_or_default():
+def test_group_from_groupref_object_string_label_or_default() -> None:
     assert toolhive_group({"groupRef": {"name": "eng"}}, {}) == "eng"  # v1beta1
     assert toolhive_group({"groupRef": "eng"}, {}) == "eng"  # old v1alpha1
     assert toolhive_group({}, {"toolhive.stacklok.dev/group": "ops"}) == "ops"
@@ -218,7 +218,7 @@ def test_group_from_groupref_object_string_label_or_default():
 # ------------------------------------------------------------------------------ names
 
 
-def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads():
+def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads() -> None:
     ours = parse_server({"metadata": {"namespace": "team-a", "name": "fetch", "uid": "o"},
                          "spec": {"url": "https://fetch.example.com/mcp"}})
     theirs = view_of(MCP_SERVER, {"image": IMAGE}, name="fetch")
@@ -233,7 +233,7 @@ def test_toolhive_and_our_mcpserver_of_the_same_name_are_two_workloads():
 # ------------------------------------------------------------------------------ what is indexed
 
 
-def test_vmcp_is_left_out_unless_its_group_is_indexed_through_it():
+def test_vmcp_is_left_out_unless_its_group_is_indexed_through_it() -> None:
     vmcp = {"groupRef": {"name": "eng"}}
     url = {"phase": "Ready", "url": "http://vmcp-eng.team-a.svc:4483"}
     default = view_of(VIRTUAL_SERVER, vmcp, url)
@@ -262,7 +262,7 @@ def test_vmcp_is_left_out_unless_its_group_is_indexed_through_it():
     assert not belongs_in_index(view_of(VIRTUAL_SERVER, vmcp, {"phase": "Pending"}, options=through))
 
 
-def test_vmcp_groups_setting_is_checked():
+def test_vmcp_groups_setting_is_checked() -> None:
     assert ToolHiveOptions.parse([" a/b ", "c/d"]).vmcp_groups == {("a", "b"), ("c", "d")}
     assert ToolHiveOptions().server_kinds == (MCP_SERVER, REMOTE_PROXY, SERVER_ENTRY)
     assert VIRTUAL_SERVER in ToolHiveOptions.parse(["a/b"]).server_kinds
@@ -274,7 +274,7 @@ def test_vmcp_groups_setting_is_checked():
 # ------------------------------------------------------------------------------ read key
 
 
-def test_read_key_moves_with_what_the_tools_depend_on_not_with_the_phase():
+def test_read_key_moves_with_what_the_tools_depend_on_not_with_the_phase() -> None:
     base = view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Ready", "url": PROXY})
     assert view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Failed", "url": PROXY}).read_key == base.read_key
     assert view_of(MCP_SERVER, {"image": IMAGE}, {"phase": "Ready", "url": PROXY + "2"}).read_key != base.read_key
@@ -288,7 +288,7 @@ def test_read_key_moves_with_what_the_tools_depend_on_not_with_the_phase():
 # ------------------------------------------------------------------------------ ToolHive's examples
 
 
-def test_every_example_server_parses_cleanly():
+def test_every_example_server_parses_cleanly() -> None:
     """ToolHive's own example objects, unchanged, all become valid views."""
     seen = set()
     for path in sorted((th.toolhive_dir() / "examples").glob("*.yaml")):

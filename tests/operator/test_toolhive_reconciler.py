@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.ingest.scheduler import WritePriority
 from mcp_optimizer.mcp.client import ClientPolicy
 from mcp_optimizer.operator.mapping import ServerView
@@ -80,7 +81,7 @@ async def settled(indexer: Any, status: str, tools: int) -> None:
         row = await indexer.workloads.get_by_workload_name(WL)
         if row is None or row.status != status:
             return False
-        return await indexer.workload_tools.count_by_server(row.id) == tools
+        return bool(await indexer.workload_tools.count_by_server(row.id) == tools)
 
     for _ in range(600):  # up to 30 s: the model is slow on a loaded machine
         if await check():
@@ -90,7 +91,7 @@ async def settled(indexer: Any, status: str, tools: int) -> None:
     raise AssertionError(f"expected {status} with {tools} tools, row is {row and row.status}")
 
 
-async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer):
+async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer: Indexer) -> None:
     """Objects are created without a status; ToolHive writes Ready a moment later. If the first
     (STOPPED) row is still being written then, Ready must still be acted on when it is done."""
     tools = GatedTools()
@@ -106,7 +107,7 @@ async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer
     await reconciler.close()
 
 
-async def test_a_phase_change_during_the_tools_read_wins(indexer):
+async def test_a_phase_change_during_the_tools_read_wins(indexer: Indexer) -> None:
     """Ready starts a tools read; Failed arrives while the proxy is slow to answer: the row written
     when it answers says ERROR (the latest phase), and later phase changes need no read."""
     tools = GatedTools()
@@ -119,14 +120,14 @@ async def test_a_phase_change_during_the_tools_read_wins(indexer):
     tools.gate.set()
     await settled(indexer, "ERROR", 1)
     row = await indexer.workloads.get_by_workload_name(WL)
-    assert row.status_reason == "ToolHive reports Failed: OOMKilled"
+    assert row is not None and row.status_reason == "ToolHive reports Failed: OOMKilled"
     await cluster.event({"phase": "Ready", "url": PROXY})
     await settled(indexer, "RUNNING", 1)
     assert tools.calls == [PROXY], "a phase change must not read the tools again"
     await reconciler.close()
 
 
-async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer):
+async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer: Indexer) -> None:
     tools = GatedTools()
     tools.gate.clear()
     reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
@@ -139,15 +140,15 @@ async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer):
     await settled(indexer, "RUNNING", 1)
     for _ in range(600):
         row = await indexer.workloads.get_by_workload_name(WL)
-        if row.endpoint == moved:
+        if row is not None and row.endpoint == moved:
             break
         await asyncio.sleep(0.05)
-    assert row.endpoint == moved
+    assert row is not None and row.endpoint == moved
     assert tools.calls[-1] == moved
     await reconciler.close()
 
 
-async def test_tool_config_change_reads_again_even_during_a_read(indexer):
+async def test_tool_config_change_reads_again_even_during_a_read(indexer: Indexer) -> None:
     tools = GatedTools()
     reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
     cluster = Cluster(reconciler)

@@ -21,7 +21,7 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
-from mcp_optimizer.testing.shared import shared_dir
+from tests.support.shared import shared_dir
 
 GROUP = "toolhive.stacklok.dev"
 VERSION = "v1beta1"

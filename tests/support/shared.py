@@ -1,7 +1,9 @@
 """Where the development data lives: the ``shared/`` folder beside the repository.
 
-Tests and benchmarks use the real embedding model and the real catalogs from there; both
-locations can be overridden with environment variables (CI points the model at its copy).
+Tests, benchmarks and ``scripts/demo`` use the real embedding model and the real catalogs from
+there; both locations can be overridden with environment variables (CI points the model at its
+copy). This lookup relative to a checkout belongs here, under tests/: the package itself takes its
+model path from its settings only.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The repository root when the package is used from a checkout (editable install).
+#: The repository root (this file is ``tests/support/shared.py`` in a checkout).
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -56,7 +56,7 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import SearchMode, ToolSearch
 from mcp_optimizer.embeddings import FastEmbedder
 from mcp_optimizer.ingest import WorkloadSpec
-from mcp_optimizer.testing.shared import shared_dir
+from tests.support.shared import shared_dir
 
 SLICES = ("livemcpbench", "bfcl-live", "bfcl-curated", "metatool-single", "metatool-multi")
 METRICS = ("R@1", "R@5", "R@10", "MRR@10")
