@@ -298,7 +298,9 @@ class LeaseElector:
 
     async def acquire(self) -> None:
         """Return once we hold the Lease (retrying every ``retry_period``, with jitter)."""
-        while not await self.try_acquire_or_renew():
+        while True:
+            if await self.try_acquire_or_renew():
+                return
             await asyncio.sleep(self.timing.retry_period * random.uniform(1.0, JITTER))
 
     async def hold(self) -> str:

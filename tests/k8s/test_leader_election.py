@@ -44,7 +44,8 @@ def candidate(apis: Callable[[], KubeApi], namespace: str, identity: str, *,
 
 def lease_spec(kube_api: client.ApiClient, namespace: str) -> client.V1LeaseSpec:
     lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(LEASE, namespace)
-    spec: client.V1LeaseSpec = lease.spec
+    spec = lease.spec
+    assert spec is not None
     return spec
 
 
@@ -107,7 +108,7 @@ async def test_clock_skew_neither_steals_nor_keeps_the_lease(apis: Callable[[], 
     ahead = candidate(apis, namespace, "pod-b", wall_clock=lambda: datetime.now(UTC) + timedelta(hours=1))
     assert await behind.try_acquire_or_renew()
     renew_time = lease_spec(kube_api, namespace).renew_time
-    assert renew_time < datetime.now(UTC) - timedelta(minutes=59)  # an hour "old" at once
+    assert renew_time is not None and renew_time < datetime.now(UTC) - timedelta(minutes=59)  # an hour "old" at once
     holding = asyncio.create_task(behind.hold())
     try:
         for _ in range(int(2 * FAST.duration / FAST.retry_period)):
@@ -128,13 +129,14 @@ async def test_a_holder_cut_off_stops_writing_before_another_takes_over(
     renewal is 403); its hold ends at the renew deadline, before the other candidate may take
     over at the duration."""
     rbac = client.RbacAuthorizationV1Api(kube_api)
-    rule = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "leases"}, "rules": [rule]})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "leases"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leases"},
-        "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
-    })
+    rule = client.V1PolicyRule(api_groups=["coordination.k8s.io"], resources=["leases"],
+                               verbs=["get", "create", "update"])
+    rbac.create_namespaced_role(namespace, client.V1Role(metadata=client.V1ObjectMeta(name="leases"), rules=[rule]))
+    rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name="leases"),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="leases"),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="mcp-optimizer", namespace="mcp-optimizer-system")],
+    ))
     operator_api = KubeApi(load_client_config(operator_kubeconfig), timeout=5)
     try:
         a = LeaseElector(operator_api, namespace=namespace, name=LEASE, identity="pod-a", timing=FAST)
