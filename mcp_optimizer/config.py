@@ -252,6 +252,29 @@ class Settings:
     pod_name: str | None = None
     pod_namespace: str | None = None
     pod_uid: str | None = None
+    # --- Replicas (issue 13): one writer holding a Lease, every replica serving the endpoint ---
+    #: Run kopf and write the index only while holding the Lease ``lease_namespace/lease_name``;
+    #: every replica serves the endpoint from the shared index. Off (``mcp-optimizer run`` outside
+    #: the chart): the process is the writer, as with one replica, and needs no Lease rights.
+    leader_election: bool = False
+    lease_name: str = "mcp-optimizer-writer"
+    #: Default: ``operator_namespace`` (the pod's own).
+    lease_namespace: str | None = None
+    #: client-go's defaults: another replica takes over a Lease unrenewed this long; the holder
+    #: stops writing after ``lease_renew_deadline`` without a renewal; rounds every retry period.
+    lease_duration: float = 15.0
+    lease_renew_deadline: float = 10.0
+    lease_retry_period: float = 2.0
+    #: Seconds a stopping process keeps serving with ``/readyz`` failing, before it stops
+    #: accepting: time for Services (kube-proxy) to stop routing to it. Then in-flight calls drain.
+    shutdown_delay: float = 0.0
+
+    @property
+    def lease_identity(self) -> str:
+        """This replica's name in the Lease: the pod's name, else host and process id."""
+        import socket
+
+        return self.pod_name or f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -324,6 +347,13 @@ class Settings:
             pod_name=_env("POD_NAME", "") or None,
             pod_namespace=_env("POD_NAMESPACE", "") or None,
             pod_uid=_env("POD_UID", "") or None,
+            leader_election=_env_choice("LEADER_ELECTION", "false", ("true", "false")) == "true",
+            lease_name=_env("LEASE_NAME", cls.lease_name),
+            lease_namespace=_env("LEASE_NAMESPACE", "") or None,
+            lease_duration=_env_float("LEASE_DURATION", cls.lease_duration, positive=True),
+            lease_renew_deadline=_env_float("LEASE_RENEW_DEADLINE", cls.lease_renew_deadline, positive=True),
+            lease_retry_period=_env_float("LEASE_RETRY_PERIOD", cls.lease_retry_period, positive=True),
+            shutdown_delay=_env_float("SHUTDOWN_DELAY", cls.shutdown_delay, minimum=0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -355,6 +355,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         mcp_host=args.mcp_host, mcp_port=args.mcp_port, mcp_path=args.mcp_path,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         liveness_endpoint=args.liveness,
+        leader_election=True if args.leader_election else None,
         namespaces=tuple(n.strip() for n in args.namespaces.split(",") if n.strip()) if args.namespaces else None,
     )
     if not settings.mcp_path.startswith("/"):
@@ -492,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", metavar="URL",
                      help="kopf's liveness probe, e.g. http://127.0.0.1:8081/healthz "
                      "(default: $MCP_OPTIMIZER_LIVENESS_ENDPOINT, else off)")
+    run.add_argument("--leader-election", action="store_true",
+                     help="write the index only while holding the Lease $MCP_OPTIMIZER_LEASE_NAME (several "
+                          "replicas over one shared index); default: $MCP_OPTIMIZER_LEADER_ELECTION or off")
     run.set_defaults(handler=cmd_run)
 
     mcp_call = commands.add_parser(

@@ -66,3 +66,28 @@ class Readiness:
         if fault is not None:
             return False, f"the index is being repaired ({fault})"
         return True, "ok"
+
+
+class ReplicaReadiness:
+    """``/readyz`` of a replica under leader election (``MCP_OPTIMIZER_LEADER_ELECTION``).
+
+    A reader serves when its view of the shared index answers and is at this version's schema
+    head (:meth:`~mcp_optimizer.ingest.IndexReader.check`, refreshed by the runner). The writer
+    keeps the single-replica rules (:class:`Readiness`: first pass done, index healthy). A
+    stopping replica is never ready: Services stop routing to it while it drains its calls.
+    """
+
+    def __init__(self) -> None:
+        #: The last reader check: (serving, why).
+        self.reader: tuple[bool, str] = (False, "starting: the index has not been checked yet")
+        #: The writer's readiness while this replica holds the Lease, else None.
+        self.writer: Readiness | None = None
+        self.stopping = False
+
+    def state(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping: finishing in-flight calls"
+        if self.writer is not None:
+            ready, why = self.writer.state()
+            return ready, why if ready else f"writer: {why}"
+        return self.reader
