@@ -361,7 +361,8 @@ def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces,
     objects_api = client.CustomObjectsApi(kube_api)
     release = _release()
     fullname = f"{release}-mcp-optimizer"
-    with helm.installed(release, namespace, {"peering": {"enabled": True}}):
+    peering = {"peering": {"enabled": True}, "leaderElection": {"enabled": False}}
+    with helm.installed(release, namespace, peering):
         objects_api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", fullname)
         role = _rbac(kube_api).read_cluster_role(fullname)
         peering_rules = [r for r in role.rules if r.api_groups == ["kopf.dev"]]
@@ -374,7 +375,7 @@ def test_install_with_peering(helm, kube_api, kubeconfig, namespace, namespaces,
 
     release = _release()
     fullname = f"{release}-mcp-optimizer"
-    with helm.installed(release, namespace, {"peering": {"enabled": True}, "watchNamespaces": namespaces}):
+    with helm.installed(release, namespace, {**peering, "watchNamespaces": namespaces}):
         for ns in namespaces:
             objects_api.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", fullname)
             role = _rbac(kube_api).read_namespaced_role(fullname, ns)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +36,6 @@ from mcp_optimizer.mcp import McpClientError, call_tool  # noqa: E402
 from mcp_optimizer.testing.balancer import Backend, ReadyBalancer  # noqa: E402
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool  # noqa: E402
 from tests.k8s.harness import Kube, eventually  # noqa: E402
-from tests.k8s.test_operator_cli import free_port  # noqa: E402
 
 pytestmark = pytest.mark.kube
 
@@ -48,6 +48,12 @@ LEASE_ENV = {
 }
 #: A new process starts kopf and imports the MCP stack: on a loaded 2-core machine, up to a minute.
 START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=["sqlite"])
@@ -263,6 +269,9 @@ async def test_no_find_tool_call_fails_while_writers_die_and_replicas_restart(
         await asyncio.gather(*clients, return_exceptions=True)
         await balancer.stop()
 
+    sys.stderr.write(f"\n[find_tool calls: {calls.ok} ok, {len(calls.retried)} retried once (SIGKILL), "
+                     f"{len(calls.failed)} failed; connections per replica {dict(balancer.routed)}, "
+                     f"refused {balancer.refused}]\n")
     assert not calls.failed, f"{len(calls.failed)} calls failed: {calls.failed[:5]}\n{logs()}"
     assert calls.ok > 50, calls
     # Only the SIGKILL may cost a retry (its in-flight calls lost their connection).
