@@ -83,7 +83,8 @@ def test_install_all_namespaces(helm, kube_api, namespace, monkeypatch):
         assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", fullname, namespace)]
         roles = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
         assert [(r.metadata.name, [tuple(rule.resources) for rule in r.rules]) for r in roles] == [
-            (f"{fullname}-catalogs", [("configmaps",)])
+            (f"{fullname}-catalogs", [("configmaps",)]),
+            (f"{fullname}-leader-election", [("leases",), ("leases",)]),
         ]
         auth_role = rbac.read_cluster_role(f"{fullname}-auth")
         assert {(r.resources[0], tuple(r.verbs)) for r in auth_role.rules} == {
@@ -170,7 +171,8 @@ def test_install_listed_namespaces(helm, kube_api, namespace, namespaces, monkey
             assert binding.role_ref.kind == "Role"
             assert [(s.name, s.namespace) for s in binding.subjects] == [(fullname, namespace)]
         # The release namespace, not watched, is the catalog namespace: ConfigMaps, and Events on them.
-        (catalogs,) = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        catalogs, election = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        assert election.metadata.name == f"{fullname}-leader-election"
         assert catalogs.metadata.name == f"{fullname}-catalogs"
         assert [(tuple(r.resources), tuple(r.verbs)) for r in catalogs.rules] == [
             (("configmaps",), ("list", "watch")),
