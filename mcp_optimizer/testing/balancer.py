@@ -112,6 +112,8 @@ class ReadyBalancer:
         self._pipes.add(task)
         try:
             await asyncio.gather(_pipe(client_reader, writer), _pipe(reader, client_writer))
+        except asyncio.CancelledError:
+            pass  # the balancer is stopping: the connection just closes
         finally:
             self._pipes.discard(task)
             for w in (writer, client_writer):
