@@ -24,6 +24,11 @@ class IndexReader:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.head = migrate.head_revision()
+        #: Set by :meth:`check`: the index is at an older schema this version knows (its writer
+        #: is an older version, which a rolling upgrade must ask to hand over).
+        self.behind = False
+        #: The schema revision the last :meth:`check` found (None: none yet, or no answer).
+        self.revision: str | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> IndexReader:
@@ -38,6 +43,8 @@ class IndexReader:
                     await conn.execute(sql("SELECT 1 FROM tools_workload LIMIT 1"))
         except Exception as exc:
             return False, f"the index does not answer: {describe(exc)}"
+        self.revision = revision
+        self.behind = revision is not None and revision != self.head and migrate.is_known_revision(revision)
         if revision is None:
             return False, "the index has no schema yet: waiting for the writer to create it"
         if revision != self.head:
@@ -47,6 +54,11 @@ class IndexReader:
                 + ("waiting for the writer to migrate it" if known else "a newer version migrated it")
             )
         return True, "ok"
+
+    @staticmethod
+    def knows(revision: str) -> bool:
+        """Whether this version's migrations include ``revision``."""
+        return migrate.is_known_revision(revision)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -16,7 +16,13 @@ runs Kubernetes controllers:
   its own monotonic clock from when it saw the record change*, never by comparing ``renewTime``
   with its own wall clock: the replicas' clocks may disagree (skew), their rates do not;
 * a holder that stops gracefully releases the Lease (empty holder, duration 1 s), so the next
-  candidate takes over within one ``retry_period`` instead of a whole ``duration``.
+  candidate takes over within one ``retry_period`` instead of a whole ``duration``;
+* schema handover (rolling upgrades): a replica of a newer version finds the index at an older
+  schema it must not serve from, and only a writer may migrate. It writes the schema it needs
+  into the Lease's annotation :data:`WANTS_SCHEMA`; a holder that does not know that schema (an
+  older version) steps down and releases, and candidates that do not know it never take the
+  Lease, so the newer replica becomes the writer and migrates. Without this a rollout that adds
+  a migration would wait forever for its first new pod to become ready.
 
 Why a Lease and not kopf's peering: kopf peering pauses the operators of lower priority while a
 higher one runs; it has no fencing (a peer pauses only when it next sees the other's record),
@@ -47,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: client-go's jitter on the retry period: candidates spread their rounds.
 JITTER = 1.2
+#: Lease annotation: the schema revision a newer replica needs the writer to migrate to.
+WANTS_SCHEMA = "mcp-optimizer.dev/wants-schema"
 
 
 @dataclass(frozen=True)
@@ -88,11 +96,15 @@ class LeaseRecord:
     renew_time: str | None
     acquire_time: str | None = None
     resource_version: str | None = None
+    #: The Lease's :data:`WANTS_SCHEMA` annotation (None: nobody asked).
+    wants_schema: str | None = None
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> LeaseRecord:
         spec = obj.get("spec") or {}
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
         return cls(
+            wants_schema=annotations.get(WANTS_SCHEMA),
             holder=str(spec.get("holderIdentity") or ""),
             duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
             transitions=int(spec.get("leaseTransitions") or 0),
@@ -113,6 +125,7 @@ class Action(enum.Enum):
     ACQUIRE = "acquire"  # released or expired: take it (one more transition)
     RENEW = "renew"  # ours: renew it
     WAIT = "wait"  # another holds it and it has not expired
+    STEP_DOWN = "step down"  # ours, but a newer version needs the writer's seat: stop writing, release
 
 
 @dataclass(frozen=True)
@@ -137,18 +150,26 @@ def _same(a: LeaseRecord, b: LeaseRecord) -> bool:
     return (a.holder, a.renew_time, a.resource_version) == (b.holder, b.renew_time, b.resource_version)
 
 
-def decide(identity: str, observation: Observation | None, now: float, *, duration: float) -> Action:
+def decide(
+    identity: str, observation: Observation | None, now: float, *, duration: float,
+    knows_schema: Callable[[str], bool] = lambda _: True,
+) -> Action:
     """This round's action for candidate ``identity``.
 
     ``observation`` is None when there is no Lease. Expiry uses only our own clock:
     ``now - observation.since`` is how long the record has stayed unchanged. The Lease's own
     ``leaseDurationSeconds`` counts when it is set (a released Lease says 1), else ``duration``.
+    ``knows_schema``: whether this version knows a schema revision; one that does not know the
+    schema the Lease asks for (:data:`WANTS_SCHEMA`) steps down, or never takes the Lease.
     """
     if observation is None:
         return Action.CREATE
     record = observation.record
+    outdated = record.wants_schema is not None and not knows_schema(record.wants_schema)
     if record.holder == identity:
-        return Action.RENEW
+        return Action.STEP_DOWN if outdated else Action.RENEW
+    if outdated:
+        return Action.WAIT
     if record.released:
         return Action.ACQUIRE
     lease_duration = record.duration_seconds or duration
@@ -181,21 +202,41 @@ def lease_body(
         spec["acquireTime"] = stamp
     else:  # a renewal: acquireTime changes only when the Lease changes hands
         spec["acquireTime"] = previous.acquire_time
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": _metadata(name, namespace, previous),
+            "spec": spec}
+
+
+def _metadata(name: str, namespace: str, previous: LeaseRecord | None) -> dict[str, Any]:
+    """The Lease's metadata for an update: the version read (optimistic concurrency) and the
+    schema request, which every write keeps."""
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if previous is not None and previous.resource_version is not None:
         metadata["resourceVersion"] = previous.resource_version
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+    if previous is not None and previous.wants_schema is not None:
+        metadata["annotations"] = {WANTS_SCHEMA: previous.wants_schema}
+    return metadata
+
+
+def handover_body(name: str, namespace: str, previous: LeaseRecord, schema: str) -> dict[str, Any]:
+    """The Lease as it is, with :data:`WANTS_SCHEMA` set to ``schema``."""
+    body = release_body(name, namespace, previous, datetime.now(UTC))
+    body["spec"] = {
+        "holderIdentity": previous.holder or None,
+        "leaseDurationSeconds": previous.duration_seconds or None,
+        "renewTime": previous.renew_time,
+        "acquireTime": previous.acquire_time,
+        "leaseTransitions": previous.transitions,
+    }
+    body["metadata"]["annotations"] = {WANTS_SCHEMA: schema}
+    return body
 
 
 def release_body(name: str, namespace: str, previous: LeaseRecord, now: datetime) -> dict[str, Any]:
     """The Lease as a graceful holder leaves it (client-go's ReleaseOnCancel): no holder, 1 s."""
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    if previous.resource_version is not None:
-        metadata["resourceVersion"] = previous.resource_version
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": metadata,
+        "metadata": _metadata(name, namespace, previous),
         "spec": {
             "holderIdentity": None,
             "leaseDurationSeconds": 1,
@@ -226,6 +267,7 @@ class LeaseElector:
         timing: LeaseTiming | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        knows_schema: Callable[[str], bool] = lambda _: True,
     ) -> None:
         if not identity:
             raise ConfigError("leader election needs an identity (the pod's name)")
@@ -236,6 +278,9 @@ class LeaseElector:
         self.timing = timing or LeaseTiming()
         self._clock = clock
         self._wall_clock = wall_clock
+        self._knows_schema = knows_schema
+        #: Set when the holder must step down for a newer version (why), until it releases.
+        self.stepping_down: str | None = None
         self._observation: Observation | None = None
         #: Our clock at the last successful create/acquire/renew (None: we do not hold it).
         self._renewed: float | None = None
@@ -272,9 +317,15 @@ class LeaseElector:
             return False
         now = self._clock()
         self._observation = observe(self._observation, record, now) if record is not None else None
-        action = decide(self.identity, self._observation, now, duration=self.timing.duration)
+        action = decide(self.identity, self._observation, now, duration=self.timing.duration,
+                        knows_schema=self._knows_schema)
         if action is Action.WAIT:
             self._renewed = None  # another holds it (we may have lost it without noticing)
+            return False
+        if action is Action.STEP_DOWN:
+            assert record is not None
+            self.stepping_down = (f"a newer version needs schema {record.wants_schema}, which this one does not "
+                                  "know: handing the Lease over")
             return False
         body = lease_body(self.name, self.namespace, self.identity, action=action, previous=record,
                           duration=self.timing.duration, now=self._wall_clock())
@@ -321,6 +372,8 @@ class LeaseElector:
                 ok = False
             if ok:
                 continue
+            if self.stepping_down is not None:  # still ours: the caller stops writing, then releases
+                return self.stepping_down
             if self._renewed is None:  # another holder took it
                 return f"lease {self.namespace}/{self.name} was taken by {self.holder or 'nobody'}"
             if must_step_down(renewed, self._clock(), renew_deadline=self.timing.renew_deadline):
@@ -333,6 +386,7 @@ class LeaseElector:
         if self._renewed is None:
             return False
         self._renewed = None
+        self.stepping_down = None
         try:
             record = await self._read()
             if record is None or record.holder != self.identity:
@@ -343,4 +397,20 @@ class LeaseElector:
                            self.namespace, self.name, exc)
             return False
         logger.info("Released lease %s/%s", self.namespace, self.name)
+        return True
+
+    async def request_schema(self, schema: str) -> bool:
+        """Ask the writer's seat for a replica at ``schema`` (this version's head, newer than the
+        index's): an older holder steps down, older candidates stand back. True when the Lease
+        says so afterwards."""
+        try:
+            record = await self._read()
+            if record is None or record.holder == self.identity or record.wants_schema == schema:
+                return record is not None and record.wants_schema == schema
+            await self.kube.put(self.path, handover_body(self.name, self.namespace, record, schema))
+        except KubeApiError as exc:  # a conflict or the server away: asked again at the next check
+            logger.debug("Asking for schema %s on lease %s/%s failed: %s", schema, self.namespace, self.name, exc)
+            return False
+        logger.info("Asked the writer of lease %s/%s to hand over: this version needs schema %s",
+                    self.namespace, self.name, schema)
         return True

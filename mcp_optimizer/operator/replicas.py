@@ -24,6 +24,12 @@ A forwarded ``call_tool`` that gets no answer (issue 10A) marks a remote server 
 writer: a reader does not write, and leaves the server to the writer's next probe (every
 ``MCP_OPTIMIZER_REMOTE_PROBE_INTERVAL``, 60 s), which finds the same failure.
 
+Rolling upgrades that add a migration: a new replica finds the index at an older schema, is not
+ready, and asks the older writer to hand over through the Lease (:data:`.leader.WANTS_SCHEMA`);
+the older writer steps down and releases, older replicas never take the Lease again, and the new
+replica becomes the writer and migrates. Older readers then stop serving (a schema they do not
+know) while the new ones serve.
+
 Liveness: kopf's liveness endpoint exists only while kopf runs, so here the process serves
 ``/healthz`` at ``MCP_OPTIMIZER_LIVENESS_ENDPOINT`` itself, answering while its event loop runs.
 """
@@ -145,10 +151,13 @@ async def _fence_writes(indexer: Indexer, fence: asyncio.Event) -> None:
         await asyncio.Event().wait()
 
 
-async def _check_reader(reader: IndexReader, readiness: ReplicaReadiness) -> None:
+async def _check_reader(reader: IndexReader, readiness: ReplicaReadiness, elector: LeaseElector) -> None:
     was: bool | None = None
     while True:
         readiness.reader = state = await reader.check()
+        if reader.behind and not elector.leading:
+            # A rolling upgrade: the writer is an older version; ask it to hand over (leader.py).
+            await elector.request_schema(reader.head)
         if state[0] != was:
             if state[0]:
                 logger.info("Serving from the shared index (schema %s)", reader.head)
@@ -175,7 +184,8 @@ async def _start_liveness(url: str | None) -> web.AppRunner | None:
 
 
 async def _writer_terms(
-    elector: LeaseElector, stop: asyncio.Event, make_writer: Callable[[], WriterThread]
+    elector: LeaseElector, stop: asyncio.Event, make_writer: Callable[[], WriterThread],
+    reader: IndexReader, readiness: ReplicaReadiness,
 ) -> None:
     """Acquire the Lease, write while holding it, stop writing when it is lost; until ``stop``."""
     stopping = asyncio.create_task(stop.wait(), name="stop")
@@ -189,6 +199,8 @@ async def _writer_terms(
                     await acquiring
                 await elector.release()  # acquired just as it was cancelled
                 return
+            # Another writer filled this index (it has a schema): serve it during our first pass.
+            readiness.took_over = reader.revision is not None
             writer = make_writer()
             writer.start()
             holding = asyncio.create_task(elector.hold(), name="lease renewals")
@@ -239,9 +251,9 @@ async def run_replica(settings: Settings, *, kubeconfig: str | None, embedder: E
     # Each round is bounded by the renew deadline (LeaseElector.hold); a request never outlives it.
     kube = KubeApi(kube_config, timeout=timing.renew_deadline)
     elector = LeaseElector(kube, namespace=namespace, name=settings.lease_name,
-                           identity=settings.lease_identity, timing=timing)
+                           identity=settings.lease_identity, timing=timing, knows_schema=reader.knows)
     logger.info("Leader election on lease %s/%s as %s", namespace, settings.lease_name, elector.identity)
-    checker = asyncio.create_task(_check_reader(reader, readiness), name="index reader check")
+    checker = asyncio.create_task(_check_reader(reader, readiness, elector), name="index reader check")
     metrics_server = None
     liveness: web.AppRunner | None = None
     endpoint: McpEndpoint | None = None
@@ -257,7 +269,7 @@ async def run_replica(settings: Settings, *, kubeconfig: str | None, embedder: E
         await _writer_terms(elector, stop, lambda: WriterThread(
             settings, kubeconfig=kubeconfig, embedder=embedder, policy=policy, call_failures=call_failures,
             readiness=readiness,
-        ))
+        ), reader, readiness)
     finally:
         readiness.stopping = True
         if endpoint is not None:

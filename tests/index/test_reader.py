@@ -77,3 +77,14 @@ async def test_replica_readiness_reader_writer_and_stopping(indexer: Indexer) ->
     assert readiness.state() == (True, "ok")
     readiness.stopping = True
     assert readiness.state() == (False, "stopping: finishing in-flight calls")
+
+
+async def test_a_writer_that_took_over_serves_during_its_first_pass(indexer: Indexer) -> None:
+    readiness = ReplicaReadiness()
+    readiness.reader = (True, "ok")
+    readiness.writer = Readiness(indexer.health)
+    readiness.took_over = True
+    assert readiness.state() == (True, "ok")
+    readiness.reader = (False, "the index is at schema 0003, this version serves 0004: waiting for the writer to "
+                               "migrate it")
+    assert readiness.state() == readiness.reader

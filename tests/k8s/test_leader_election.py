@@ -156,3 +156,38 @@ async def test_a_holder_cut_off_stops_writing_before_another_takes_over(
         assert lease_spec(kube_api, namespace).holder_identity == "pod-b"
     finally:
         await operator_api.close()
+
+
+async def test_an_older_writer_hands_over_to_a_newer_schema(apis: Callable[[], KubeApi], namespace: str,
+                                                            kube_api: client.ApiClient) -> None:
+    """A rolling upgrade that adds a migration: the new replica asks for its schema through the
+    Lease; the old holder steps down (still holding, so it releases after it stopped writing),
+    the old candidates stand back, the new replica takes over."""
+
+    def knows_0004(revision: str) -> bool:
+        return revision <= "0004"
+
+    old = LeaseElector(apis(), namespace=namespace, name=LEASE, identity="old-0", timing=FAST, knows_schema=knows_0004)
+    old_reader = LeaseElector(apis(), namespace=namespace, name=LEASE, identity="old-1", timing=FAST,
+                              knows_schema=knows_0004)
+    new = candidate(apis, namespace, "new-0")
+    assert await old.try_acquire_or_renew()
+    holding = asyncio.create_task(old.hold())
+    assert await new.request_schema("0005")
+    assert await new.request_schema("0005")  # asked already: nothing written
+    reason = await asyncio.wait_for(holding, timeout=4 * FAST.retry_period)
+    assert reason == "a newer version needs schema 0005, which this one does not know: handing the Lease over"
+    assert lease_spec(kube_api, namespace).holder_identity == "old-0"  # not taken while it stops writing
+    assert await old.release()
+    taking = [asyncio.create_task(c.acquire()) for c in (old_reader, new)]
+    done, _ = await asyncio.wait(taking, timeout=3 * FAST.duration, return_when=asyncio.FIRST_COMPLETED)
+    assert taking[1] in done and not taking[0].done()
+    assert not await old.try_acquire_or_renew()
+    taking[0].cancel()
+    spec = lease_spec(kube_api, namespace)
+    assert spec.holder_identity == "new-0"
+    lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(LEASE, namespace)
+    assert lease.metadata is not None and lease.metadata.annotations == {"mcp-optimizer.dev/wants-schema": "0005"}
+    assert await new.try_acquire_or_renew()  # renewals keep the request: old replicas stay back
+    lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(LEASE, namespace)
+    assert lease.metadata is not None and lease.metadata.annotations == {"mcp-optimizer.dev/wants-schema": "0005"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -91,3 +92,26 @@ def test_bodies_carry_the_version_read_and_count_transitions() -> None:
     released = release_body("l", "ns", previous, now)
     assert released["spec"]["holderIdentity"] is None and released["spec"]["leaseDurationSeconds"] == 1
     assert LeaseRecord.from_object(released).released
+
+
+def test_an_older_version_steps_down_for_a_newer_schema_and_stands_back() -> None:
+    asked = LeaseRecord(holder="old-0", duration_seconds=15, transitions=2, renew_time="t", wants_schema="0005")
+    knows_0004: Callable[[str], bool] = lambda revision: revision <= "0004"  # noqa: E731
+    seen = Observation(asked, 0.0)
+    assert decide("old-0", seen, 1.0, duration=DURATION, knows_schema=knows_0004) is Action.STEP_DOWN
+    # Older candidates never take it, released or expired; the newer one does.
+    released = Observation(LeaseRecord(holder="", duration_seconds=1, transitions=2, renew_time="t",
+                                       wants_schema="0005"), 0.0)
+    assert decide("old-1", released, 100.0, duration=DURATION, knows_schema=knows_0004) is Action.WAIT
+    assert decide("new-0", released, 0.0, duration=DURATION, knows_schema=lambda r: True) is Action.ACQUIRE
+    # The request survives every write of the Lease.
+    body = lease_body("l", "ns", "new-0", action=Action.ACQUIRE, previous=released.record, duration=DURATION,
+                      now=datetime(2026, 12, 2, tzinfo=UTC))
+    assert LeaseRecord.from_object(body).wants_schema == "0005"
+    assert LeaseRecord.from_object(release_body("l", "ns", asked, datetime(2026, 12, 2, tzinfo=UTC))).wants_schema \
+        == "0005"
+    # The holder that knows the schema keeps renewing.
+    assert decide("new-0", Observation(asked, 0.0), 1.0, duration=DURATION) is Action.WAIT
+    mine = Observation(LeaseRecord(holder="new-0", duration_seconds=15, transitions=3, renew_time="t",
+                                   wants_schema="0005"), 0.0)
+    assert decide("new-0", mine, 1.0, duration=DURATION) is Action.RENEW
