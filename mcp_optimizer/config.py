@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -92,6 +93,8 @@ ZeroOrMore = Annotated[int, Ge(0)]
 Words = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_words)]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_none)]
+#: On or off: ``true``/``false`` in any case (pydantic also takes 1/0, yes/no, on/off).
+Switch = Annotated[bool, BeforeValidator(_lower)]
 
 T = TypeVar("T")
 
@@ -353,12 +356,45 @@ class ObservabilitySettings:
         setting("INFO", "LOG_LEVEL", "debug, info, warning, error or critical (any case)."))
 
 
+# --- Replicas (issue 13): one writer holding a Lease, every replica serving the endpoint ---
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    leader_election: Switch = setting(
+        False, "LEADER_ELECTION",
+        "Run kopf and write the index only while holding the Lease ``LEASE_NAMESPACE/LEASE_NAME``; every replica "
+        "serves the endpoint from the shared index. Off (``mcp-optimizer run`` outside the chart): the process is "
+        "the writer, as with one replica, and needs no Lease rights.")
+    lease_name: str = setting("mcp-optimizer-writer", "LEASE_NAME", "The writer's Lease.")
+    lease_namespace: OptionalText = setting(None, "LEASE_NAMESPACE",
+                                            "Namespace of the Lease; default: the operator's own.")
+    lease_duration: Seconds = setting(15.0, "LEASE_DURATION",
+                                      "Another replica takes over a Lease unrenewed this long (client-go's 15 s).")
+    lease_renew_deadline: Seconds = setting(
+        10.0, "LEASE_RENEW_DEADLINE",
+        "The holder stops writing after this long without a renewal (client-go's 10 s), before anyone may take over.")
+    lease_retry_period: Seconds = setting(2.0, "LEASE_RETRY_PERIOD",
+                                          "Seconds between election rounds (client-go's 2 s).")
+    shutdown_delay: SecondsOrZero = setting(
+        0.0, "SHUTDOWN_DELAY",
+        "Seconds a stopping process keeps serving with ``/readyz`` failing before it stops accepting: time for "
+        "Services (kube-proxy) to stop routing to it. Then in-flight calls drain.")
+
+    @property
+    def lease_identity(self) -> str:
+        """This replica's name in the Lease: the pod's name, else host and process id."""
+        pod_name: str | None = getattr(self, "pod_name", None)
+        return pod_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
 # --- Everything together ---
 
 
 @dataclass(frozen=True)
 class Settings(
-    ObservabilitySettings, ClusterSettings, LimitSettings, AuthSettings, EndpointSettings, RetrievalSettings,
+    ReplicaSettings, ObservabilitySettings, ClusterSettings, LimitSettings, AuthSettings, EndpointSettings,
+    RetrievalSettings,
     IndexSettings,
 ):
     """Everything the operator, the MCP endpoint and the CLI can be configured with (the groups above).
@@ -464,6 +500,8 @@ def _problem(error: ErrorDetails, info: FieldInfo | None) -> str:
         return "must be a whole number"
     if kind in ("float_parsing", "float_type"):
         return "must be a number"
+    if kind == "bool_parsing":
+        return "must be true or false"
     if kind == "finite_number":
         return "must be a finite number"
     if kind == "literal_error" and info is not None:

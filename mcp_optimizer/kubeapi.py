@@ -115,6 +115,9 @@ class KubeApi:
     async def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._json("POST", path, body=body)
 
+    async def put(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._json("PUT", path, body=body)
+
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._json("GET", path, params=params)
 

@@ -355,6 +355,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         mcp_host=args.mcp_host, mcp_port=args.mcp_port, mcp_path=args.mcp_path,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         liveness_endpoint=args.liveness,
+        leader_election=True if args.leader_election else None,
         namespaces=tuple(n.strip() for n in args.namespaces.split(",") if n.strip()) if args.namespaces else None,
     )
     if not settings.mcp_path.startswith("/"):
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-host", help=flag_help("METRICS_HOST"))
     run.add_argument("--metrics-port", type=int, help=flag_help("METRICS_PORT"))
     run.add_argument("--liveness", metavar="URL", help=flag_help("LIVENESS_ENDPOINT"))
+    run.add_argument("--leader-election", action="store_true", default=None, help=flag_help("LEADER_ELECTION"))
     run.set_defaults(handler=cmd_run)
 
     mcp_call = commands.add_parser(

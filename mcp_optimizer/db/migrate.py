@@ -29,6 +29,14 @@ def head_revision() -> str:
     return head
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether this version's migrations include ``revision`` (an unknown one is newer)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except Exception:
+        return False
+
+
 def _upgrade(connection: Any, revision: str) -> None:
     command.upgrade(alembic_config(connection), revision)
 

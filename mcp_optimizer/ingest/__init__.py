@@ -9,6 +9,7 @@ from mcp_optimizer.ingest.errors import (
     RegistryNote,
     WorkloadSpecError,
 )
+from mcp_optimizer.ingest.reader import IndexReader
 from mcp_optimizer.ingest.service import (
     CatalogLoadResult,
     Indexer,
@@ -25,6 +26,7 @@ __all__ = [
     "IndexError_",
     "IndexFault",
     "IndexHealth",
+    "IndexReader",
     "Indexer",
     "RegistryNote",
     "RegistryRef",

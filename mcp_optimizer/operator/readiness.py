@@ -66,3 +66,37 @@ class Readiness:
         if fault is not None:
             return False, f"the index is being repaired ({fault})"
         return True, "ok"
+
+
+class ReplicaReadiness:
+    """``/readyz`` of a replica under leader election (``MCP_OPTIMIZER_LEADER_ELECTION``).
+
+    A reader serves when its view of the shared index answers and is at this version's schema
+    head (:meth:`~mcp_optimizer.ingest.IndexReader.check`, refreshed by the runner). The writer
+    keeps the single-replica rules (:class:`Readiness`: first pass done, index healthy) when it
+    created the index; a writer that took over an index another writer filled (``took_over``: it
+    already had a schema) serves it as the readers do while its first pass runs, else a takeover
+    or a rolling upgrade would leave no replica ready for the length of a pass (a minute with
+    500 servers). A stopping replica is never ready: Services stop routing to it while it drains.
+    """
+
+    def __init__(self) -> None:
+        #: The last reader check: (serving, why).
+        self.reader: tuple[bool, str] = (False, "starting: the index has not been checked yet")
+        #: The writer's readiness while this replica holds the Lease, else None.
+        self.writer: Readiness | None = None
+        #: The writer found the index with a schema (another writer had filled it).
+        self.took_over = False
+        self.stopping = False
+
+    def state(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping: finishing in-flight calls"
+        if self.writer is not None:
+            if not self.took_over:
+                ready, why = self.writer.state()
+                return ready, why if ready else f"writer: {why}"
+            fault = self.writer.health.fault
+            if fault is not None:
+                return False, f"writer: the index is being repaired ({fault})"
+        return self.reader

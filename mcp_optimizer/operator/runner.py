@@ -77,13 +77,26 @@ class CallFailureRelay:
 
     def __init__(self) -> None:
         self._reconciler: WorkloadReconciler | None = None
+        #: The reconciler's event loop: under leader election the writer runs in a thread of its own.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, reconciler: WorkloadReconciler | None) -> None:
         self._reconciler = reconciler
+        self._loop = asyncio.get_running_loop() if reconciler is not None else None
 
     def call_failed(self, workload_name: str, error: McpClientError) -> None:
-        if self._reconciler is not None:
-            self._reconciler.call_failed(workload_name, error)
+        reconciler, loop = self._reconciler, self._loop
+        if reconciler is None or loop is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            reconciler.call_failed(workload_name, error)
+        else:
+            with contextlib.suppress(RuntimeError):  # the writer's loop just closed: the probe finds it
+                loop.call_soon_threadsafe(reconciler.call_failed, workload_name, error)
 
 
 @dataclass
@@ -502,6 +515,11 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
         # A bad model path fails at start, not at the first catalog or query.
         await asyncio.to_thread(embedder.load)
         METRICS.watch_embedder(embedder)
+    if settings.leader_election:
+        from mcp_optimizer.operator.replicas import run_replica
+
+        await run_replica(settings, kubeconfig=kubeconfig, embedder=embedder)
+        return
     # A file that cannot be used is moved aside here and the index rebuilt from the cluster.
     indexer = await Indexer.open(settings, embedder, repair=True)
     readiness = Readiness(indexer.health)

@@ -149,6 +149,8 @@ class ToolRegistry:
         self._tools: tuple[types.Tool, ...] = ()
         self._by_name: dict[str, types.Tool] = {}
         self._calls: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=_MAX_RECORDED_CALLS)
+        #: Complete ``tools/list`` requests (first pages) served: tells how many replicas listed.
+        self.lists = 0
         self.set_tools(tools)
 
     def set_tools(self, tools: Iterable[ToolDef | types.Tool], *, allow_repeated_names: bool = False) -> None:
@@ -268,6 +270,8 @@ def build_mcp_server(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         snapshot = registry.snapshot()
+        if params is None or params.cursor is None:
+            registry.lists += 1
         if page_size is None:
             return types.ListToolsResult(tools=list(snapshot))
         cursor = params.cursor if params is not None else None

@@ -15,7 +15,7 @@ import yaml
 
 from tests.deploy.support import CHART, MANIFESTS, REPO, Helm, by_kind, objects
 
-ALLOWED_VERBS = {"list", "watch", "patch", "create"}
+ALLOWED_VERBS = {"list", "watch", "patch", "create", "get", "update"}
 
 
 def test_chart_crds_are_the_top_level_crds() -> None:
@@ -73,7 +73,14 @@ def test_rbac_has_no_wildcards_and_only_the_verbs_used() -> None:
         ("", "events", "create"),
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        # Leader election: the one Lease (get and update by name only, see test_leader_election_rbac).
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "update"),
     }
+    for rule in rules:
+        if {"get", "update"} & set(rule["verbs"]):
+            assert rule["resources"] == ["leases"] and rule["resourceNames"] == ["mcp-optimizer-writer"], rule
 
 
 def test_configmaps_are_readable_only_in_the_catalog_namespace() -> None:

@@ -87,7 +87,8 @@ def test_install_all_namespaces(
         assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", fullname, namespace)]
         roles = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
         assert [(r.metadata.name, [tuple(rule.resources) for rule in r.rules]) for r in roles] == [
-            (f"{fullname}-catalogs", [("configmaps",)])
+            (f"{fullname}-catalogs", [("configmaps",)]),
+            (f"{fullname}-leader-election", [("leases",), ("leases",)]),
         ]
         auth_role = rbac.read_cluster_role(f"{fullname}-auth")
         assert {(r.resources[0], tuple(r.verbs)) for r in auth_role.rules} == {
@@ -176,7 +177,8 @@ def test_install_listed_namespaces(
             assert binding.role_ref.kind == "Role"
             assert [(s.name, s.namespace) for s in binding.subjects] == [(fullname, namespace)]
         # The release namespace, not watched, is the catalog namespace: ConfigMaps, and Events on them.
-        (catalogs,) = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        catalogs, election = rbac.list_namespaced_role(namespace, label_selector=_labels(release)).items
+        assert election.metadata.name == f"{fullname}-leader-election"
         assert catalogs.metadata.name == f"{fullname}-catalogs"
         assert [(tuple(r.resources), tuple(r.verbs)) for r in catalogs.rules] == [
             (("configmaps",), ("list", "watch")),
@@ -383,7 +385,8 @@ def test_install_with_peering(
     objects_api = client.CustomObjectsApi(kube_api)
     release = _release()
     fullname = f"{release}-mcp-optimizer"
-    with helm.installed(release, namespace, {"peering": {"enabled": True}}):
+    peering = {"peering": {"enabled": True}, "leaderElection": {"enabled": False}}
+    with helm.installed(release, namespace, peering):
         objects_api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", fullname)
         role = _rbac(kube_api).read_cluster_role(fullname)
         peering_rules = [r for r in role.rules if r.api_groups == ["kopf.dev"]]
@@ -396,7 +399,7 @@ def test_install_with_peering(
 
     release = _release()
     fullname = f"{release}-mcp-optimizer"
-    with helm.installed(release, namespace, {"peering": {"enabled": True}, "watchNamespaces": namespaces}):
+    with helm.installed(release, namespace, {**peering, "watchNamespaces": namespaces}):
         for ns in namespaces:
             objects_api.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", fullname)
             ns_role = _rbac(kube_api).read_namespaced_role(fullname, ns)

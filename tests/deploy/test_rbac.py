@@ -446,7 +446,8 @@ async def test_operator_runs_with_peering_rules(
     kubectl(kubeconfig, "apply", "-f", str(MANIFESTS / "optional" / "kopf-peering-crds.yaml"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
     objects = client.CustomObjectsApi(kube_api)
-    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns, peering={"enabled": True})):
+    values = chart_values(job.ns, peering={"enabled": True}, leaderElection={"enabled": False})
+    with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
         wait_until_authorized(kube_api, True, verb="watch", resource="clusterkopfpeerings", group="kopf.dev")
         job.create()
         settings = replace(op_settings, peering_name=OPERATOR_RELEASE, peering_priority=100)

@@ -53,6 +53,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-index" (include "mcp-optimizer.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
+{{- define "mcp-optimizer.leaseName" -}}
+{{- printf "%s-writer" (include "mcp-optimizer.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "mcp-optimizer.peeringName" -}}
 {{- default (include "mcp-optimizer.fullname" .) .Values.peering.name }}
 {{- end }}
@@ -97,6 +101,15 @@ The namespaces whose catalog ConfigMaps are read: the release namespace, then ca
 Values that cannot work are refused at install time, with what to do instead.
 */}}
 {{- define "mcp-optimizer.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.database.existingSecret) }}
+{{- fail (printf "replicaCount %v needs a shared database: the embedded SQLite index is one pod's file. Set database.existingSecret (a Secret with a PostgreSQL URL) or keep replicaCount 1" .Values.replicaCount) }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount above 1 needs leaderElection.enabled: otherwise every replica writes the index" }}
+{{- end }}
+{{- if and .Values.leaderElection.enabled .Values.peering.enabled }}
+{{- fail "peering.enabled and leaderElection.enabled are two ways of choosing one writer: turn one off (leaderElection is the one that fences a writer that lost its turn)" }}
+{{- end }}
 {{- if hasKey .Values.auth "enabled" }}
 {{- fail "auth.enabled was replaced by auth.mode: kubernetes (the default: ServiceAccount tokens), tokens (static tokens, as auth.enabled=true was) or none" }}
 {{- end }}

@@ -1,0 +1,64 @@
+"""A replica's read-only view of the shared index (issue 13): what the endpoint searches on a
+replica that does not hold the writer's Lease.
+
+It never migrates, checks or repairs the file (only the writer does: :meth:`Indexer.open`), and
+says whether it can serve: the index answers and is at exactly this version's schema head. A
+newer replica therefore never serves from an older schema (it waits for the writer to migrate),
+and an older replica does not serve from a schema it does not know.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mcp_optimizer.config import Settings
+from mcp_optimizer.db import migrate
+from mcp_optimizer.db.engine import create_engine
+from mcp_optimizer.db.health import describe
+
+
+class IndexReader:
+    """The shared index, opened for searching only."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.head = migrate.head_revision()
+        #: Set by :meth:`check`: the index is at an older schema this version knows (its writer
+        #: is an older version, which a rolling upgrade must ask to hand over).
+        self.behind = False
+        #: The schema revision the last :meth:`check` found (None: none yet, or no answer).
+        self.revision: str | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> IndexReader:
+        return cls(create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size))
+
+    async def check(self) -> tuple[bool, str]:
+        """(serving, why): the index answers a query and is at this version's schema head."""
+        try:
+            revision = await migrate.current_revision(self.engine)
+            if revision == self.head:
+                async with self.engine.connect() as conn:
+                    await conn.execute(sql("SELECT 1 FROM tools_workload LIMIT 1"))
+        except Exception as exc:
+            return False, f"the index does not answer: {describe(exc)}"
+        self.revision = revision
+        self.behind = revision is not None and revision != self.head and migrate.is_known_revision(revision)
+        if revision is None:
+            return False, "the index has no schema yet: waiting for the writer to create it"
+        if revision != self.head:
+            known = migrate.is_known_revision(revision)
+            return False, (
+                f"the index is at schema {revision}, this version serves {self.head}: "
+                + ("waiting for the writer to migrate it" if known else "a newer version migrated it")
+            )
+        return True, "ok"
+
+    @staticmethod
+    def knows(revision: str) -> bool:
+        """Whether this version's migrations include ``revision``."""
+        return migrate.is_known_revision(revision)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
