@@ -252,6 +252,31 @@ class Settings:
     pod_name: str | None = None
     pod_namespace: str | None = None
     pod_uid: str | None = None
+    # --- PostgreSQL as the index (issue 13): a database URL instead of the file ---
+    #: A SQLAlchemy URL (``postgresql+psycopg://user:password@host/db`` or
+    #: ``postgresql+asyncpg://...``): the index is that PostgreSQL database (with pgvector)
+    #: instead of the file ``db_path``. ``MCP_OPTIMIZER_DB`` and ``--db`` take either; a value
+    #: with ``://`` is a URL. Its password is never shown.
+    db_url: str | None = None
+    #: PostgreSQL only: build HNSW indexes on the tool vector tables (approximate KNN, for large
+    #: indexes); off (default) every search is an exact scan, like sqlite-vec's.
+    pg_hnsw: bool = False
+    #: PostgreSQL with HNSW: candidates one index scan visits (``hnsw.ef_search``, at least the
+    #: search's candidate pool, at most 1000). pgvector filters after the index scan.
+    pg_hnsw_ef_search: int = 200
+
+    @property
+    def index_location(self) -> Path | str:
+        """The index: the database URL when one is set, else the file."""
+        return self.db_url or self.db_path
+
+    def with_index(self, location: Path | str | None) -> Settings:
+        """A copy whose index is ``location`` (``--db``: a file path or a database URL); None keeps it."""
+        if location is None:
+            return self
+        if "://" in str(location) and not isinstance(location, Path):
+            return replace(self, db_url=str(location))
+        return replace(self, db_url=None, db_path=Path(location))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -324,6 +349,10 @@ class Settings:
             pod_name=_env("POD_NAME", "") or None,
             pod_namespace=_env("POD_NAMESPACE", "") or None,
             pod_uid=_env("POD_UID", "") or None,
+            # PostgreSQL as the index (issue 13)
+            db_url=_env("DB", "") if "://" in _env("DB", "") else None,
+            pg_hnsw=_env_choice("PG_HNSW", "off", ("on", "off", "true", "false", "1", "0")) in ("on", "true", "1"),
+            pg_hnsw_ef_search=_env_whole("PG_HNSW_EF_SEARCH", cls.pg_hnsw_ef_search, minimum=1, maximum=1000),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -11,6 +11,7 @@ from sqlalchemy import Row, Table, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
+from mcp_optimizer.db.backends import Backend, backend_of
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
 from mcp_optimizer.db.virtual import FTS_COLUMNS
@@ -34,6 +35,9 @@ class Ops:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: What is written beside the base tables differs per database (sqlite-vec and FTS5, or
+        #: pgvector and term tables): the ops classes write it through this.
+        self.backend: Backend = backend_of(engine)
 
     @asynccontextmanager
     async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
@@ -87,9 +91,9 @@ class ToolSyncResult:
 
 
 class ToolOps(Ops):
-    """Tools of one side (registry or workload) with their vector and FTS5 rows.
+    """Tools of one side (registry or workload) with their vector and keyword (FTS5) rows.
 
-    The vector and FTS rows share the tool's integer id as rowid. ``_vector_metadata`` gives
+    The vector and keyword rows share the tool's integer id as rowid. ``_vector_metadata`` gives
     the extra vec0 metadata columns (the workload side filters on status, group, namespace).
     """
 
@@ -191,18 +195,9 @@ class ToolOps(Ops):
             if not rows:
                 return
             await c.execute(self.table.insert(), rows)
-            await c.execute(
-                text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
-                     f"VALUES (:id, {', '.join(':' + col for col in FTS_COLUMNS)})"),
-                fts,
-            )
-            for group in _same_columns(vectors):
-                columns = list(group[0])
-                await c.execute(
-                    text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
-                         f"VALUES ({', '.join(':' + col for col in columns)})"),
-                    group,
-                )
+            await self.backend.after_explicit_ids(c, self.table.name)
+            await self.backend.insert_keywords(c, self.fts_table, fts)
+            await self.backend.insert_vectors(c, self.vector_table, vectors)
             await self._after_write(c, ids)
 
     async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
@@ -221,33 +216,15 @@ class ToolOps(Ops):
         return len(ids)
 
     async def _delete_virtual(self, c: AsyncConnection, ids: list[int]) -> None:
-        params = [{"id": i} for i in ids]
-        # vec0 and FTS5 delete efficiently by rowid one at a time; an IN list scans.
-        await c.execute(text(f"DELETE FROM {self.vector_table} WHERE rowid = :id"), params)
-        await c.execute(text(f"DELETE FROM {self.fts_table} WHERE rowid = :id"), params)
+        # vec0 deletes efficiently by rowid one at a time; an IN list scans.
+        await c.execute(text(f"DELETE FROM {self.vector_table} WHERE rowid = :id"), [{"id": i} for i in ids])
+        await self.backend.delete_keywords(c, self.fts_table, ids)
 
     async def _insert_virtual(
         self, c: AsyncConnection, tool_id: int, server_id: str, tool: ToolRow, metadata: dict[str, Any]
     ) -> None:
         fields = dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))
-        await c.execute(
-            text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
-                 f"VALUES (:id, {', '.join(':' + c for c in FTS_COLUMNS)})"),
-            {"id": tool_id, **fields},
-        )
+        await self.backend.insert_keywords(c, self.fts_table, [{"id": tool_id, **fields}])
         if tool.embedding is not None:
-            columns = ["rowid", "embedding", "server_id", *metadata]
-            values = {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}
-            await c.execute(
-                text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
-                     f"VALUES ({', '.join(':' + col for col in columns)})"),
-                values,
-            )
-
-
-def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """``rows`` grouped by their keys (one executemany per shape)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    return list(groups.values())
+            await self.backend.insert_vectors(c, self.vector_table, [
+                {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}])
