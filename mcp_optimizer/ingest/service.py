@@ -374,11 +374,11 @@ class Indexer:
         engine = create_engine(settings.db_url)
         try:
             await _migrate(engine, Path(where))
-            async with engine.begin() as conn:
-                await backend_of(engine).tune(conn, hnsw=settings.pg_hnsw)
         except (DBAPIError, OSError) as exc:
             await engine.dispose()
-            raise IndexOpenError(f"cannot use the index database {where}: {redact_urls(describe(exc))}") from None
+            # One line (libpq's messages span several), without the URL's password.
+            reason = " ".join(redact_urls(describe(exc)).split())
+            raise IndexOpenError(f"cannot use the index database {where}: {reason}") from None
         except BaseException:
             await engine.dispose()
             raise
@@ -390,6 +390,9 @@ class Indexer:
                       damaged_keep=0)
         try:
             await indexer.ensure_embedding_model()
+            # After it: a change of model recreates the vector tables, and their indexes with them.
+            async with engine.begin() as conn:
+                await backend_of(engine).tune(conn, hnsw=settings.pg_hnsw)
         except BaseException:
             await engine.dispose()
             raise
