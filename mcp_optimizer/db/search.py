@@ -540,10 +540,9 @@ class ToolSearch:
             if not top:
                 return []
             params = {}
-            rows = await conn.execute(text(
+            by_id = {row.id: row for row in await conn.execute(text(
                 "SELECT id, catalog, name, description, remote, url, package, transport FROM mcpservers_registry "
-                f"WHERE {_in_clause('id', 's', top, params)}"), params)
-            by_id = {row.id: row for row in rows}
+                f"WHERE {_in_clause('id', 's', top, params)}"), params)}
         return [
             RegistryServerHit(
                 catalog=by_id[s].catalog, name=by_id[s].name, description=by_id[s].description,

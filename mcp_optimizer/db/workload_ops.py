@@ -9,8 +9,8 @@ from sqlalchemy import Row, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
-from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.backends.postgres import tool_token_count
+from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes

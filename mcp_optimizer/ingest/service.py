@@ -40,15 +40,15 @@ from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Row, bindparam, delete, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
-from mcp_optimizer.db.base import ToolRow, identifier_keys
 from mcp_optimizer.db.backends import backend_of
+from mcp_optimizer.db.base import ToolRow, identifier_keys
 from mcp_optimizer.db.engine import WRITE_OPTION, IndexOpenError, create_engine, describe_location
 from mcp_optimizer.db.health import (
     FaultKind,

@@ -29,7 +29,8 @@ def server() -> Any:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
         warnings.simplefilter("ignore")
-        return pgserver.get_server(tempfile.mkdtemp(prefix="mcp-pg-"), cleanup_mode="delete")
+        directory = tempfile.mkdtemp(prefix="mcp-pg-")
+        return pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
 
 
 def fresh_database(prefix: str = "index", driver: str = DRIVER) -> str:
@@ -40,7 +41,7 @@ def fresh_database(prefix: str = "index", driver: str = DRIVER) -> str:
 
 
 def url_of(name: str, driver: str = DRIVER) -> str:
-    return server().get_uri(name).replace("postgresql://", f"{driver}://", 1)
+    return str(server().get_uri(name)).replace("postgresql://", f"{driver}://", 1)
 
 
 def drop_database(url: str) -> None:

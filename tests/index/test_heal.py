@@ -30,7 +30,6 @@ from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.testing import faults
 from mcp_optimizer.testing.shared import model_path
-
 from tests.backends import sqlite_only
 
 from .helpers import entry, tool, workload

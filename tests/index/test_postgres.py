@@ -17,13 +17,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.backends import backend_of
 from mcp_optimizer.db.engine import IndexOpenError, create_engine, describe_location
-from mcp_optimizer.db.models import Base
+from mcp_optimizer.db.health import FaultKind, IndexFault, classify
+from mcp_optimizer.db.models import Base, WorkloadStatus
 from mcp_optimizer.db.search import BM25_COLUMN_WEIGHTS, ToolSearch, fts_words
 from mcp_optimizer.db.virtual import WORKLOAD_TOOL_FTS
 from mcp_optimizer.embeddings import FastEmbedder
@@ -32,7 +34,7 @@ from mcp_optimizer.mcp.tokens import tool_tokens
 from mcp_optimizer.testing import postgres
 from mcp_optimizer.testing.shared import model_path
 
-from .helpers import entry, tool, workload
+from .helpers import tool, workload
 
 SIDE_TABLES = {"registry_server_vector", "registry_tool_vectors", "workload_server_vector", "workload_tool_vectors",
                "registry_tool_fts", "workload_tool_fts", "registry_tool_fts_terms", "workload_tool_fts_terms"}
@@ -146,7 +148,7 @@ async def test_keyword_scores_are_fts5s_bm25(tmp_path: Path, database: str, weig
             await indexer.apply_workload(workload("ns/a", url="https://a.example/mcp", tools=CORPUS[:6]))
             await indexer.apply_workload(workload("ns/b", url="https://b.example/mcp", tools=CORPUS[6:]))
             await indexer.apply_workload(workload("ns/off", url="https://c.example/mcp", tools=CORPUS[:3],
-                                                  status=workload("x").status.__class__("STOPPED")))
+                                                  status=WorkloadStatus.STOPPED))
             answers.append({q: await _keyword_scores(indexer, q, weights) for q in QUERIES})
         finally:
             await indexer.close()
@@ -157,7 +159,8 @@ async def test_keyword_scores_are_fts5s_bm25(tmp_path: Path, database: str, weig
     assert pg[PHRASE_QUERY][0][0] == sqlite[PHRASE_QUERY][0][0] == "get_weather"
     for query in (q for q in QUERIES if q != PHRASE_QUERY):
         assert [name for name, _ in pg[query]] == [name for name, _ in sqlite[query]], query
-        assert [score for _, score in pg[query]] == pytest.approx([score for _, score in sqlite[query]], abs=1e-6), query
+        expected = [score for _, score in sqlite[query]]
+        assert [score for _, score in pg[query]] == pytest.approx(expected, abs=1e-6), query
 
 
 async def test_a_bad_url_or_a_server_that_does_not_answer_is_one_clear_line() -> None:
@@ -227,7 +230,11 @@ async def test_what_sqlite_only_machinery_does_on_postgresql(database: str, embe
         assert indexer.path is None and indexer.file_fault() is None and indexer.repaired is None
         assert await migrate.current_revision(indexer.engine) == migrate.head_revision()
         with pytest.raises(RuntimeError, match="cannot be rebuilt"):
-            await indexer.rebuild(__import__("mcp_optimizer.db.health", fromlist=["IndexFault"]).IndexFault(
-                __import__("mcp_optimizer.db.health", fromlist=["FaultKind"]).FaultKind.CORRUPT, "x"))
+            await indexer.rebuild(IndexFault(FaultKind.CORRUPT, "not a file"))
+        # A PostgreSQL error is the server's business, never a fault that moves anything.
+        async with indexer.engine.connect() as conn:
+            with pytest.raises(DBAPIError) as failed:
+                await conn.execute(text("SELECT * FROM no_such_table"))
+        assert classify(failed.value) is None
     finally:
         await indexer.close()

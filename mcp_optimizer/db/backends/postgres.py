@@ -168,7 +168,7 @@ class PostgresBackend(Backend):
         rows, tokens = int(stats[0]), int(stats[1])
         if rows == 0:
             return []
-        hits = dict((await conn.execute(text(
+        hits: dict[str, int] = dict((await conn.execute(text(
             f"SELECT term, count(*) FROM {terms} WHERE term = ANY(:terms) GROUP BY term"),
             {"terms": sorted(set(phrases))})).all())
         found = [term for term in phrases if hits.get(term)]
