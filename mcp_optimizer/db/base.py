@@ -138,6 +138,8 @@ class ToolOps(Ops):
             await self._delete_ids(c, removed)
             added = updated = unchanged = 0
             written: list[int] = []
+            changed: list[int] = []
+            pending: list[tuple[int, ToolRow]] = []
             now = utcnow()
             for tool in wanted.values():
                 old = existing.get(tool.name)
@@ -158,10 +160,14 @@ class ToolOps(Ops):
                         details=tool.details, details_embedding=tool.embedding,
                         embedding_hash=tool.embedding_hash, last_updated=now,
                     ))
-                    await self._delete_virtual(c, [tool_id])
+                    changed.append(tool_id)
                     updated += 1
-                await self._insert_virtual(c, tool_id, server_id, tool, metadata)
+                pending.append((tool_id, tool))
                 written.append(tool_id)
+            # The side rows in one statement per table, not per tool (PostgreSQL pays a round trip each).
+            if changed:
+                await self._delete_virtual(c, changed)
+            await self._insert_virtual(c, server_id, pending, metadata)
             await self._after_write(c, written)
             return ToolSyncResult(added, updated, len(removed), unchanged)
 
@@ -221,10 +227,11 @@ class ToolOps(Ops):
         await self.backend.delete_keywords(c, self.fts_table, ids)
 
     async def _insert_virtual(
-        self, c: AsyncConnection, tool_id: int, server_id: str, tool: ToolRow, metadata: dict[str, Any]
+        self, c: AsyncConnection, server_id: str, tools: Sequence[tuple[int, ToolRow]], metadata: dict[str, Any]
     ) -> None:
-        fields = dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))
-        await self.backend.insert_keywords(c, self.fts_table, [{"id": tool_id, **fields}])
-        if tool.embedding is not None:
-            await self.backend.insert_vectors(c, self.vector_table, [
-                {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}])
+        await self.backend.insert_keywords(c, self.fts_table, [
+            {"id": tool_id, **dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))}
+            for tool_id, tool in tools])
+        await self.backend.insert_vectors(c, self.vector_table, [
+            {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}
+            for tool_id, tool in tools if tool.embedding is not None])
