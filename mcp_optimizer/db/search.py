@@ -1,4 +1,8 @@
-"""Hybrid tool search: FTS5 BM25 and sqlite-vec KNN, run at once and fused by score.
+"""Hybrid tool search: BM25 and KNN, run at once and fused by score.
+
+On SQLite the retrievers are FTS5's bm25() and sqlite-vec; on PostgreSQL the same BM25 computed
+in SQL over FTS5's terms and pgvector (``db/backends``). This module is the same for both: what
+is asked, the scope, the fusion.
 
 Why BM25-led score fusion (:mod:`mcp_optimizer.db.fusion`, ``minmax``: each list scaled to
 [0, 1], BM25 at weight 1 from its floor 0, the vector list at 0.5): on short real requests the
@@ -13,7 +17,8 @@ LiveMCPBench tasks 0.422 / 0.386 / 0.311, BFCL real-user 0.839 / 0.804 / 0.708, 
 per query.
 
 Only tools of RUNNING workloads are ever returned: the vector query filters on the vec0
-``status`` metadata column inside sqlite-vec, the full-text query joins the server table.
+``status`` metadata column inside sqlite-vec (a WHERE before pgvector's scan), the full-text
+query joins the server table.
 """
 
 from __future__ import annotations
