@@ -34,7 +34,7 @@ from mcp_optimizer.mcp.tokens import tool_tokens
 from mcp_optimizer.testing import postgres
 from mcp_optimizer.testing.shared import model_path
 
-from .helpers import tool, workload
+from .helpers import entry, tool, workload
 
 SIDE_TABLES = {"registry_server_vector", "registry_tool_vectors", "workload_server_vector", "workload_tool_vectors",
                "registry_tool_fts", "workload_tool_fts", "registry_tool_fts_terms", "workload_tool_fts_terms"}
@@ -236,5 +236,20 @@ async def test_what_sqlite_only_machinery_does_on_postgresql(database: str, embe
             with pytest.raises(DBAPIError) as failed:
                 await conn.execute(text("SELECT * FROM no_such_table"))
         assert classify(failed.value) is None
+    finally:
+        await indexer.close()
+
+
+async def test_the_asyncpg_driver_indexes_and_searches_alike(database: str, embedder: FastEmbedder) -> None:
+    url = database.replace(f"{postgres.DRIVER}://", "postgresql+asyncpg://", 1)
+    indexer = await Indexer.open(Settings(embedding_model_path=model_path()).with_index(url), embedder)
+    try:
+        await indexer.load_catalog("c", [entry("github", package="ghcr.io/github/github-mcp-server",
+                                               tools=["create_issue"])])
+        await indexer.apply_workload(workload("ns/a", url="https://a.example/mcp", tools=CORPUS))
+        search = ToolSearch(indexer.engine, embedder)
+        assert [h.tool for h in await search.find_tools("weather forecast for Paris", limit=2)] == [
+            "get_forecast", "get_weather"]
+        assert [h.name for h in await search.find_registry_servers("create a github issue")] == ["github"]
     finally:
         await indexer.close()
