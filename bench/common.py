@@ -36,6 +36,7 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.embeddings import Embedder, FastEmbedder, ModelSpec
 from mcp_optimizer.embeddings.model import E5_SMALL, MINILM, WORDLLAMA
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
+from tests.support import postgres
 
 # Re-exported: the benchmarks take the real data from here.
 from tests.support.devsets import data_dir as data_dir
@@ -403,26 +404,34 @@ def make_workload(
 
 
 @asynccontextmanager
-async def temp_index(embedder: FastEmbedder | None, path: Path | None = None) -> AsyncIterator[Indexer]:
-    """A fresh index file in a temporary directory (or at ``path``), closed afterwards;
+async def temp_index(
+    embedder: FastEmbedder | None, path: Path | None = None, *, backend: str = "sqlite"
+) -> AsyncIterator[Indexer]:
+    """A fresh index file in a temporary directory (or at ``path``), or with ``backend``
+    ``postgresql`` a fresh database on a local PostgreSQL (pgserver), closed afterwards;
     keyword-only (no model, nothing embedded) when ``embedder`` is None."""
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp:
+        url = postgres.fresh_database("bench") if backend == "postgresql" else None
         # From the environment so that settings such as MCP_OPTIMIZER_SQLITE_MMAP_SIZE can be compared.
         settings = Settings.from_env().with_overrides(
             db_path=path or Path(tmp) / "index.db",
             embedding_model_path=embedder.model_path if embedder is not None else None,
             embedding_model_name=embedder.spec.name if embedder is not None else None,
-            search_mode="hybrid" if embedder is not None else "bm25")
+            search_mode="hybrid" if embedder is not None else "bm25").with_index(url)
         indexer = await Indexer.open(settings, embedder)
         try:
             yield indexer
         finally:
             await indexer.close()
+            if url is not None:
+                postgres.drop_database(url)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller scale and fewer samples (a smoke run)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the index's database: an SQLite file, or PostgreSQL + pgvector (a local pgserver)")
     return parser
 
 

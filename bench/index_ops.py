@@ -256,7 +256,7 @@ async def main() -> None:
     probe_s = model_alone_seconds(uncached(embedder), probe)
     print(f"model speed on short texts: {len(probe) / probe_s:.0f} texts/s (batch size {embedder.batch_size})\n")
     report = Report()
-    async with temp_index(embedder) as indexer:
+    async with temp_index(embedder, backend=args.db) as indexer:
         await cold_ingest(indexer, entries, specs, report)
         target_specs = specs[:targets * LINKED_PER_TARGET]
         await delete_registry(indexer, entries, targets, reps, report)

@@ -3,7 +3,7 @@
 One index file (LiveMCPBench's servers deployed in many namespaces, see
 :func:`bench.common.replica_specs`) is served by 1, 2, then 3 ``mcp-optimizer serve`` processes
 (what a reader replica runs: the endpoint over the shared index, model loaded in each), behind
-:class:`~mcp_optimizer.testing.balancer.ReadyBalancer` (a Service: each new connection to a
+:class:`~tests.support.balancer.ReadyBalancer` (a Service: each new connection to a
 ready replica, round robin). ``--clients`` MCP clients each hold one session (pinned to one
 replica, as with a Service's ClientIP affinity) and call ``find_tool`` with LiveMCPBench's
 short requests in turn for ``--seconds``. Printed: calls per second and latency per process
@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from bench.common import Report, base_parser, build_replica_index, load_embedder, ms_summary, print_header, temp_index
 from bench.search import query_sets
-from mcp_optimizer.testing.balancer import Backend, ReadyBalancer
+from tests.support.balancer import Backend, ReadyBalancer
 from tests.support.shared import model_path
 
 

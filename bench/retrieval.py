@@ -17,7 +17,8 @@ Run ``python -m bench.retrieval`` for the default configuration against BM25 and
 vector-only half (a few minutes); ``--full`` for every model and fusion candidate (about 30
 minutes on 2 cores); ``--quick`` scores a fixed sample of 150 queries per slice. Tool vectors
 are kept on disk between runs (``~/.cache/mcp-optimizer/bench/vectors.sqlite``), so only the
-first run of a model embeds its tools.
+first run of a model embeds its tools. ``--db postgresql`` runs the same on PostgreSQL + pgvector
+(a local pgserver), to compare the backends (``--save`` one run, ``--baseline`` it into the other).
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ def bootstrap(a: dict[str, QueryResult], b: dict[str, QueryResult], metric: str,
 
 
 async def run_model(model: str | None, configs: Sequence[Config], sets: Sequence[DevSet],
-                    slices: dict[str, list[Query]], results: Results, cached_queries: bool) -> None:
+                    slices: dict[str, list[Query]], results: Results, cached_queries: bool,
+                    backend: str = "sqlite") -> None:
     """Index every set with ``model`` (None: keyword-only) and score ``configs`` on every slice."""
     embedder = load_embedder(model, disk_cache=True) if model is not None else None
     for devset in sets:
         wanted = [name for name in devset.slices if name in slices]
         if not wanted:
             continue
-        async with temp_index(embedder) as indexer:
+        async with temp_index(embedder, backend=backend) as indexer:
             start = time.perf_counter()
             for spec in workload_specs(devset):
                 await indexer.apply_workload(spec)
@@ -269,7 +271,7 @@ async def main() -> None:
     print("slices: " + ", ".join(f"{name} {len(q)} queries" for name, q in slices.items()), flush=True)
     results: Results = {}
     for model, configs in configs_for(models, fusion, args.degrade).items():
-        await run_model(model, configs, sets, slices, results, args.cached_queries)
+        await run_model(model, configs, sets, slices, results, args.cached_queries, args.db)
     if args.baseline:
         results.update(load(args.baseline, " (baseline)"))
     if args.save:

@@ -12,6 +12,8 @@ The index: every LiveMCPBench server (70 servers, 527 real tools) deployed in 38
 Single client: p50/p99 of ``ToolSearch.find_tools`` (hybrid, limit 10), with the model's share
 and the vector-only / BM25-only breakdown. Then 8 concurrent clients (asyncio tasks sharing one
 ``ToolSearch``, as the MCP endpoint does): queries per second and latency under load.
+``--db postgresql``: the same on PostgreSQL + pgvector (a local pgserver, exact scans unless
+``MCP_OPTIMIZER_PG_HNSW=on``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
-
-from sqlalchemy import text
 
 from bench.common import (
     Report,
@@ -35,6 +35,7 @@ from bench.common import (
     temp_index,
     uncached,
 )
+from mcp_optimizer.db.backends import backend_of
 from mcp_optimizer.db.search import SearchMode, ToolSearch, query_parts
 from mcp_optimizer.db.virtual import WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import FastEmbedder, to_bytes
@@ -54,12 +55,11 @@ def query_sets() -> dict[str, list[str]]:
 async def knn_scan_seconds(indexer: Indexer, embedder: FastEmbedder, runs: int = 50) -> list[float]:
     vector = to_bytes(embedder.embed_one("generate a word cloud chart"))
     samples = []
+    backend = backend_of(indexer.engine)
     async with indexer.engine.connect() as conn:
         for _ in range(runs):
             start = time.perf_counter()
-            await conn.execute(text(
-                f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE embedding MATCH :q AND k = 50 "
-                "AND status = 'RUNNING' ORDER BY distance"), {"q": vector})
+            await backend.knn(conn, WORKLOAD_TOOL_VECTORS, "rowid", vector, 50, ["status = 'RUNNING'"], {})
             samples.append(time.perf_counter() - start)
     return samples
 
@@ -104,7 +104,7 @@ async def main() -> None:
     print_header(f"find_tool over {tool_target} tools", args)
     embedder = load_embedder()
     report = Report()
-    async with temp_index(embedder) as indexer:
+    async with temp_index(embedder, backend=args.db) as indexer:
         workloads, tools, seconds = await build_replica_index(indexer, tool_target)
         print(f"indexed {tools} tools of {workloads} workloads in {seconds:.1f} s "
               f"({embedder.texts_embedded} distinct texts through the model)\n")
@@ -130,9 +130,10 @@ async def main() -> None:
             if name == "task":
                 lat, _ = await single_client(indexer, embedder, queries, split_words=1)
                 print(f"    hybrid with every query split into its clauses (split_words=1): {ms_summary(lat)}")
-        # The floor under every vector search: one sqlite-vec KNN scan over all tool vectors.
+        # The floor under every vector search: one KNN scan over all tool vectors.
         scans = await knn_scan_seconds(indexer, embedder)
-        report.add(f"one sqlite-vec KNN scan (k=50) over {tools} vectors, no embedding", ms_summary(scans))
+        scan = "sqlite-vec" if args.db == "sqlite" else "pgvector"
+        report.add(f"one {scan} KNN scan (k=50) over {tools} vectors, no embedding", ms_summary(scans))
         for name, queries in sets.items():
             qps1, _ = await concurrent_clients(indexer, embedder, queries, 1)
             qps, latencies = await concurrent_clients(indexer, embedder, list(queries) * passes, args.clients)

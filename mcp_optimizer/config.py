@@ -113,8 +113,21 @@ def setting(default: T, env: str, description: str, *, secret: bool = False) -> 
 @dataclass(frozen=True)
 class IndexSettings:
     db_path: Path = setting(Path("mcp-optimizer.db"), "DB",
-                            "The SQLite index file. ``:memory:`` is not supported: the index is shared "
-                            "between connections.")
+                            "The SQLite index file, or a PostgreSQL URL (a value with ``://`` is one: see "
+                            "``DB_URL``). ``:memory:`` is not supported: the index is shared between "
+                            "connections.")
+    db_url: OptionalText = setting(
+        None, "DB_URL",
+        "A SQLAlchemy URL (``postgresql+psycopg://user:password@host/db`` or ``postgresql+asyncpg://...``): the "
+        "index is that PostgreSQL database (with pgvector) instead of the file. ``MCP_OPTIMIZER_DB`` and ``--db`` "
+        "take a URL too. Its password is never shown.", secret=True)
+    pg_hnsw: Switch = setting(False, "PG_HNSW",
+                              "PostgreSQL only: HNSW indexes on the tool vector tables (approximate KNN, for large "
+                              "indexes); off, every search is an exact scan, like sqlite-vec's.")
+    pg_hnsw_ef_search: Annotated[int, Ge(1), Le(1000)] = setting(
+        200, "PG_HNSW_EF_SEARCH",
+        "PostgreSQL with HNSW: candidates one index scan visits (``hnsw.ef_search``, at least the search's "
+        "candidate pool, at most 1000). pgvector filters after the index scan.")
     sqlite_mmap_size: ZeroOrMore = setting(0, "SQLITE_MMAP_SIZE",
                                            "Bytes of the index file SQLite reads through mmap; 0 reads with "
                                            "read(). Faster vector scans, but RSS counts the mapped index once "
@@ -415,7 +428,24 @@ class Settings(
         except ValidationError as exc:
             raise ConfigError(describe_errors(exc, os.environ)) from None
         values["operator_namespace"] = values.get("operator_namespace") or _pod_namespace()
+        location = os.environ.get(ENV_PREFIX + "DB", "")
+        if "://" in location:  # MCP_OPTIMIZER_DB may name the database instead of the file
+            values.pop("db_path", None)
+            values["db_url"] = values.get("db_url") or location
         return cls(**values)
+
+    @property
+    def index_location(self) -> Path | str:
+        """The index: the database URL when one is set, else the file."""
+        return self.db_url or self.db_path
+
+    def with_index(self, location: Path | str | None) -> Settings:
+        """A copy whose index is ``location`` (``--db``: a file path or a database URL); None keeps it."""
+        if location is None:
+            return self
+        if "://" in str(location) and not isinstance(location, Path):
+            return replace(self, db_url=str(location))
+        return replace(self, db_url=None, db_path=Path(location))
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced, checked as the environment is; ``None`` values

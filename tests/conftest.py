@@ -24,6 +24,13 @@ from tests.support.shared import model_path
 pytest_plugins = ["tests.k8s.harness"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A sqlite_only test runs on SQLite only: its PostgreSQL instance is not collected at all.
+    from tests.backends import deselect_sqlite_only_on_postgres
+
+    items[:] = deselect_sqlite_only_on_postgres(items)
+
+
 @pytest.fixture(scope="session")
 def embedder() -> FastEmbedder:
     path = model_path()

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from mcp_optimizer.catalog import load_catalog_file
 from mcp_optimizer.cli.progress import Progress
 from mcp_optimizer.config import SEARCH_MODES, Settings, flag_help
+from mcp_optimizer.db.engine import describe_location
 from mcp_optimizer.db.health import describe, inspect_file
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -59,7 +60,7 @@ async def _with_indexer(settings: Settings, action: Callable[[Indexer], Awaitabl
 
 async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async def action(indexer: Indexer) -> int:
-        print(f"index {settings.db_path} is at the latest schema")
+        print(f"index {describe_location(settings.index_location)} is at the latest schema")
         return 0
 
     return await _with_indexer(settings, action)
@@ -67,6 +68,16 @@ async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_db_check(args: argparse.Namespace, settings: Settings) -> int:
     mode = "full" if args.full else "quick"
+    if settings.db_url:
+        # PostgreSQL checks its own pages; the check here is that the database answers and is at head.
+        async def opened(indexer: Indexer) -> int:
+            return 0
+
+        started = time.perf_counter()
+        await _with_indexer(settings, opened)
+        took = time.perf_counter() - started
+        print(f"index {describe_location(settings.db_url)}: ok (answers, schema at head, {took:.2f} s)")
+        return 0
     if not settings.db_path.is_file():
         raise CliError(f"no index at {settings.db_path}")
     started = time.perf_counter()
@@ -322,7 +333,8 @@ async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--limit must be between 1 and 100")
 
     async def action(indexer: Indexer) -> int:
-        search = ToolSearch(indexer.engine, indexer.embedder, min_similarity=settings.min_similarity)
+        search = ToolSearch(indexer.engine, indexer.embedder, min_similarity=settings.min_similarity,
+                            hnsw_ef_search=settings.pg_hnsw_ef_search if settings.pg_hnsw else 0)
         items: list[dict[str, Any]]
         if args.registry:
             items = [
@@ -428,7 +440,7 @@ async def cmd_mcp_call(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-optimizer", description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, help=flag_help("DB"))
+    parser.add_argument("--db", help=flag_help("DB"))
     parser.add_argument("--model-path", type=Path, help=flag_help("EMBEDDING_MODEL_PATH"))
     parser.add_argument("--model", help=flag_help("EMBEDDING_MODEL_NAME"))
     parser.add_argument("--search-mode", choices=SEARCH_MODES, help=flag_help("SEARCH_MODE"))
@@ -537,8 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("text", "DEBUG" if args.verbose else "WARNING")
     settings: Settings | None = None
     try:
-        settings = Settings.from_env().with_overrides(db_path=args.db, embedding_model_path=args.model_path,
-                                                      embedding_model_name=args.model, search_mode=args.search_mode)
+        settings = Settings.from_env().with_overrides(embedding_model_path=args.model_path,
+                                                      embedding_model_name=args.model,
+                                                      search_mode=args.search_mode).with_index(args.db)
         if args.handler is cmd_run:
             code = _run_then_exit(args.handler(args, settings))
             # Everything is closed by now (endpoint, metrics, kopf, index). Tearing down the
@@ -558,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except DBAPIError as exc:
         # A full disk, a damaged file, ...: SQLite's message, never the SQL and its parameters.
-        where = f"index {settings.db_path}" if settings is not None else "index"
+        where = f"index {describe_location(settings.index_location)}" if settings is not None else "index"
         print(f"error: {where}: {describe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

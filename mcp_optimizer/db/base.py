@@ -11,6 +11,7 @@ from sqlalchemy import Row, Table, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
+from mcp_optimizer.db.backends import Backend, backend_of
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
 from mcp_optimizer.db.virtual import FTS_COLUMNS
@@ -34,6 +35,9 @@ class Ops:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: What is written beside the base tables differs per database (sqlite-vec and FTS5, or
+        #: pgvector and term tables): the ops classes write it through this.
+        self.backend: Backend = backend_of(engine)
 
     @asynccontextmanager
     async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
@@ -87,9 +91,9 @@ class ToolSyncResult:
 
 
 class ToolOps(Ops):
-    """Tools of one side (registry or workload) with their vector and FTS5 rows.
+    """Tools of one side (registry or workload) with their vector and keyword (FTS5) rows.
 
-    The vector and FTS rows share the tool's integer id as rowid. ``_vector_metadata`` gives
+    The vector and keyword rows share the tool's integer id as rowid. ``_vector_metadata`` gives
     the extra vec0 metadata columns (the workload side filters on status, group, namespace).
     """
 
@@ -134,6 +138,8 @@ class ToolOps(Ops):
             await self._delete_ids(c, removed)
             added = updated = unchanged = 0
             written: list[int] = []
+            changed: list[int] = []
+            pending: list[tuple[int, ToolRow]] = []
             now = utcnow()
             for tool in wanted.values():
                 old = existing.get(tool.name)
@@ -154,10 +160,14 @@ class ToolOps(Ops):
                         details=tool.details, details_embedding=tool.embedding,
                         embedding_hash=tool.embedding_hash, last_updated=now,
                     ))
-                    await self._delete_virtual(c, [tool_id])
+                    changed.append(tool_id)
                     updated += 1
-                await self._insert_virtual(c, tool_id, server_id, tool, metadata)
+                pending.append((tool_id, tool))
                 written.append(tool_id)
+            # The side rows in one statement per table, not per tool (PostgreSQL pays a round trip each).
+            if changed:
+                await self._delete_virtual(c, changed)
+            await self._insert_virtual(c, server_id, pending, metadata)
             await self._after_write(c, written)
             return ToolSyncResult(added, updated, len(removed), unchanged)
 
@@ -191,18 +201,9 @@ class ToolOps(Ops):
             if not rows:
                 return
             await c.execute(self.table.insert(), rows)
-            await c.execute(
-                text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
-                     f"VALUES (:id, {', '.join(':' + col for col in FTS_COLUMNS)})"),
-                fts,
-            )
-            for group in _same_columns(vectors):
-                columns = list(group[0])
-                await c.execute(
-                    text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
-                         f"VALUES ({', '.join(':' + col for col in columns)})"),
-                    group,
-                )
+            await self.backend.after_explicit_ids(c, self.table.name)
+            await self.backend.insert_keywords(c, self.fts_table, fts)
+            await self.backend.insert_vectors(c, self.vector_table, vectors)
             await self._after_write(c, ids)
 
     async def delete_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
@@ -221,33 +222,16 @@ class ToolOps(Ops):
         return len(ids)
 
     async def _delete_virtual(self, c: AsyncConnection, ids: list[int]) -> None:
-        params = [{"id": i} for i in ids]
-        # vec0 and FTS5 delete efficiently by rowid one at a time; an IN list scans.
-        await c.execute(text(f"DELETE FROM {self.vector_table} WHERE rowid = :id"), params)
-        await c.execute(text(f"DELETE FROM {self.fts_table} WHERE rowid = :id"), params)
+        # vec0 deletes efficiently by rowid one at a time; an IN list scans.
+        await c.execute(text(f"DELETE FROM {self.vector_table} WHERE rowid = :id"), [{"id": i} for i in ids])
+        await self.backend.delete_keywords(c, self.fts_table, ids)
 
     async def _insert_virtual(
-        self, c: AsyncConnection, tool_id: int, server_id: str, tool: ToolRow, metadata: dict[str, Any]
+        self, c: AsyncConnection, server_id: str, tools: Sequence[tuple[int, ToolRow]], metadata: dict[str, Any]
     ) -> None:
-        fields = dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))
-        await c.execute(
-            text(f"INSERT INTO {self.fts_table}(rowid, {', '.join(FTS_COLUMNS)}) "
-                 f"VALUES (:id, {', '.join(':' + c for c in FTS_COLUMNS)})"),
-            {"id": tool_id, **fields},
-        )
-        if tool.embedding is not None:
-            columns = ["rowid", "embedding", "server_id", *metadata]
-            values = {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}
-            await c.execute(
-                text(f"INSERT INTO {self.vector_table}({', '.join(columns)}) "
-                     f"VALUES ({', '.join(':' + col for col in columns)})"),
-                values,
-            )
-
-
-def _same_columns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """``rows`` grouped by their keys (one executemany per shape)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    return list(groups.values())
+        await self.backend.insert_keywords(c, self.fts_table, [
+            {"id": tool_id, **dict(zip(FTS_COLUMNS, tool_fts_fields(tool.details, tool.context), strict=True))}
+            for tool_id, tool in tools])
+        await self.backend.insert_vectors(c, self.vector_table, [
+            {"rowid": tool_id, "embedding": tool.embedding, "server_id": server_id, **metadata}
+            for tool_id, tool in tools if tool.embedding is not None])

@@ -1,4 +1,5 @@
-"""Opening the index: an async SQLAlchemy engine over SQLite with sqlite-vec loaded.
+"""Opening the index: an async SQLAlchemy engine over SQLite with sqlite-vec loaded, or over
+PostgreSQL with pgvector when the index is given as a database URL (:func:`create_engine`).
 
 The standard library's ``sqlite3`` is often built without extension loading (pyenv's, macOS
 system Pythons); then the ``pysqlite3`` module (from ``pysqlite3-binary``) provides one that
@@ -19,10 +20,13 @@ import aiosqlite
 import sqlite_vec
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from mcp_optimizer.errors import McpOptimizerError
+from mcp_optimizer.redaction import redact_url
 
 BUSY_TIMEOUT_MS = 10_000
 #: Execution option marking a transaction that will write: see ``_begin`` in :func:`create_engine`.
@@ -30,7 +34,47 @@ WRITE_OPTION = "mcp_optimizer_write"
 
 
 class IndexOpenError(McpOptimizerError, RuntimeError):
-    """The index file cannot be opened or sqlite-vec cannot be loaded."""
+    """The index file cannot be opened or sqlite-vec cannot be loaded (or, on PostgreSQL, the
+    URL is not one, or the server does not answer)."""
+
+
+#: The drivers a PostgreSQL index may be reached with (SQLAlchemy URL schemes).
+POSTGRES_DRIVERS = ("postgresql+psycopg", "postgresql+asyncpg")
+
+
+def is_database_url(location: Path | str) -> bool:
+    """Whether ``location`` (``--db``, ``MCP_OPTIMIZER_DB``) is a database URL rather than a file."""
+    return isinstance(location, str) and "://" in location
+
+
+def describe_location(location: Path | str) -> str:
+    """How errors and logs name the index: the file, or the URL without its password."""
+    if not is_database_url(location):
+        return str(location)
+    try:
+        url = make_url(str(location))
+    except ArgumentError:
+        return redact_url(str(location))
+    host = url.host or (url.query.get("host") or "local socket")
+    return f"{url.drivername}://{host if isinstance(host, str) else host[0]}" + (
+        f":{url.port}" if url.port else "") + f"/{url.database or ''}"
+
+
+def postgres_url(location: str) -> URL:
+    """The SQLAlchemy URL of a PostgreSQL index, or a clear :class:`IndexOpenError`."""
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        # The text may hold a password: never echo it whole.
+        raise IndexOpenError(f"the index URL {redact_url(location)!r} is not a database URL") from None
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername not in POSTGRES_DRIVERS:
+        raise IndexOpenError(f"the index URL {describe_location(location)!r} names driver {url.drivername!r}: "
+                             f"use one of {', '.join(POSTGRES_DRIVERS)}, or a file path for SQLite")
+    if not url.database:
+        raise IndexOpenError(f"the index URL {describe_location(location)!r} names no database")
+    return url
 
 
 @functools.cache
@@ -102,7 +146,11 @@ class _AiosqliteDbapi(AsyncAdapt_aiosqlite_dbapi):
 
 
 def create_engine(path: Path | str, *, mmap_size: int = 0, max_bytes: int = 0, echo: bool = False) -> AsyncEngine:
-    """An async engine on the index file (not yet migrated: see :func:`mcp_optimizer.db.open_index`)."""
+    """An async engine on the index file, or on the PostgreSQL database a URL names (not yet
+    migrated: see :meth:`mcp_optimizer.ingest.Indexer.open`). ``mmap_size`` and ``max_bytes``
+    are SQLite's; a PostgreSQL database's size is the DBA's business (quotas, disk)."""
+    if is_database_url(path):
+        return create_postgres_engine(str(path), echo=echo)
     path = Path(path)
     if str(path) == ":memory:":
         raise IndexOpenError("the index must be a file: in-memory databases are per-connection")
@@ -142,3 +190,17 @@ def create_engine(path: Path | str, *, mmap_size: int = 0, max_bytes: int = 0, e
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def create_postgres_engine(location: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine on a PostgreSQL database (with pgvector: the migrations create the extension).
+
+    Transactions are PostgreSQL's own (READ COMMITTED; writers are serialised by the Indexer's
+    write scheduler in this process, and by row locks between processes), so ``WRITE_OPTION``
+    means nothing here.
+    """
+    url = postgres_url(location)
+    # pool_pre_ping: a pooled connection that the server (or a failover) closed is replaced
+    # before use instead of failing one search.
+    return create_async_engine(url, echo=echo, pool_size=4, max_overflow=4, pool_pre_ping=True,
+                               hide_parameters=True)

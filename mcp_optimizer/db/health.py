@@ -153,12 +153,14 @@ def describe(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------ the file
 
 
-def expected_tables() -> set[str]:
-    """Tables (base and virtual) this program's schema has at the head revision."""
+def expected_tables(side_tables: set[str] | None = None) -> set[str]:
+    """Tables this program's schema has at the head revision: the base tables and the
+    ``side_tables`` beside them (default: SQLite's virtual tables; see ``Backend.side_tables``)."""
     from mcp_optimizer.db.models import Base
     from mcp_optimizer.db.virtual import VIRTUAL_TABLES
 
-    return set(Base.metadata.tables) | set(VIRTUAL_TABLES) | {"alembic_version"}
+    side = set(VIRTUAL_TABLES) if side_tables is None else side_tables
+    return set(Base.metadata.tables) | side | {"alembic_version"}
 
 
 def known_revisions() -> set[str]:

@@ -80,11 +80,9 @@ class RegistryServerOps(Ops):
             })
         async with self._tx(conn) as c:
             await c.execute(servers.insert(), rows)
-            vectors = [{"id": row["id"], "e": row["server_embedding"]} for row in rows
-                       if row["server_embedding"] is not None]
-            if vectors:
-                await c.execute(text(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:id, :e)"),
-                                vectors)
+            await self.backend.insert_vectors(c, REGISTRY_SERVER_VECTOR, [
+                {"server_id": row["id"], "embedding": row["server_embedding"]} for row in rows
+                if row["server_embedding"] is not None])
             await self.tools.insert_for_new_servers(
                 [(row["id"], tools) for row, (_, tools) in zip(rows, servers_tools, strict=True)], c)
         return [row["id"] for row in rows]
@@ -163,10 +161,8 @@ class RegistryServerOps(Ops):
     async def _sync_vector(self, c: AsyncConnection, server_id: str, embedding: bytes | None) -> None:
         await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
         if embedding is not None:
-            await c.execute(
-                text(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:id, :e)"),
-                {"id": server_id, "e": embedding},
-            )
+            await self.backend.insert_vectors(c, REGISTRY_SERVER_VECTOR,
+                                              [{"server_id": server_id, "embedding": embedding}])
 
 
 class RegistryToolOps(ToolOps):

@@ -1,4 +1,8 @@
-"""Hybrid tool search: FTS5 BM25 and sqlite-vec KNN, run at once and fused by score.
+"""Hybrid tool search: BM25 and KNN, run at once and fused by score.
+
+On SQLite the retrievers are FTS5's bm25() and sqlite-vec; on PostgreSQL the same BM25 computed
+in SQL over FTS5's terms and pgvector (``db/backends``). This module is the same for both: what
+is asked, the scope, the fusion.
 
 Why BM25-led score fusion (:mod:`mcp_optimizer.db.fusion`, ``minmax``: each list scaled to
 [0, 1], BM25 at weight 1 from its floor 0, the vector list at 0.5): on short real requests the
@@ -13,7 +17,8 @@ LiveMCPBench tasks 0.422 / 0.386 / 0.311, BFCL real-user 0.839 / 0.804 / 0.708, 
 per query.
 
 Only tools of RUNNING workloads are ever returned: the vector query filters on the vec0
-``status`` metadata column inside sqlite-vec, the full-text query joins the server table.
+``status`` metadata column inside sqlite-vec (a WHERE before pgvector's scan), the full-text
+query joins the server table.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mcp_optimizer.db.backends import Backend, backend_of
 from mcp_optimizer.db.fusion import FusionMethod, Ranking, fuse
 from mcp_optimizer.db.virtual import (
     REGISTRY_SERVER_VECTOR,
@@ -68,6 +74,17 @@ STOPWORDS = frozenset(
 MAX_QUERY_WORDS = 64
 
 
+def fts_words(*texts: str | None) -> list[str]:
+    """The words of a query the keyword side searches for, in order: lower-cased, without
+    stopwords, repeats and single ASCII letters, at most :data:`MAX_QUERY_WORDS`."""
+    words: list[str] = []
+    for chunk in texts:
+        for word in _WORD.findall((chunk or "").lower()):
+            if word not in STOPWORDS and word not in words and (len(word) > 1 or not word.isascii()):
+                words.append(word)
+    return words[:MAX_QUERY_WORDS]
+
+
 def fts_query(*texts: str | None) -> str:
     """An FTS5 MATCH expression that is always valid, whatever the user typed.
 
@@ -75,12 +92,7 @@ def fts_query(*texts: str | None) -> str:
     ``AND``, ``*``, ``-``, ``:``, quotes, parentheses) are plain words, never syntax.
     Returns "" when nothing searchable remains.
     """
-    words: list[str] = []
-    for chunk in texts:
-        for word in _WORD.findall((chunk or "").lower()):
-            if word not in STOPWORDS and word not in words and (len(word) > 1 or not word.isascii()):
-                words.append(word)
-    return " OR ".join(f'"{w}"' for w in words[:MAX_QUERY_WORDS])
+    return " OR ".join(f'"{w}"' for w in fts_words(*texts))
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,7 @@ class ToolSearch:
         engine: AsyncEngine,
         embedder: Embedder | None,
         *,
+        hnsw_ef_search: int = 0,
         min_similarity: float | None = None,
         fusion: FusionMethod = "minmax",
         rrf_k: float = 60.0,
@@ -207,6 +220,11 @@ class ToolSearch:
         split_words: int = 0,
     ) -> None:
         self.engine = engine
+        #: The database's half of each query (sqlite-vec and FTS5, or pgvector and SQL BM25).
+        self.backend: Backend = backend_of(engine)
+        #: PostgreSQL with HNSW indexes: candidates the index scan visits (``hnsw.ef_search``);
+        #: 0 leaves pgvector's default. Ignored by exact scans.
+        self.hnsw_ef_search = hnsw_ef_search
         self.embedder = embedder
         #: Vector hits below this cosine similarity count only if BM25 found them too (None:
         #: the model's own floor, :attr:`ModelSpec.min_similarity`).
@@ -222,9 +240,6 @@ class ToolSearch:
         #: Queries of at least this many words are also embedded clause by clause (see
         #: :func:`query_parts`); each clause costs one more KNN scan. 0: never.
         self.split_words = split_words
-
-    def _bm25(self, table: str) -> str:
-        return f"bm25({table}, {', '.join(str(float(w)) for w in self.bm25_columns)})"
 
     def _fuse(self, bm25: Ranking[Any], vector: Ranking[Any]) -> dict[Any, float]:
         """The one fusion of every search (tools and registry servers)."""
@@ -255,7 +270,7 @@ class ToolSearch:
         if self.embedder is None:
             mode = "bm25"
         pool = max(self.candidates, limit * 3)
-        match = fts_query(query, *(keywords or ())) if mode != "vector" else ""
+        match = fts_words(query, *(keywords or ())) if mode != "vector" else []
         # The query is embedded (in a worker thread) while the full-text search runs.
         embedding: asyncio.Future[Any] | None = None
         if mode != "bm25" and query.strip() and self.embedder is not None:
@@ -269,7 +284,7 @@ class ToolSearch:
 
     async def _find_tools(
         self,
-        match: str,
+        match: list[str],
         embedding: asyncio.Future[Any] | None,
         limit: int,
         pool: int,
@@ -308,29 +323,24 @@ class ToolSearch:
         ]
 
     async def _bm25_hits(
-        self, match: str, pool: int, groups: Sequence[str] | None, namespaces: Sequence[str] | None,
+        self, match: list[str], pool: int, groups: Sequence[str] | None, namespaces: Sequence[str] | None,
         server_id: str | None,
     ) -> list[tuple[int, float]]:
         """The ``pool`` best full-text matches of RUNNING workloads' tools, with their BM25 scores."""
         if not match:
             return []
-        params: dict[str, Any] = {"m": match, "k": pool}
-        where = [f"{WORKLOAD_TOOL_FTS} MATCH :m", "s.status = 'RUNNING'", *_scope_clauses(
+        params: dict[str, Any] = {}
+        where = ["s.status = 'RUNNING'", *_scope_clauses(
             params, groups, namespaces, group_column='s."group"', namespace_column=_S_NAMESPACE)]
         if server_id is not None:
             where.append("s.id = :sid")
             params["sid"] = server_id
-        # CROSS JOIN fixes the join order: the full-text match runs once and drives the
-        # primary-key lookups. With a plain JOIN SQLite starts from the RUNNING servers and
-        # re-runs the MATCH for every one of their tools (35 ms on 527 tools, 0.5 ms so).
-        # FTS5's bm25() is lower-is-better; negated, every retriever's score is higher-is-better.
         async with self.engine.connect() as conn:
-            rows = await conn.execute(text(
-                f"SELECT f.rowid, -{self._bm25(WORKLOAD_TOOL_FTS)} AS score FROM {WORKLOAD_TOOL_FTS} f "
-                "CROSS JOIN tools_workload t ON t.id = f.rowid "
-                f"CROSS JOIN mcpservers_workload s ON s.id = t.server_id WHERE {' AND '.join(where)} "
-                "ORDER BY score DESC, f.rowid LIMIT :k"), params)
-            return [(rowid, float(score)) for rowid, score in rows]
+            rows = await self.backend.keyword_hits(
+                conn, WORKLOAD_TOOL_FTS, match, self.bm25_columns, pool,
+                [("tools_workload t", "t.id = f.rowid"), ("mcpservers_workload s", "s.id = t.server_id")],
+                where, params)
+            return [(int(row[0]), float(row[1])) for row in rows]
 
     async def _vector_hits(
         self, embedding: asyncio.Future[Any] | None, pool: int, groups: Sequence[str] | None,
@@ -341,22 +351,39 @@ class ToolSearch:
         if embedding is None:
             return []
         embeddings = [to_bytes(v) for v in await embedding]
-        params: dict[str, Any] = {"k": pool}
-        where = ["embedding MATCH :q", "k = :k", "status = 'RUNNING'",
+        params: dict[str, Any] = {}
+        # Filtered inside the scan on both backends (vec0 metadata columns; a WHERE before
+        # PostgreSQL's exact scan), so stopped servers' tools never crowd out the top k.
+        where = ["status = 'RUNNING'",
                  *_scope_clauses(params, groups, namespaces, group_column="grp", namespace_column="namespace")]
         if server_id is not None:
             where.append("server_id = :sid")
             params["sid"] = server_id
-        knn = text(f"SELECT rowid, distance FROM {WORKLOAD_TOOL_VECTORS} WHERE {' AND '.join(where)} "
-                   "ORDER BY distance")
         # A tool's similarity is its best against the whole query or any of its parts.
         best: dict[int, float] = {}
         async with self.engine.connect() as conn:
+            await self._tune_knn(conn, pool)
             for query_vector in embeddings:
-                for rowid, distance in await conn.execute(knn, {**params, "q": query_vector}):
+                for rowid, distance in await self.backend.knn(
+                        conn, WORKLOAD_TOOL_VECTORS, "rowid", query_vector, pool, where, params):
                     best[rowid] = max(best.get(rowid, -1.0), 1.0 - float(distance))
         ranked = sorted(best, key=lambda r: (-best[r], r))[:pool]
         return [(rowid, best[rowid]) for rowid in ranked]
+
+    async def _tune_knn(self, conn: AsyncConnection, pool: int) -> None:
+        """On PostgreSQL with HNSW indexes, let the index scan visit enough candidates for ``pool``
+        hits after filtering (pgvector filters after the index scan)."""
+        if self.hnsw_ef_search > 0 and self.backend.name == "postgresql":
+            ef_search = min(1000, max(self.hnsw_ef_search, pool))
+            await conn.execute(text(f"SET hnsw.ef_search = {int(ef_search)}"))
+
+    async def _registry_tool_names(self, conn: AsyncConnection, ids: Sequence[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        params: dict[str, Any] = {}
+        rows = await conn.execute(text(
+            f"SELECT id, name FROM tools_registry WHERE {_in_clause('id', 't', ids, params)}"), params)
+        return {int(row.id): str(row.name) for row in rows}
 
     async def _tool_details(self, conn: AsyncConnection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         if not ids:
@@ -477,7 +504,7 @@ class ToolSearch:
         pool = max(self.candidates, limit * 5)
         embedding = (to_bytes(await self.embedder.aembed_one(query, query=True))
                      if self.embedder is not None else None)
-        match = fts_query(query)
+        match = fts_words(query)
         tool_names: dict[str, list[str]] = {}
         bm25: dict[str, float] = {}
         similarity: dict[str, float] = {}
@@ -488,26 +515,20 @@ class ToolSearch:
                 tool_names[server_id].append(tool)
 
         async with self.engine.connect() as conn:
-            if match:
-                rows = await conn.execute(text(
-                    f"SELECT t.server_id, t.name, -{self._bm25(REGISTRY_TOOL_FTS)} AS score FROM {REGISTRY_TOOL_FTS} f "
-                    f"CROSS JOIN tools_registry t ON t.id = f.rowid WHERE {REGISTRY_TOOL_FTS} MATCH :m "
-                    "ORDER BY score DESC, f.rowid LIMIT :k"), {"m": match, "k": pool})
-                for row in rows:
-                    best(bm25, row.server_id, float(row.score), row.name)
+            for row in await self.backend.keyword_hits(
+                    conn, REGISTRY_TOOL_FTS, match, self.bm25_columns, pool,
+                    [("tools_registry t", "t.id = f.rowid")], [], {}, columns="t.server_id, t.name"):
+                best(bm25, row.server_id, float(row.score), row.name)
             if embedding is not None:
-                rows = await conn.execute(text(
-                    f"SELECT server_id, distance FROM {REGISTRY_SERVER_VECTOR} WHERE embedding MATCH :q AND k = :k "
-                    "ORDER BY distance"), {"q": embedding, "k": pool})
-                for row in rows:
+                await self._tune_knn(conn, pool)
+                for row in await self.backend.knn(conn, REGISTRY_SERVER_VECTOR, "server_id", embedding, pool, [], {}):
                     best(similarity, row.server_id, 1.0 - float(row.distance))
-                rows = await conn.execute(text(
-                    f"SELECT v.server_id, v.distance, t.name FROM {REGISTRY_TOOL_VECTORS} v "
-                    f"JOIN tools_registry t ON t.id = v.rowid WHERE v.embedding MATCH :q AND v.k = :k "
-                    "ORDER BY v.distance"), {"q": embedding, "k": pool})
+                rows = await self.backend.knn(conn, REGISTRY_TOOL_VECTORS, "rowid", embedding, pool, [], {},
+                                              columns="v.server_id")
+                names = await self._registry_tool_names(conn, [row.rowid for row in rows])
                 for row in rows:
                     if 1.0 - float(row.distance) >= self.min_similarity:
-                        best(similarity, row.server_id, 1.0 - float(row.distance), row.name)
+                        best(similarity, row.server_id, 1.0 - float(row.distance), names.get(row.rowid))
             vector = [(sid, sim) for sid, sim in similarity.items() if sim >= self.min_similarity or sid in bm25]
             scores = self._fuse(sorted(bm25.items(), key=lambda h: (-h[1], h[0])),
                                 sorted(vector, key=lambda h: (-h[1], h[0])))
@@ -524,10 +545,9 @@ class ToolSearch:
             if not top:
                 return []
             params = {}
-            rows = await conn.execute(text(
+            by_id = {row.id: row for row in await conn.execute(text(
                 "SELECT id, catalog, name, description, remote, url, package, transport FROM mcpservers_registry "
-                f"WHERE {_in_clause('id', 's', top, params)}"), params)
-            by_id = {row.id: row for row in rows}
+                f"WHERE {_in_clause('id', 's', top, params)}"), params)}
         return [
             RegistryServerHit(
                 catalog=by_id[s].catalog, name=by_id[s].name, description=by_id[s].description,

@@ -9,8 +9,9 @@ from sqlalchemy import Row, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
+from mcp_optimizer.db.backends.postgres import tool_token_count
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
-from mcp_optimizer.db.models import TOOL_TOKENS_SQL, WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
+from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import own_description
@@ -151,14 +152,10 @@ class WorkloadServerOps(Ops):
             )
             await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"),
                             [{"id": row.id} for row in rows])
-            inserts = [{"id": row.id, "e": u["server_embedding"], **_metadata(row.status, row.group, row.namespace)}
-                       for row, u in zip(rows, updates, strict=True) if u["server_embedding"] is not None]
-            if inserts:
-                await c.execute(
-                    text(f"INSERT INTO {WORKLOAD_SERVER_VECTOR}(server_id, embedding, status, grp, namespace) "
-                         "VALUES (:id, :e, :status, :grp, :namespace)"),
-                    inserts,
-                )
+            await self.backend.insert_vectors(c, WORKLOAD_SERVER_VECTOR, [
+                {"server_id": row.id, "embedding": u["server_embedding"],
+                 **_metadata(row.status, row.group, row.namespace)}
+                for row, u in zip(rows, updates, strict=True) if u["server_embedding"] is not None])
 
     async def _sync_vectors(self, c: AsyncConnection, server_id: str, *, tools_too: bool = False) -> None:
         row = (await c.execute(select(servers.c.server_embedding, *(servers.c[n] for n in _FILTER_COLUMNS))
@@ -168,11 +165,8 @@ class WorkloadServerOps(Ops):
         metadata = _metadata(row.status, row.group, row.namespace)
         await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
         if row.server_embedding is not None:
-            await c.execute(
-                text(f"INSERT INTO {WORKLOAD_SERVER_VECTOR}(server_id, embedding, status, grp, namespace) "
-                     "VALUES (:id, :e, :status, :grp, :namespace)"),
-                {"id": server_id, "e": row.server_embedding, **metadata},
-            )
+            await self.backend.insert_vectors(c, WORKLOAD_SERVER_VECTOR, [
+                {"server_id": server_id, "embedding": row.server_embedding, **metadata}])
         if tools_too:
             ids = (await c.execute(select(tools.c.id).where(tools.c.server_id == server_id))).scalars().all()
             if ids:
@@ -193,9 +187,16 @@ class WorkloadToolOps(ToolOps):
 
     async def _after_write(self, c: AsyncConnection, tool_ids: list[int]) -> None:
         # Once per write, so find_tool sums integers instead of re-serialising every tool.
-        if tool_ids:
-            await c.execute(text(f"UPDATE tools_workload SET token_count = {TOOL_TOKENS_SQL} WHERE id = :id"),
+        if not tool_ids:
+            return
+        tokens_sql = self.backend.tool_tokens_sql()
+        if tokens_sql is not None:
+            await c.execute(text(f"UPDATE tools_workload SET token_count = {tokens_sql} WHERE id = :id"),
                             [{"id": i} for i in tool_ids])
+            return
+        rows = (await c.execute(select(tools.c.id, tools.c.details).where(tools.c.id.in_(tool_ids)))).all()
+        await c.execute(update(tools).where(tools.c.id == bindparam("tid")).values(token_count=bindparam("n")),
+                        [{"tid": row.id, "n": tool_token_count(row.details)} for row in rows])
 
     async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
         row = (await conn.execute(select(servers.c.status, servers.c.group, servers.c.namespace)

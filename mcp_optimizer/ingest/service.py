@@ -41,13 +41,15 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
+from mcp_optimizer.db.backends import backend_of
 from mcp_optimizer.db.base import ToolRow, identifier_keys
-from mcp_optimizer.db.engine import WRITE_OPTION, IndexOpenError, create_engine
+from mcp_optimizer.db.engine import WRITE_OPTION, IndexOpenError, create_engine, describe_location
 from mcp_optimizer.db.health import (
     FaultKind,
     FileIdentity,
@@ -77,7 +79,6 @@ from mcp_optimizer.db.virtual import (
     REGISTRY_TOOL_VECTORS,
     VECTOR_TABLES,
     WORKLOAD_TOOL_VECTORS,
-    vector_table_ddl,
 )
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import (
@@ -94,7 +95,7 @@ from mcp_optimizer.ingest.errors import (
 )
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
 from mcp_optimizer.ingest.status import effective_status
-from mcp_optimizer.redaction import redact_url
+from mcp_optimizer.redaction import redact_url, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +257,12 @@ async def _move_aside(path: Path, fault: IndexFault, *, keep: int) -> Path | Non
 
 
 async def _migrate(engine: AsyncEngine, path: Path) -> None:
-    """Bring the file to the head schema and check that it has every table of it."""
+    """Bring the file (or database) to the head schema and check that it has every table of it."""
     await migrate.upgrade(engine)
+    backend = backend_of(engine)
     async with engine.connect() as conn:
-        tables = set((await conn.execute(sql("SELECT name FROM sqlite_master WHERE type = 'table'"))).scalars())
-    missing = sorted(expected_tables() - tables)
+        tables = await backend.table_names(conn)
+    missing = sorted(expected_tables(backend.side_tables()) - tables)
     if missing:
         raise IndexDamagedError(path, IndexFault(FaultKind.CORRUPT, f"wrong schema: no table {', '.join(missing)}"))
 
@@ -321,6 +323,8 @@ class Indexer:
         the index's vectors were made by another model, they are all re-embedded now, once
         (:meth:`ensure_embedding_model`).
         """
+        if settings.db_url:
+            return await cls._open_database(settings, embedder)
         path = settings.db_path
         fault = await asyncio.to_thread(inspect_file, path, mode=settings.index_check if repair else "off")
         if fault is not None and not repair:
@@ -359,6 +363,40 @@ class Indexer:
             indexer.repaired = Repair(fault, moved_to)
             log.warning("The index %s could not be used (%s) and was replaced by a new one%s", path, fault,
                         f"; the old file is kept as {moved_to}" if moved_to else "")
+        return indexer
+
+    @classmethod
+    async def _open_database(cls, settings: Settings, embedder: Embedder | None) -> Indexer:
+        """:meth:`open` on a PostgreSQL database: no file to check, move or watch. The check is
+        that the server answers and the schema reaches head; a server that does not answer is an
+        :class:`IndexOpenError` naming the host and database (never the password)."""
+        assert settings.db_url is not None
+        where = describe_location(settings.db_url)
+        engine = create_engine(settings.db_url)
+        try:
+            await _migrate(engine, Path(where))
+        except (DBAPIError, OSError) as exc:
+            await engine.dispose()
+            # One line (libpq's messages span several), without the URL's password.
+            reason = " ".join(redact_urls(describe(exc)).split())
+            raise IndexOpenError(f"cannot use the index database {where}: {reason}") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        if settings.keyword_only:
+            embedder = None
+        elif embedder is None:
+            embedder = configured_embedder(settings)
+        indexer = cls(engine, embedder, path=None, catalog_chunk_seconds=settings.catalog_chunk_seconds,
+                      damaged_keep=0)
+        try:
+            await indexer.ensure_embedding_model()
+            # After it: a change of model recreates the vector tables, and their indexes with them.
+            async with engine.begin() as conn:
+                await backend_of(engine).tune(conn, hnsw=settings.pg_hnsw)
+        except BaseException:
+            await engine.dispose()
+            raise
         return indexer
 
     async def close(self) -> None:
@@ -880,9 +918,10 @@ class Indexer:
     async def _replace_vectors(self, conn: AsyncConnection, texts: _StoredTexts, vectors: dict[str, bytes]) -> None:
         """Recreate the vector tables for the model's dimension and write every vector anew."""
         assert self.embedder is not None
+        backend = backend_of(conn)
         for name in VECTOR_TABLES:
             await conn.execute(sql(f"DROP TABLE IF EXISTS {name}"))
-        for statement in vector_table_ddl(self.embedder.dim):
+        for statement in backend.vector_ddl(self.embedder.dim):
             await conn.execute(sql(statement))
         now = utcnow()
         if texts.registry_servers:
@@ -890,8 +929,11 @@ class Indexer:
                 update(REGISTRY_SERVERS).where(REGISTRY_SERVERS.c.id == bindparam("sid"))
                 .values(server_embedding=bindparam("e")),
                 [{"sid": sid, "e": vectors[t]} for sid, t in texts.registry_servers.items()])
-            await conn.execute(sql(f"INSERT INTO {REGISTRY_SERVER_VECTOR}(server_id, embedding) VALUES (:sid, :e)"),
-                               [{"sid": sid, "e": vectors[t]} for sid, t in texts.registry_servers.items()])
+            await backend.insert_vectors(conn, REGISTRY_SERVER_VECTOR, [
+                {"server_id": sid, "embedding": vectors[t]} for sid, t in texts.registry_servers.items()])
+        filters = {row.id: {"status": row.status, "grp": row.group or "", "namespace": row.namespace or ""}
+                   for row in await conn.execute(select(WORKLOAD_SERVERS.c.id, WORKLOAD_SERVERS.c.status,
+                                                        WORKLOAD_SERVERS.c.group, WORKLOAD_SERVERS.c.namespace))}
         for table, vector_table, tools, with_metadata in (
             (REGISTRY_TOOLS, REGISTRY_TOOL_VECTORS, texts.registry_tools, False),
             (WORKLOAD_TOOLS, WORKLOAD_TOOL_VECTORS, texts.workload_tools, True),
@@ -902,16 +944,9 @@ class Indexer:
                 update(table).where(table.c.id == bindparam("tid")).values(
                     details_embedding=bindparam("e"), embedding_hash=bindparam("h"), last_updated=now),
                 [{"tid": tid, "e": vectors[t], "h": text_hash(t)} for tid, (_, t) in tools.items()])
-            if with_metadata:
-                await conn.execute(sql(
-                    f"INSERT INTO {vector_table}(rowid, embedding, server_id, status, grp, namespace) "
-                    "SELECT :tid, :e, s.id, s.status, coalesce(s.\"group\", ''), coalesce(s.namespace, '') "
-                    "FROM mcpservers_workload s WHERE s.id = :sid"),
-                    [{"tid": tid, "e": vectors[t], "sid": sid} for tid, (sid, t) in tools.items()])
-            else:
-                await conn.execute(sql(
-                    f"INSERT INTO {vector_table}(rowid, embedding, server_id) VALUES (:tid, :e, :sid)"),
-                    [{"tid": tid, "e": vectors[t], "sid": sid} for tid, (sid, t) in tools.items()])
+            await backend.insert_vectors(conn, vector_table, [
+                {"rowid": tid, "embedding": vectors[t], "server_id": sid, **(filters[sid] if with_metadata else {})}
+                for tid, (sid, t) in tools.items()])
         pooled: dict[str, list[Any]] = {}
         for sid, t in texts.workload_tools.values():
             pooled.setdefault(sid, []).append(np.frombuffer(vectors[t], dtype="<f4"))

@@ -368,7 +368,7 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
             kube_config = load_client_config(None)
         except Exception as exc:
             raise EndpointError(f"auth mode 'kubernetes' needs a cluster, but none is configured: {exc}") from exc
-    if not settings.db_path.is_file():
+    if settings.db_url is None and not settings.db_path.is_file():
         raise EndpointError(
             f"no index at {settings.db_path}: create one with `mcp-optimizer catalog load` or "
             "`mcp-optimizer workload apply` first"
@@ -389,7 +389,8 @@ async def run_endpoint(settings: Settings, *, ready: Callable[[McpEndpoint], obj
         indexer = await Indexer.open(settings, embedder)
         try:
             if not stop.is_set():
-                search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
+                search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity,
+                                    hnsw_ef_search=settings.pg_hnsw_ef_search if settings.pg_hnsw else 0)
                 await serve(settings, search, kube_config=kube_config, ready=ready, stop=stop)
         finally:
             await indexer.close()

@@ -535,7 +535,8 @@ async def main(settings: Settings, *, kubeconfig: str | None = None) -> None:
             metrics_server = await start_metrics_server(
                 METRICS, host=settings.metrics_host, port=settings.metrics_port, engine=indexer.engine
             )
-        search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity)
+        search = ToolSearch(indexer.engine, embedder, min_similarity=settings.min_similarity,
+                            hnsw_ef_search=settings.pg_hnsw_ef_search if settings.pg_hnsw else 0)
         # Serving before kopf starts: kopf adopts every task created after it starts.
         # The endpoint reviews callers' tokens against the cluster the operator watches.
         endpoint = McpEndpoint(

@@ -30,10 +30,16 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import SearchMode, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
+from tests.backends import sqlite_only
 from tests.support import faults
 from tests.support.shared import model_path
 
 from .helpers import entry, tool, workload
+
+# Damaged pages, a bad header, a full disk, a file deleted or moved aside: the SQLite file's
+# faults. On PostgreSQL the database is the DBA's (no file to check or move); what the operator
+# does there is tested in test_postgres.py.
+pytestmark = sqlite_only
 
 TOOLS = [tool("create_issue", "Create a new issue in a GitHub repository"),
          tool("list_pulls", "List the pull requests of a repository")]

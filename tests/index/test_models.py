@@ -3,6 +3,7 @@ model re-embeds once (a migration, not a wipe), and keyword-only mode needs no m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ TOOLS = [tool("get_forecast", "Weather forecast for a city", city="City name"),
 ISSUES = [tool("create_issue", "Create a new issue in a GitHub repository", title="Issue title")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: its embedding cache must not carry texts from the other backend's run
 def wordllama() -> FastEmbedder:
     model = FastEmbedder(shared_model_path("wordllama-l2-supercat-256"), WORDLLAMA)
     model.load()
@@ -43,7 +44,8 @@ async def _vector_lengths(index: Indexer) -> set[int]:
         lengths = set()
         for table in ("workload_tool_vectors", "registry_tool_vectors", "workload_server_vector",
                       "registry_server_vector"):
-            lengths |= set((await conn.execute(text(f"SELECT vec_length(embedding) FROM {table}"))).scalars())
+            dims = "vec_length(embedding)" if conn.dialect.name == "sqlite" else "vector_dims(embedding)"
+            lengths |= set((await conn.execute(text(f"SELECT {dims} FROM {table}"))).scalars())
         for table in ("tools_workload", "tools_registry"):
             lengths |= {len(b) // 4 for b in (await conn.execute(text(
                 f"SELECT details_embedding FROM {table} WHERE details_embedding IS NOT NULL"))).scalars()}
@@ -51,9 +53,8 @@ async def _vector_lengths(index: Indexer) -> set[int]:
 
 
 async def test_a_new_model_reembeds_every_stored_text_once(
-    tmp_path: Path, embedder: Embedder, wordllama: FastEmbedder
+    settings: Settings, embedder: Embedder, wordllama: FastEmbedder
 ) -> None:
-    settings = Settings(db_path=tmp_path / "i.db")
     index = await Indexer.open(settings, embedder)
     await _populate(index)
     assert await index.recorded_embedding_model() == MINILM.fingerprint
@@ -92,8 +93,9 @@ async def test_a_new_model_reembeds_every_stored_text_once(
     await index.close()
 
 
-async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, embedder: Embedder) -> None:
-    settings = Settings(db_path=tmp_path / "i.db")
+async def test_a_failed_reembedding_leaves_the_index_as_it_was(
+    tmp_path: Path, settings: Settings, embedder: Embedder
+) -> None:
     index = await Indexer.open(settings, embedder)
     await _populate(index)
     await index.close()
@@ -109,8 +111,9 @@ async def test_a_failed_reembedding_leaves_the_index_as_it_was(tmp_path: Path, e
     await index.close()
 
 
-async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Path, embedder: Embedder) -> None:
-    settings = Settings(db_path=tmp_path / "i.db", search_mode="bm25")  # and no model path at all
+async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(settings: Settings, embedder: Embedder) -> None:
+    with_model = settings
+    settings = replace(settings, search_mode="bm25", embedding_model_path=None)  # and no model path at all
     index = await Indexer.open(settings)
     assert index.embedder is None
     await _populate(index)
@@ -128,7 +131,7 @@ async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Pat
     await index.close()
 
     # A model later embeds everything once, and vector search works.
-    index = await Indexer.open(Settings(db_path=settings.db_path), embedder)
+    index = await Indexer.open(with_model, embedder)
     assert await index.recorded_embedding_model() == MINILM.fingerprint
     assert await _vector_lengths(index) == {384}
     hits = await ToolSearch(index.engine, embedder).find_tools("will it rain tomorrow", mode="vector")
@@ -136,17 +139,16 @@ async def test_keyword_only_mode_loads_no_model_and_embeds_nothing(tmp_path: Pat
     await index.close()
 
 
-async def test_keyword_only_writes_make_the_next_model_start_reembed(tmp_path: Path, embedder: Embedder) -> None:
-    path = tmp_path / "i.db"
-    index = await Indexer.open(Settings(db_path=path), embedder)
+async def test_keyword_only_writes_make_the_next_model_start_reembed(settings: Settings, embedder: Embedder) -> None:
+    index = await Indexer.open(settings, embedder)
     await _populate(index)
     await index.close()
-    index = await Indexer.open(Settings(db_path=path, search_mode="bm25"))
+    index = await Indexer.open(replace(settings, search_mode="bm25"))
     await index.apply_workload(workload("ns/files", package="ghcr.io/x/files",
                                         tools=[tool("read_file", "Read a file from disk")]))
     assert await index.recorded_embedding_model() is None  # a tool without a vector: forget the model
     await index.close()
-    index = await Indexer.open(Settings(db_path=path), embedder)
+    index = await Indexer.open(settings, embedder)
     hits = await ToolSearch(index.engine, embedder).find_tools("read a file from disk", mode="vector")
     assert hits[0].tool == "read_file"
     await index.close()

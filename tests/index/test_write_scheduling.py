@@ -4,14 +4,17 @@ correct when the catalog changes midway or the load dies midway."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
+import numpy as np
 from sqlalchemy import text
 
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition
 from mcp_optimizer.config import Settings
+from mcp_optimizer.db.backends.terms import phrase_terms
 from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -21,6 +24,7 @@ from mcp_optimizer.embeddings.texts import server_embedding_text, text_hash, too
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
 from mcp_optimizer.ingest.service import _GROUP_ENTRIES, _CatalogOp, _next_group
+from tests.backends import sqlite_only
 
 from .helpers import tool, workload
 
@@ -288,8 +292,14 @@ async def full_dump(engine: Any) -> dict[str, Any]:
     """The registry side with its tool ids, FTS rows and vector rows (server ids by name: they are
     random)."""
     async with engine.connect() as conn:
+        def value(v: Any) -> Any:
+            # pgvector's text form back to the stored float32 bytes (exact: see vector_literal).
+            if conn.dialect.name == "postgresql" and isinstance(v, str) and v.startswith("["):
+                return np.array(json.loads(v), dtype="<f4").tobytes()
+            return v
+
         async def query(sql: str) -> list[tuple[Any, ...]]:
-            return [tuple(row) for row in (await conn.execute(text(sql))).all()]
+            return [tuple(value(v) for v in row) for row in (await conn.execute(text(sql))).all()]
         return {
             "servers": await query(
                 'SELECT catalog, name, remote, url, url_key, package, package_key, transport, description, tags, '
@@ -297,7 +307,12 @@ async def full_dump(engine: Any) -> dict[str, Any]:
             "tools": await query(
                 "SELECT t.id, s.name, t.name, t.details, t.details_embedding, t.embedding_hash FROM tools_registry t "
                 "JOIN mcpservers_registry s ON s.id = t.server_id ORDER BY t.id"),
-            "fts": await query("SELECT rowid, name, description, args FROM registry_tool_fts ORDER BY rowid"),
+            "fts": await query("SELECT rowid, name, description, args FROM registry_tool_fts ORDER BY rowid")
+            if conn.dialect.name == "sqlite" else await query(
+                # PostgreSQL keeps terms: the tool name's terms stand for the name column.
+                "SELECT d.rowid, (SELECT string_agg(t.term, ' ' ORDER BY t.term) FROM registry_tool_fts_terms t "
+                "WHERE t.rowid = d.rowid AND t.tf_name > 0), NULL, NULL FROM registry_tool_fts d ORDER BY d.rowid"),
+            "dialect": conn.dialect.name,
             "tool_vectors": await query(
                 "SELECT v.rowid, s.name, v.embedding FROM registry_tool_vectors v "
                 "LEFT JOIN mcpservers_registry s ON s.id = v.server_id ORDER BY v.rowid"),
@@ -312,7 +327,10 @@ def assert_search_rows_are_the_tools_own(dump_: dict[str, Any]) -> None:
     tools = {row[0]: row for row in dump_["tools"]}
     assert [row[0] for row in dump_["fts"]] == sorted(tools)
     for rowid, name, _, _ in dump_["fts"]:
-        assert name.split(" ")[0] == tools[rowid][2]
+        if dump_["dialect"] == "sqlite":
+            assert name.split(" ")[0] == tools[rowid][2]
+        else:
+            assert set(name.split(" ")) >= {t for terms in phrase_terms([tools[rowid][2]]) for t in terms}
     embedded = sorted(i for i, row in tools.items() if row[4] is not None)
     assert [row[0] for row in dump_["tool_vectors"]] == embedded
     for rowid, server, embedding in dump_["tool_vectors"]:
@@ -321,6 +339,9 @@ def assert_search_rows_are_the_tools_own(dump_: dict[str, Any]) -> None:
     assert dump_["server_vectors"] == sorted((n, e) for n, e in servers.items() if e is not None)
 
 
+# Compares two index files row by row, FTS5 columns and reused rowids included: PostgreSQL keeps
+# terms, not texts, and its id sequence never hands out a freed id again.
+@sqlite_only
 async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Settings, embedder: Embedder) -> None:
     """The grouped insert allocates tool ids itself: after a server lost its newest tools (their
     ids free again), it must store exactly what the one-by-one writes store, each tool's FTS and

@@ -29,9 +29,9 @@ import pytest
 from kubernetes import client
 
 from mcp_optimizer.mcp import McpClientError, call_tool
-from mcp_optimizer.testing.balancer import Backend, ReadyBalancer
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
 from tests.k8s.harness import Kube, eventually
+from tests.support.balancer import Backend, ReadyBalancer
 
 pytestmark = pytest.mark.kube
 

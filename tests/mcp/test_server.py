@@ -14,6 +14,7 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServerFarm, refused_url
+from tests.backends import index_backend, settings
 from tests.mcp.server_env import (
     GITHUB,
     connect,
@@ -26,7 +27,8 @@ from tests.mcp.server_env import (
     running_endpoint,
 )
 
-__all__ = ["farm"]  # the session fixture, re-exported for pytest
+# The session fixture, and the index on SQLite and on PostgreSQL (every test here searches).
+__all__ = ["farm", "index_backend", "settings"]
 
 PINS = ("ns-a/github/create_issue", "ns-b/slack/send_message", "ns-a/jira/create_ticket", "nowhere/nothing")
 META = {"find_tool", "search_registry", "list_tools", "call_tool"}

@@ -12,6 +12,25 @@ from alembic import op
 
 from mcp_optimizer.db.virtual import VIRTUAL_TABLES
 
+_PG_FILTERS = "status text NOT NULL, grp text NOT NULL, namespace text NOT NULL"
+_PG_VECTOR = "embedding vector(384) NOT NULL"
+_PG_COUNTS = ("tf_name integer NOT NULL, tf_description integer NOT NULL, tf_args integer NOT NULL, "
+              "tf_server integer NOT NULL")
+_POSTGRES_SIDE_TABLES = (
+    f"CREATE TABLE registry_server_vector (server_id text PRIMARY KEY, {_PG_VECTOR})",
+    f"CREATE TABLE registry_tool_vectors (rowid integer PRIMARY KEY, {_PG_VECTOR}, server_id text NOT NULL)",
+    f"CREATE TABLE workload_server_vector (server_id text PRIMARY KEY, {_PG_VECTOR}, {_PG_FILTERS})",
+    f"CREATE TABLE workload_tool_vectors (rowid integer PRIMARY KEY, {_PG_VECTOR}, server_id text NOT NULL, "
+    f"{_PG_FILTERS})",
+    "CREATE INDEX ix_workload_tool_vectors_server_id ON workload_tool_vectors (server_id)",
+    *(statement for table in ("registry_tool_fts", "workload_tool_fts") for statement in (
+        f"CREATE TABLE {table} (rowid integer PRIMARY KEY, length integer NOT NULL)",
+        f"CREATE TABLE {table}_terms (term text NOT NULL, rowid integer NOT NULL, {_PG_COUNTS}, "
+        "PRIMARY KEY (term, rowid))",
+        f"CREATE INDEX ix_{table}_terms_rowid ON {table}_terms (rowid)",
+    )),
+)
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -105,6 +124,14 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tools_workload')),
     sa.UniqueConstraint('server_id', 'name', name=op.f('uq_tools_workload_server_id_name'))
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # PostgreSQL indexes start at the head schema's shape (pgvector tables and term tables,
+        # see mcp_optimizer.db.backends.postgres); later revisions' full-text changes are
+        # SQLite's only. Kept here verbatim, like the SQLite DDL below.
+        op.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        for statement in _POSTGRES_SIDE_TABLES:
+            op.execute(statement)
+        return
     # The virtual tables as this revision made them (later revisions change them; this one must
     # not follow the current DDL, or upgrading from it would test nothing). The vector dimension
     # is all-MiniLM-L6-v2's; another model re-embeds on open (``Indexer.ensure_embedding_model``).
@@ -125,7 +152,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in VIRTUAL_TABLES:
+    for table in (*VIRTUAL_TABLES, "registry_tool_fts_terms", "workload_tool_fts_terms"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
     op.drop_table("tools_workload")
     op.drop_table("tools_registry")

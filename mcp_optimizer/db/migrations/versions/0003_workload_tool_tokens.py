@@ -11,6 +11,9 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
+import json
+import math
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,10 +31,27 @@ _TOKENS = (
 )
 
 
+def _tokens(details: object) -> int:
+    value = json.loads(details) if isinstance(details, str) else details
+    assert isinstance(value, dict)
+    definition = {"name": value.get("name"), "description": value.get("description") or "",
+                  "inputSchema": value.get("inputSchema") or {}}
+    return math.ceil(len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False)) / 4)
+
+
 def upgrade() -> None:
     # A plain ALTER TABLE: the table keeps its rowids, which its FTS and vector rows share.
     op.add_column("tools_workload", sa.Column("token_count", sa.Integer(), nullable=True))
-    op.execute(f"UPDATE tools_workload SET token_count = {_TOKENS}")
+    if op.get_bind().dialect.name == "postgresql":
+        # No PostgreSQL index predates this revision with tools in it, except one downgraded
+        # past it: its tools get their estimate from the same rule, computed in Python.
+        bind = op.get_bind()
+        rows = bind.execute(sa.text("SELECT id, details FROM tools_workload")).all()
+        if rows:
+            bind.execute(sa.text("UPDATE tools_workload SET token_count = :n WHERE id = :id"),
+                         [{"id": tool_id, "n": _tokens(details)} for tool_id, details in rows])
+    else:
+        op.execute(f"UPDATE tools_workload SET token_count = {_TOKENS}")
     # The sum reads the index only: from the table, SQLite would walk each row's details first.
     op.create_index("ix_tools_workload_server_tokens", "tools_workload", ["server_id", "token_count"])
 

@@ -42,11 +42,15 @@ def upgrade() -> None:
         "OR EXISTS (SELECT 1 FROM tools_registry WHERE details_embedding IS NOT NULL)")).scalar()
     if has_vectors:
         bind.execute(sa.text("INSERT INTO index_meta (key, value) VALUES ('embedding_model', :m)"), {"m": _MINILM})
-    rebuild_fts(bind)
+    if bind.dialect.name == "sqlite":  # PostgreSQL's keyword tables are made in this shape (0001)
+        rebuild_fts(bind)
 
 
 def downgrade() -> None:
     bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        op.drop_table("index_meta")
+        return
     for table in ("registry_tool_fts", "workload_tool_fts"):
         bind.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         bind.execute(sa.text(_OLD_FTS.format(table=table)))
