@@ -1,7 +1,7 @@
 """A replica's read-only view of the shared index (issue 13): what the endpoint searches on a
 replica that does not hold the writer's Lease.
 
-It never migrates, checks or repairs the file (only the writer does: :meth:`Indexer.open`), and
+It never migrates, checks or repairs the index (only the writer does: :meth:`Indexer.open`), and
 says whether it can serve: the index answers and is at exactly this version's schema head. A
 newer replica therefore never serves from an older schema (it waits for the writer to migrate),
 and an older replica does not serve from a schema it does not know.
@@ -32,7 +32,7 @@ class IndexReader:
 
     @classmethod
     def open(cls, settings: Settings) -> IndexReader:
-        return cls(create_engine(settings.db_path, mmap_size=settings.sqlite_mmap_size))
+        return cls(create_engine(settings.index_location, mmap_size=settings.sqlite_mmap_size))
 
     async def check(self) -> tuple[bool, str]:
         """(serving, why): the index answers a query and is at this version's schema head."""

@@ -263,7 +263,8 @@ async def run_replica(settings: Settings, *, kubeconfig: str | None, embedder: E
                 METRICS, host=settings.metrics_host, port=settings.metrics_port, engine=reader.engine
             )
         liveness = await _start_liveness(settings.liveness_endpoint)
-        search = ToolSearch(reader.engine, embedder, min_similarity=settings.min_similarity)
+        search = ToolSearch(reader.engine, embedder, min_similarity=settings.min_similarity,
+                            hnsw_ef_search=settings.pg_hnsw_ef_search if settings.pg_hnsw else 0)
         endpoint = McpEndpoint(settings, search, kube_config=kube_config, policy=policy, call_failures=call_failures)
         await endpoint.start()
         await _writer_terms(elector, stop, lambda: WriterThread(

@@ -8,7 +8,8 @@ else may fail even once. MCPServers created during each failover reach search af
 every server's tools are listed by one replica, not by each.
 
 The shared index is the ``index_url`` fixture's: a SQLite file on this host (WAL lets several
-processes on one host share it; production replicas on several nodes need PostgreSQL).
+processes on one host share it) and a PostgreSQL database (pgserver), which replicas on several
+nodes need.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kubernetes import client
 from mcp_optimizer.mcp import McpClientError, call_tool
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
 from tests.k8s.harness import Kube, eventually
+from tests.support import postgres
 from tests.support.balancer import Backend, ReadyBalancer
 
 pytestmark = pytest.mark.kube
@@ -52,11 +54,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=["sqlite"])
-def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """What every replica gets as ``--db``: the one shared index."""
-    assert request.param == "sqlite"
-    return str(tmp_path / "shared-index.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """What every replica gets as ``--db``: the one shared index (a file on this host, or one
+    PostgreSQL database, which is what replicas on several nodes share)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "shared-index.db")
+        return
+    url = postgres.fresh_database("replicas")
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
 
 
 @dataclass

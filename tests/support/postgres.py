@@ -30,7 +30,7 @@ def server() -> Any:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
         warnings.simplefilter("ignore")
         directory = tempfile.mkdtemp(prefix="mcp-pg-")
-        return pgserver.get_server(directory, cleanup_mode="delete")
+        return pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
 
 
 def fresh_database(prefix: str = "index", driver: str = DRIVER) -> str:
