@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,11 @@ from mcp_optimizer.mcp.client import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
 from mcp_optimizer.testing.stdio_bridge import StdioBridge
+from tests.support.ports import free_port
 from tests.support.shared import model_path
 
 NAMESPACE = "default"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tools(i: int) -> list[dict[str, Any]]:

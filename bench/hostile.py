@@ -29,7 +29,6 @@ import asyncio
 import functools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,7 @@ from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.tokens import running_tools_tokens
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, Hostility
+from tests.support.ports import free_port
 
 MIB = 1024 * 1024
 TARGET_RSS_MB = 600
@@ -140,11 +140,6 @@ class Servers:
 
 # ------------------------------------------------------------------------------ operator
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:

@@ -36,6 +36,7 @@ from bench.common import (
     temp_index,
 )
 from bench.search import query_sets
+from tests.support.ports import free_port
 
 TARGET_MB = 600
 
@@ -50,11 +51,6 @@ def proc_memory(pid: int) -> dict[str, float]:
                 values[key] = int(rest.split()[0]) / 1024
     return values
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_serve(db: Path, port: int, *, keyword_only: bool = False) -> subprocess.Popen[bytes]:

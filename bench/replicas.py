@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -31,13 +30,8 @@ from mcp.client.streamable_http import streamable_http_client
 from bench.common import Report, base_parser, build_replica_index, load_embedder, ms_summary, print_header, temp_index
 from bench.search import query_sets
 from tests.support.balancer import Backend, ReadyBalancer
+from tests.support.ports import free_port
 from tests.support.shared import model_path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _start_readers(count: int, index: Path, model_path: Path, logs: Path) -> list[asyncio.subprocess.Process]:
@@ -45,7 +39,7 @@ async def _start_readers(count: int, index: Path, model_path: Path, logs: Path) 
            "MCP_OPTIMIZER_SEARCH_MODE": "hybrid"}
     processes = []
     for i in range(count):
-        port = _free_port()
+        port = free_port()
         log = (logs / f"reader-{i}.log").open("wb")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mcp_optimizer", "--db", str(index), "serve", "--port", str(port),

@@ -38,9 +38,10 @@ from bench.common import (
     temp_index,
     unique_by_name,
 )
-from bench.memory import free_port, proc_memory, stop_process, wait_for_port
+from bench.memory import proc_memory, stop_process, wait_for_port
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import WorkloadSpec
+from tests.support.ports import free_port
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,12 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.mcp import McpClientError, call_tool, list_tools
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
 from tests.k8s.harness import Kube, eventually, http_get
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.kube
 
 
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def agent_token(kube: Kube, ns: str) -> str:

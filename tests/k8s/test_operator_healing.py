@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -37,6 +36,7 @@ from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, Hanging
 from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get, legacy_catalog
 from tests.k8s.kubelet import set_pod_status
 from tests.support import faults
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.kube
 
@@ -49,11 +49,6 @@ OPERATOR_POD = "mcp-optimizer-0"
 def entry(url: str, description: str = "Translation service") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["translate_text"]}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def operator_pod(kube: Kube, ns: str) -> dict[str, Any]:

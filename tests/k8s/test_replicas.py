@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTest
 from tests.k8s.harness import Kube, eventually
 from tests.support import postgres
 from tests.support.balancer import Backend, ReadyBalancer
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.kube
 
@@ -47,11 +47,6 @@ LEASE_ENV = {
 #: A new process starts kopf and imports the MCP stack: on a loaded 2-core machine, up to a minute.
 START_TIMEOUT = 120.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
