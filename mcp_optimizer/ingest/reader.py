@@ -16,6 +16,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.health import describe
+from mcp_optimizer.redaction import redact_urls
 
 
 class IndexReader:
@@ -42,7 +43,8 @@ class IndexReader:
                 async with self.engine.connect() as conn:
                     await conn.execute(sql("SELECT 1 FROM tools_workload LIMIT 1"))
         except Exception as exc:
-            return False, f"the index does not answer: {describe(exc)}"
+            # A database error may quote its connection URL: never with the password.
+            return False, f"the index does not answer: {redact_urls(describe(exc))}"
         self.revision = revision
         self.behind = revision is not None and revision != self.head and migrate.is_known_revision(revision)
         if revision is None:
