@@ -12,9 +12,9 @@ Then times, each operation many times on the full index (restoring what it chang
 between samples so that every sample sees the same index):
 
 * SC-1/SC-2 cold ingest against the model alone on the same unique texts, and the unchanged reload;
-* SC-3 ``registry.delete`` of a target (20 tools, 5 linked workloads that fall back);
+* SC-3 ``Indexer.delete_registry_servers`` of a target (20 tools, 5 linked workloads that fall back);
 * SC-4 ``Indexer.delete_workload`` of a workload with 20 tools;
-* SC-8 ``workloads.remove_registry_relationship`` (unlink + mean-pool) of a 20-tool workload;
+* SC-8 ``Indexer.unlink_workloads`` (unlink + mean-pool) of a 20-tool workload;
 * SC-10 renaming a target in its catalog (``load_catalog``): 5 workloads re-embed 20 tools each;
 * SC-12 ``apply_workload`` with the image changed (re-match, same tools).
 """
@@ -131,7 +131,7 @@ async def delete_registry(indexer: Indexer, entries: list[CatalogEntry], targets
             linked = await indexer.workloads.list_servers_by_registry(row.id)
             assert len(linked) == LINKED_PER_TARGET, (rep, i, len(linked))
             with stopwatch() as t:
-                unlinked = await indexer.registry.delete(row.id)
+                unlinked = await indexer.delete_registry_servers([row.id])
             samples.append(t[0])
             assert len(unlinked) == LINKED_PER_TARGET
             await indexer.load_catalog(CATALOG, entries)  # restore: re-adds it and re-links the 5
@@ -165,7 +165,7 @@ async def fallback(indexer: Indexer, specs: list[WorkloadSpec], count: int, repo
         row = await indexer.workloads.get_by_workload_name(spec.workload_name)
         assert row is not None and row.registry_server_id is not None
         with stopwatch() as t:
-            await indexer.workloads.remove_registry_relationship(row.id)
+            await indexer.unlink_workloads([row.id])
         samples.append(t[0])
         after = await indexer.workloads.get_by_workload_name(spec.workload_name)
         assert after is not None and after.registry_server_id is None and after.server_embedding is not None

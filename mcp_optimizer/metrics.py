@@ -324,28 +324,11 @@ class IndexCounts:
             return self._last
 
     async def _count(self) -> IndexSnapshot:
-        from sqlalchemy import text
+        from mcp_optimizer.db.meta_ops import IndexMetaOps
 
-        from mcp_optimizer.db.models import RegistryServer, RegistryTool, WorkloadServer, WorkloadTool
-
-        ws, wt = WorkloadServer.__tablename__, WorkloadTool.__tablename__
-        rs, rt = RegistryServer.__tablename__, RegistryTool.__tablename__
-        queries = {
-            "workload_servers": f"SELECT status, COUNT(*) FROM {ws} GROUP BY status",
-            "workload_tools": (
-                f"SELECT s.status, COUNT(*) FROM {wt} t JOIN {ws} s ON s.id = t.server_id GROUP BY s.status"
-            ),
-            "registry_servers": f"SELECT catalog, COUNT(*) FROM {rs} GROUP BY catalog",
-            "registry_tools": (
-                f"SELECT s.catalog, COUNT(*) FROM {rt} t JOIN {rs} s ON s.id = t.server_id GROUP BY s.catalog"
-            ),
-        }
-        snap = IndexSnapshot()
-        async with self.engine.connect() as conn:
-            for attr, sql in queries.items():
-                rows = (await conn.execute(text(sql))).all()
-                getattr(snap, attr).update({str(k): int(n) for k, n in rows})
-        return snap
+        counts = await IndexMetaOps(self.engine).row_counts()
+        return IndexSnapshot(workload_servers=counts.workload_servers, workload_tools=counts.workload_tools,
+                             registry_servers=counts.registry_servers, registry_tools=counts.registry_tools)
 
 
 class MetricsServer:

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy.exc import DBAPIError
 
 from mcp_optimizer.catalog import load_catalog_file
 from mcp_optimizer.cli.progress import Progress
 from mcp_optimizer.config import SEARCH_MODES, Settings, flag_help
-from mcp_optimizer.db.engine import describe_location
+from mcp_optimizer.db.engine import DatabaseError, describe_location
 from mcp_optimizer.db.health import describe, inspect_file
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import ToolSearch
@@ -569,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input checks of the catalog and identity parsers that are not wrapped yet (issue 12).
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except DBAPIError as exc:
+    except DatabaseError as exc:
         # A full disk, a damaged file, ...: SQLite's message, never the SQL and its parameters.
         where = f"index {describe_location(settings.index_location)}" if settings is not None else "index"
         print(f"error: {where}: {describe(exc)}", file=sys.stderr)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Table, delete, select, text, update
+from sqlalchemy import Row, Table, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
@@ -16,6 +16,9 @@ from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
 from mcp_optimizer.db.virtual import FTS_COLUMNS
 from mcp_optimizer.embeddings.texts import tool_fts_fields
+
+#: A server row as the ops classes' ``get_by_*``/``list`` return it: its columns as attributes.
+StoredRow = Row[Any]
 
 
 def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
@@ -83,6 +86,28 @@ class ToolRow:
 
 
 @dataclass(frozen=True)
+class ToolSource:
+    """What a stored tool's embedding text is made from (the caller builds the text)."""
+
+    id: int
+    server_id: str
+    details: dict[str, Any]
+    server_name: str
+    #: The name a workload's tools were embedded with (None on the registry side: its server's name).
+    embedding_context: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolEmbedding:
+    """A stored tool's new embedding and the hash of the text it was made from."""
+
+    id: int
+    server_id: str
+    embedding: bytes
+    embedding_hash: str
+
+
+@dataclass(frozen=True)
 class ToolSyncResult:
     added: int
     updated: int
@@ -98,11 +123,61 @@ class ToolOps(Ops):
     """
 
     table: Table
+    #: The servers' table the tools belong to.
+    server_table: Table
     vector_table: str
     fts_table: str
 
     async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
         return {}
+
+    async def _all_vector_metadata(self, conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+        """:meth:`_vector_metadata` of every server at once, by server id."""
+        return {}
+
+    async def stored_embeddings(
+        self, server_ids: Sequence[str], conn: AsyncConnection | None = None
+    ) -> dict[str, bytes]:
+        """The stored tool embeddings of these servers by the hash of their text (what a change
+        of them may reuse), read 500 servers per statement."""
+        stored: dict[str, bytes] = {}
+        async with self._read(conn) as c:
+            for start in range(0, len(server_ids), 500):
+                rows = await c.execute(
+                    select(self.table.c.embedding_hash, self.table.c.details_embedding)
+                    .where(self.table.c.server_id.in_(server_ids[start:start + 500]),
+                           self.table.c.details_embedding.is_not(None)))
+                stored.update({row.embedding_hash: row.details_embedding for row in rows})
+        return stored
+
+    async def embedding_sources(self, conn: AsyncConnection | None = None) -> list[ToolSource]:
+        """Every tool of this side with what its embedding text is made from (a change of model
+        re-embeds them all), in one statement."""
+        servers = self.server_table
+        context = [servers.c.embedding_context] if "embedding_context" in servers.c else []
+        query = select(self.table.c.id, self.table.c.server_id, self.table.c.details,
+                       servers.c.name.label("server_name"), *context).join(servers)
+        async with self._read(conn) as c:
+            return [ToolSource(row.id, row.server_id, row.details, row.server_name,
+                               row.embedding_context if context else None)
+                    for row in await c.execute(query)]
+
+    async def rewrite_embeddings(
+        self, embeddings: Sequence[ToolEmbedding], conn: AsyncConnection | None = None
+    ) -> None:
+        """Store new embeddings of existing tools, into vector tables that were just recreated
+        empty (:meth:`~mcp_optimizer.db.meta_ops.IndexMetaOps.recreate_vector_tables`)."""
+        if not embeddings:
+            return
+        async with self._tx(conn) as c:
+            await c.execute(
+                update(self.table).where(self.table.c.id == bindparam("tid")).values(
+                    details_embedding=bindparam("e"), embedding_hash=bindparam("h"), last_updated=utcnow()),
+                [{"tid": e.id, "e": e.embedding, "h": e.embedding_hash} for e in embeddings])
+            metadata = await self._all_vector_metadata(c)
+            await self.backend.insert_vectors(c, self.vector_table, [
+                {"rowid": e.id, "embedding": e.embedding, "server_id": e.server_id, **metadata.get(e.server_id, {})}
+                for e in embeddings])
 
     async def list_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
         async with self._read(conn) as c:

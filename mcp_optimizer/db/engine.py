@@ -21,12 +21,19 @@ import sqlite_vec
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.redaction import redact_url
+
+#: What the layers above pass around without importing SQLAlchemy (only db/ may: .importlinter):
+#: the index's engine, a connection (a transaction the Indexer spans several ops calls with),
+#: and the error any statement may raise (a full disk, a damaged file, a server gone).
+Engine = AsyncEngine
+Connection = AsyncConnection
+DatabaseError = DBAPIError
 
 BUSY_TIMEOUT_MS = 10_000
 #: Execution option marking a transaction that will write: see ``_begin`` in :func:`create_engine`.

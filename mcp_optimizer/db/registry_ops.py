@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, select, text
+from sqlalchemy import Row, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.db.base import Ops, ToolOps, ToolRow, identifier_keys
-from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, WORKLOAD_SERVERS, new_id, utcnow
+from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
-from mcp_optimizer.db.workload_ops import WorkloadServerOps
 
 servers = REGISTRY_SERVERS
 tools = REGISTRY_TOOLS
+
+
+@dataclass(frozen=True)
+class RegistryServerSource:
+    """What a registry server's embedding text is made from (the caller builds the text)."""
+
+    id: str
+    name: str
+    description: str
+    tags: tuple[str, ...]
 
 
 class RegistryServerOps(Ops):
@@ -23,7 +33,6 @@ class RegistryServerOps(Ops):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         self.tools = RegistryToolOps(engine)
-        self.workloads = WorkloadServerOps(engine)
 
     async def create(
         self,
@@ -94,24 +103,21 @@ class RegistryServerOps(Ops):
             if "server_embedding" in fields:
                 await self._sync_vector(c, server_id, fields["server_embedding"])
 
-    async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> list[str]:
-        """Delete a registry server and its tools; its linked workloads are unlinked and fall back
-        to their own description and mean-pooled embedding. Returns the unlinked workload ids."""
-        return await self.delete_many([server_id], conn)
+    async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> None:
+        """Delete a registry server with its tools and vectors. Only that: the caller unlinks the
+        workloads linked to it first, in the same transaction (the Indexer decides what they fall
+        back to: :meth:`mcp_optimizer.ingest.Indexer.delete_registry_servers`)."""
+        await self.delete_many([server_id], conn)
 
-    async def delete_many(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> list[str]:
+    async def delete_many(self, server_ids: Sequence[str], conn: AsyncConnection | None = None) -> None:
         """:meth:`delete` for many servers in a fixed number of statements (a catalog delete)."""
         if not server_ids:
-            return []
+            return
         async with self._tx(conn) as c:
-            linked = list((await c.execute(select(WORKLOAD_SERVERS.c.id).where(
-                WORKLOAD_SERVERS.c.registry_server_id.in_(server_ids)))).scalars())
-            await self.workloads.remove_registry_relationships(linked, c)
             await self.tools.delete_by_servers(server_ids, c)
             await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"),
                             [{"id": server_id} for server_id in server_ids])
             await c.execute(delete(servers).where(servers.c.id.in_(server_ids)))
-        return linked
 
     async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
         async with self._read(conn) as c:
@@ -138,6 +144,43 @@ class RegistryServerOps(Ops):
             query = query.where(servers.c.remote == remote)
         async with self._read(conn) as c:
             return (await c.execute(query)).all()
+
+    async def content_versions(
+        self, server_ids: Sequence[str], conn: AsyncConnection | None = None
+    ) -> dict[str, tuple[str, str]]:
+        """(name, content hash) of each of these servers that exists, by id: whether a planned
+        change still fits the committed rows."""
+        async with self._read(conn) as c:
+            rows = await c.execute(select(servers.c.id, servers.c.name, servers.c.content_hash)
+                                   .where(servers.c.id.in_(list(server_ids))))
+            return {row.id: (row.name, row.content_hash) for row in rows}
+
+    async def any_named(self, catalog: str, names: Sequence[str], conn: AsyncConnection | None = None) -> bool:
+        """Whether the catalog has a server by one of these names."""
+        async with self._read(conn) as c:
+            taken = await c.execute(select(servers.c.id).where(servers.c.catalog == catalog,
+                                                               servers.c.name.in_(list(names))).limit(1))
+            return taken.first() is not None
+
+    async def embedding_sources(self, conn: AsyncConnection | None = None) -> Sequence[RegistryServerSource]:
+        """Every registry server with what its embedding text is made from (a change of model
+        re-embeds them all)."""
+        async with self._read(conn) as c:
+            rows = await c.execute(select(servers.c.id, servers.c.name, servers.c.description, servers.c.tags))
+            return [RegistryServerSource(row.id, row.name, row.description, tuple(row.tags or ()))
+                    for row in rows]
+
+    async def rewrite_embeddings(self, embeddings: Mapping[str, bytes], conn: AsyncConnection | None = None) -> None:
+        """Store new server embeddings (by server id), into vector tables that were just
+        recreated empty (:meth:`~mcp_optimizer.db.meta_ops.IndexMetaOps.recreate_vector_tables`)."""
+        if not embeddings:
+            return
+        async with self._tx(conn) as c:
+            await c.execute(
+                update(servers).where(servers.c.id == bindparam("sid")).values(server_embedding=bindparam("e")),
+                [{"sid": sid, "e": e} for sid, e in embeddings.items()])
+            await self.backend.insert_vectors(c, REGISTRY_SERVER_VECTOR, [
+                {"server_id": sid, "embedding": e} for sid, e in embeddings.items()])
 
     async def catalogs(self, conn: AsyncConnection | None = None) -> set[str]:
         async with self._read(conn) as c:
@@ -169,5 +212,6 @@ class RegistryToolOps(ToolOps):
     """``tools_registry`` with ``registry_tool_vectors`` and ``registry_tool_fts``."""
 
     table = tools
+    server_table = servers
     vector_table = REGISTRY_TOOL_VECTORS
     fts_table = REGISTRY_TOOL_FTS

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, select, text, update
+from sqlalchemy import Row, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
@@ -13,14 +14,54 @@ from mcp_optimizer.db.backends.postgres import tool_token_count
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
-from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
-from mcp_optimizer.embeddings.texts import own_description
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 servers = WORKLOAD_SERVERS
 tools = WORKLOAD_TOOLS
 
 #: Columns mirrored into the vec0 metadata of a workload's vector rows (search filters on them).
 _FILTER_COLUMNS = ("status", "group", "namespace")
+
+
+@dataclass(frozen=True)
+class LinkedWorkload:
+    """A workload as unlinking it needs it: its names, and the filter columns its server vector
+    row carries (rewritten with the fallback vector)."""
+
+    id: str
+    workload_name: str
+    name: str
+    status: str
+    group: str | None
+    namespace: str | None
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What an unlinked workload falls back to (decided by the caller: ``mcp_optimizer.ingest.links``)."""
+
+    workload: LinkedWorkload
+    description: str
+    server_embedding: bytes | None
+
+
+@dataclass(frozen=True)
+class WorkloadServerSource:
+    """What a workload's server vector is made from: its registry server's, else its tools', else
+    its own ``description`` embedded."""
+
+    id: str
+    registry_server_id: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class ToolVector:
+    """A stored tool and its embedding (None: not embedded), as a fallback mean-pools them."""
+
+    server_id: str
+    details: dict[str, Any]
+    embedding: bytes | None
 
 
 def _metadata(status: str, group: str | None, namespace: str | None) -> dict[str, str]:
@@ -112,50 +153,81 @@ class WorkloadServerOps(Ops):
     ) -> Sequence[Row[Any]]:
         return await self.list(registry_server_id=registry_server_id, conn=conn)
 
-    async def remove_registry_relationship(self, server_id: str, conn: AsyncConnection | None = None) -> None:
-        """Unlink a workload from its registry server and fall back to its own description and
-        embedding, the mean of its tool embeddings (no model call: this must stay fast)."""
-        await self.remove_registry_relationships([server_id], conn)
+    async def workload_names(self, conn: AsyncConnection | None = None) -> set[str]:
+        async with self._read(conn) as c:
+            return set((await c.execute(select(servers.c.workload_name))).scalars())
 
-    async def remove_registry_relationships(
+    async def names_pinned_to(self, catalog: str, conn: AsyncConnection | None = None) -> set[str]:
+        """Workload names whose pinned registry entry (``registryRef``) is in ``catalog``."""
+        async with self._read(conn) as c:
+            rows = await c.execute(select(servers.c.workload_name).where(servers.c.registry_ref_catalog == catalog))
+            return set(rows.scalars())
+
+    async def names_by_identifier(
+        self, url_keys: Sequence[str], package_keys: Sequence[str], conn: AsyncConnection | None = None
+    ) -> set[str]:
+        """Workload names of remote servers with one of ``url_keys`` and container servers with
+        one of ``package_keys`` (normalised identifiers): one statement per non-empty side."""
+        names: set[str] = set()
+        async with self._read(conn) as c:
+            for remote, column, keys in ((True, servers.c.url_key, url_keys), (False, servers.c.package_key,
+                                                                                package_keys)):
+                if keys:
+                    rows = await c.execute(select(servers.c.workload_name)
+                                           .where(servers.c.remote == remote, column.in_(sorted(keys))))
+                    names.update(rows.scalars())
+        return names
+
+    async def linked_to(
+        self, registry_server_ids: Sequence[str], conn: AsyncConnection | None = None
+    ) -> Sequence[LinkedWorkload]:
+        """The workloads linked to these registry servers."""
+        return await self._links(servers.c.registry_server_id.in_(list(registry_server_ids)), conn)
+
+    async def links_of(
         self, server_ids: Sequence[str], conn: AsyncConnection | None = None
-    ) -> None:
-        """:meth:`remove_registry_relationship` for many workloads in a fixed number of statements
-        (a registry server with many linked workloads is deleted in one short transaction)."""
-        if not server_ids:
+    ) -> Sequence[LinkedWorkload]:
+        """These workloads (by id), as :meth:`store_fallbacks` takes them."""
+        return await self._links(servers.c.id.in_(list(server_ids)), conn)
+
+    async def _links(self, where: Any, conn: AsyncConnection | None) -> Sequence[LinkedWorkload]:
+        async with self._read(conn) as c:
+            rows = await c.execute(select(servers.c.id, servers.c.workload_name, servers.c.name, servers.c.status,
+                                          servers.c.group, servers.c.namespace).where(where)
+                                   .order_by(servers.c.workload_name))
+            return [LinkedWorkload(row.id, row.workload_name, row.name, row.status, row.group, row.namespace)
+                    for row in rows]
+
+    async def store_fallbacks(self, fallbacks: Sequence[Fallback], conn: AsyncConnection | None = None) -> None:
+        """Unlink workloads from their registry servers and store what they fall back to, with
+        their server vector rows, in a fixed number of statements (a registry server with many
+        linked workloads is deleted in one short transaction). What they fall back to is the
+        caller's decision."""
+        if not fallbacks:
             return
         async with self._tx(conn) as c:
-            rows = (await c.execute(
-                select(servers.c.id, servers.c.name, servers.c.status, servers.c.group, servers.c.namespace)
-                .where(servers.c.id.in_(server_ids)))).all()
-            tool_rows = (await c.execute(
-                select(tools.c.server_id, tools.c.details, tools.c.details_embedding)
-                .where(tools.c.server_id.in_(server_ids)).order_by(tools.c.server_id, tools.c.name))).all()
-            details: dict[str, list[dict[str, Any]]] = {row.id: [] for row in rows}
-            vectors: dict[str, list[Any]] = {row.id: [] for row in rows}
-            for tool in tool_rows:
-                details[tool.server_id].append(tool.details)
-                if tool.details_embedding is not None:
-                    vectors[tool.server_id].append(from_bytes(tool.details_embedding))
             now = utcnow()
-            updates = []
-            for row in rows:
-                embedding = to_bytes(mean_pool(vectors[row.id])) if vectors[row.id] else None
-                updates.append({"sid": row.id, "description": own_description(row.name, details[row.id]),
-                                "server_embedding": embedding, "last_updated": now})
             await c.execute(
                 update(servers).where(servers.c.id == bindparam("sid")).values(
                     registry_server_id=None, registry_server_name=None, registry_catalog=None,
                     description=bindparam("description"), server_embedding=bindparam("server_embedding"),
                     last_updated=bindparam("last_updated")),
-                updates,
+                [{"sid": f.workload.id, "description": f.description, "server_embedding": f.server_embedding,
+                  "last_updated": now} for f in fallbacks],
             )
             await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"),
-                            [{"id": row.id} for row in rows])
+                            [{"id": f.workload.id} for f in fallbacks])
             await self.backend.insert_vectors(c, WORKLOAD_SERVER_VECTOR, [
-                {"server_id": row.id, "embedding": u["server_embedding"],
-                 **_metadata(row.status, row.group, row.namespace)}
-                for row, u in zip(rows, updates, strict=True) if u["server_embedding"] is not None])
+                {"server_id": f.workload.id, "embedding": f.server_embedding,
+                 **_metadata(f.workload.status, f.workload.group, f.workload.namespace)}
+                for f in fallbacks if f.server_embedding is not None])
+
+    async def embedding_sources(self, conn: AsyncConnection | None = None) -> Sequence[WorkloadServerSource]:
+        """Every workload server with what its server vector is made from (a change of model
+        re-embeds them all)."""
+        async with self._read(conn) as c:
+            rows = await c.execute(select(servers.c.id, servers.c.registry_server_id, servers.c.description))
+            return [WorkloadServerSource(row.id, row.registry_server_id, row.description) for row in rows]
 
     async def _sync_vectors(self, c: AsyncConnection, server_id: str, *, tools_too: bool = False) -> None:
         row = (await c.execute(select(servers.c.server_embedding, *(servers.c[n] for n in _FILTER_COLUMNS))
@@ -182,6 +254,7 @@ class WorkloadToolOps(ToolOps):
     ``workload_tool_fts``."""
 
     table = tools
+    server_table = servers
     vector_table = WORKLOAD_TOOL_VECTORS
     fts_table = WORKLOAD_TOOL_FTS
 
@@ -197,6 +270,39 @@ class WorkloadToolOps(ToolOps):
         rows = (await c.execute(select(tools.c.id, tools.c.details).where(tools.c.id.in_(tool_ids)))).all()
         await c.execute(update(tools).where(tools.c.id == bindparam("tid")).values(token_count=bindparam("n")),
                         [{"tid": row.id, "n": tool_token_count(row.details)} for row in rows])
+
+    async def vectors_by_server(
+        self, server_ids: Sequence[str], conn: AsyncConnection | None = None
+    ) -> list[ToolVector]:
+        """The tools of these servers with their embeddings, by server then tool name."""
+        if not server_ids:
+            return []
+        async with self._read(conn) as c:
+            rows = await c.execute(select(tools.c.server_id, tools.c.details, tools.c.details_embedding)
+                                   .where(tools.c.server_id.in_(list(server_ids)))
+                                   .order_by(tools.c.server_id, tools.c.name))
+            return [ToolVector(row.server_id, row.details, row.details_embedding) for row in rows]
+
+    async def running_token_total(
+        self, *, groups: Sequence[str] | None, namespaces: Sequence[str] | None, conn: AsyncConnection | None = None
+    ) -> int:
+        """``token_count`` summed over the tools of RUNNING workloads in ``groups`` and
+        ``namespaces`` (None: any)."""
+        query = (
+            select(func.coalesce(func.sum(tools.c.token_count), 0))
+            .select_from(tools.join(servers, servers.c.id == tools.c.server_id))
+            .where(servers.c.status == WorkloadStatus.RUNNING.value)
+        )
+        if groups is not None:
+            query = query.where(servers.c.group.in_(sorted(groups)))
+        if namespaces is not None:
+            query = query.where(servers.c.namespace.in_(sorted(namespaces)))
+        async with self._read(conn) as c:
+            return int((await c.execute(query)).scalar_one())
+
+    async def _all_vector_metadata(self, conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+        rows = await conn.execute(select(servers.c.id, servers.c.status, servers.c.group, servers.c.namespace))
+        return {row.id: _metadata(row.status, row.group, row.namespace) for row in rows}
 
     async def _vector_metadata(self, conn: AsyncConnection, server_id: str) -> dict[str, Any]:
         row = (await conn.execute(select(servers.c.status, servers.c.group, servers.c.namespace)

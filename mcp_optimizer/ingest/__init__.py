@@ -1,7 +1,9 @@
 """Ingestion: catalogs and workloads into the index, with matching and embedding."""
 
 # The index file's health belongs to the Indexer (it classifies every SQLite error through its
-# engine): the operator reaches its vocabulary through here, not through the database layer.
+# engine): the operator reaches its vocabulary through here, not through the database layer,
+# and so the error type any index write may raise.
+from mcp_optimizer.db.engine import DatabaseError
 from mcp_optimizer.db.health import FaultKind, IndexFault, IndexHealth, classify, describe
 from mcp_optimizer.ingest.errors import (
     DuplicateRegistryServersError,
@@ -21,6 +23,7 @@ from mcp_optimizer.ingest.status import effective_status
 
 __all__ = [
     "CatalogLoadResult",
+    "DatabaseError",
     "DuplicateRegistryServersError",
     "FaultKind",
     "IndexError_",

@@ -9,21 +9,20 @@ and an older replica does not serve from a schema it does not know.
 
 from __future__ import annotations
 
-from sqlalchemy import text as sql
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
-from mcp_optimizer.db.engine import create_engine
+from mcp_optimizer.db.engine import Engine, create_engine
 from mcp_optimizer.db.health import describe
+from mcp_optimizer.db.meta_ops import IndexMetaOps
 from mcp_optimizer.redaction import redact_urls
 
 
 class IndexReader:
     """The shared index, opened for searching only."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.meta = IndexMetaOps(engine)
         self.head = migrate.head_revision()
         #: Set by :meth:`check`: the index is at an older schema this version knows (its writer
         #: is an older version, which a rolling upgrade must ask to hand over).
@@ -40,8 +39,7 @@ class IndexReader:
         try:
             revision = await migrate.current_revision(self.engine)
             if revision == self.head:
-                async with self.engine.connect() as conn:
-                    await conn.execute(sql("SELECT 1 FROM tools_workload LIMIT 1"))
+                await self.meta.answers()
         except Exception as exc:
             # A database error may quote its connection URL: never with the password.
             return False, f"the index does not answer: {redact_urls(describe(exc))}"

@@ -38,18 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from sqlalchemy import Row, bindparam, delete, select, update
-from sqlalchemy import text as sql
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.backends import backend_of
-from mcp_optimizer.db.base import ToolRow, identifier_keys
-from mcp_optimizer.db.engine import WRITE_OPTION, IndexOpenError, create_engine, describe_location
+from mcp_optimizer.db.base import StoredRow, ToolEmbedding, ToolRow, identifier_keys
+from mcp_optimizer.db.engine import (
+    WRITE_OPTION,
+    Connection,
+    DatabaseError,
+    Engine,
+    IndexOpenError,
+    create_engine,
+    describe_location,
+)
 from mcp_optimizer.db.health import (
     FaultKind,
     FileIdentity,
@@ -63,24 +65,10 @@ from mcp_optimizer.db.health import (
     move_aside,
     watch_engine,
 )
-from mcp_optimizer.db.models import (
-    EMBEDDING_MODEL_KEY,
-    INDEX_META,
-    REGISTRY_SERVERS,
-    REGISTRY_TOOLS,
-    WORKLOAD_SERVERS,
-    WORKLOAD_TOOLS,
-    WorkloadStatus,
-    utcnow,
-)
+from mcp_optimizer.db.meta_ops import IndexMetaOps
 from mcp_optimizer.db.registry_ops import RegistryServerOps
-from mcp_optimizer.db.virtual import (
-    REGISTRY_SERVER_VECTOR,
-    REGISTRY_TOOL_VECTORS,
-    VECTOR_TABLES,
-    WORKLOAD_TOOL_VECTORS,
-)
-from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, mean_pool, to_bytes
+from mcp_optimizer.db.workload_ops import LinkedWorkload, WorkloadServerOps
+from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, to_bytes
 from mcp_optimizer.embeddings.texts import (
     own_description,
     server_embedding_text,
@@ -93,9 +81,11 @@ from mcp_optimizer.ingest.errors import (
     RegistryNote,
     WorkloadSpecError,
 )
+from mcp_optimizer.ingest.links import fallbacks, server_vector
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
 from mcp_optimizer.ingest.status import effective_status
 from mcp_optimizer.redaction import redact_url, redact_urls
+from mcp_optimizer.vocabulary import WorkloadStatus
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +212,7 @@ class _WorkloadPlan:
 
     spec: WorkloadSpec
     tools: list[dict[str, Any]]
-    registry: Row[Any] | None
+    registry: StoredRow | None
     error: IndexError_ | None
     registry_note: RegistryNote | None
     context: str
@@ -256,7 +246,7 @@ async def _move_aside(path: Path, fault: IndexFault, *, keep: int) -> Path | Non
                              f"{exc.strerror or exc}") from exc
 
 
-async def _migrate(engine: AsyncEngine, path: Path) -> None:
+async def _migrate(engine: Engine, path: Path) -> None:
     """Bring the file (or database) to the head schema and check that it has every table of it."""
     await migrate.upgrade(engine)
     backend = backend_of(engine)
@@ -281,7 +271,7 @@ class Indexer:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         embedder: Embedder | None,
         *,
         path: Path | None = None,
@@ -294,8 +284,9 @@ class Indexer:
         self._model_forgotten = False
         self.registry = RegistryServerOps(engine)
         self.registry_tools = self.registry.tools
-        self.workloads = self.registry.workloads
+        self.workloads = WorkloadServerOps(engine)
         self.workload_tools = self.workloads.tools
+        self.meta = IndexMetaOps(engine)
         #: The index file (None: unknown, so it cannot be rebuilt).
         self.path = path
         self.catalog_chunk_seconds = catalog_chunk_seconds
@@ -375,7 +366,7 @@ class Indexer:
         engine = create_engine(settings.db_url)
         try:
             await _migrate(engine, Path(where))
-        except (DBAPIError, OSError) as exc:
+        except (DatabaseError, OSError) as exc:
             await engine.dispose()
             # One line (libpq's messages span several), without the URL's password.
             reason = " ".join(redact_urls(describe(exc)).split())
@@ -403,7 +394,7 @@ class Indexer:
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def _write(self, priority: WritePriority) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, priority: WritePriority) -> AsyncIterator[Connection]:
         async with self.scheduler.turn(priority), self.engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
             yield conn
 
@@ -432,6 +423,10 @@ class Indexer:
         log.warning("The index %s was replaced by a new one (%s)%s", self.path, fault,
                     f"; the old file is kept as {moved_to}" if moved_to else "")
         return Repair(fault, moved_to)
+
+    async def used_bytes(self) -> int:
+        """Bytes of the index file in use (what ``index_max_bytes`` caps). SQLite only."""
+        return await self.meta.used_bytes()
 
     def file_fault(self) -> IndexFault | None:
         """A fault visible from outside SQLite: the file deleted or replaced under the process."""
@@ -481,9 +476,7 @@ class Indexer:
                     break
             else:
                 raise RuntimeError(f"catalog {catalog!r} kept changing while it was written; it is loaded again later")
-            async with self.engine.connect() as conn:
-                pins = WORKLOAD_SERVERS.c.registry_ref_catalog == catalog
-                affected.update((await conn.execute(select(WORKLOAD_SERVERS.c.workload_name).where(pins))).scalars())
+            affected.update(await self.workloads.names_pinned_to(catalog))
         written = {*result.added, *result.updated, *(new for _, new in result.renamed)}
         result.unchanged = [name for name in names if name not in written]
         result.rematched = await self.rematch_workloads(sorted(affected))
@@ -493,22 +486,51 @@ class Indexer:
         """Remove every registry server of a catalog; linked workloads fall back, then re-match."""
         return await self.load_catalog(catalog, [])
 
+    async def delete_registry_servers(self, server_ids: Sequence[str]) -> list[str]:
+        """Delete registry servers and their tools in one transaction, unlinking the workloads
+        linked to them (they fall back to their own description and the mean of their tool
+        vectors: :func:`~mcp_optimizer.ingest.links.fallbacks`); returns those workloads' ids.
+
+        No re-match: this is the write a catalog change makes for its removed entries before it
+        re-matches (:meth:`load_catalog`, which the operator calls).
+        """
+        async with self._write(WritePriority.BULK) as conn:
+            return [w.id for w in await self._delete_registry_servers(conn, server_ids)]
+
+    async def unlink_workloads(self, server_ids: Sequence[str]) -> None:
+        """Unlink workloads (by id) from their registry servers and fall back, as a registry
+        delete does to each (no re-match, no model call)."""
+        async with self._write(WritePriority.BULK) as conn:
+            await self._unlink(conn, await self.workloads.links_of(server_ids, conn))
+
+    async def _delete_registry_servers(
+        self, conn: Connection, server_ids: Sequence[str]
+    ) -> Sequence[LinkedWorkload]:
+        """Unlink the workloads linked to these registry servers, then delete them; in the
+        caller's transaction, so no commit shows a workload linked to a deleted entry or
+        carrying its description or vector."""
+        if not server_ids:
+            return []
+        linked = await self.workloads.linked_to(server_ids, conn)
+        await self._unlink(conn, linked)
+        await self.registry.delete_many(server_ids, conn)
+        return linked
+
+    async def _unlink(self, conn: Connection, workloads: Sequence[LinkedWorkload]) -> None:
+        if workloads:
+            tools = await self.workload_tools.vectors_by_server([w.id for w in workloads], conn)
+            await self.workloads.store_fallbacks(fallbacks(workloads, tools), conn)
+
     async def catalog_names(self) -> set[str]:
         return await self.registry.catalogs()
 
     async def _plan_catalog(
-        self, conn: AsyncConnection, catalog: str, entries: Sequence[CatalogEntry], hashes: dict[str, str]
+        self, conn: Connection, catalog: str, entries: Sequence[CatalogEntry], hashes: dict[str, str]
     ) -> _CatalogPlan:
         existing = {row.name: row for row in await self.registry.list(catalog=catalog, conn=conn)}
         plan = await asyncio.to_thread(_diff_catalog, catalog, existing, entries, hashes)
         changed_ids = [op.old.id for op in plan.ops if op.kind in ("update", "rename") and op.old is not None]
-        for start in range(0, len(changed_ids), 500):
-            rows = await conn.execute(
-                select(REGISTRY_TOOLS.c.embedding_hash, REGISTRY_TOOLS.c.details_embedding)
-                .where(REGISTRY_TOOLS.c.server_id.in_(changed_ids[start:start + 500]),
-                       REGISTRY_TOOLS.c.details_embedding.is_not(None))
-            )
-            plan.stored.update({row.embedding_hash: row.details_embedding for row in rows})
+        plan.stored.update(await self.registry_tools.stored_embeddings(changed_ids, conn))
         for op in plan.ops:
             old = op.old
             if op.kind in ("update", "rename") and old is not None and old.server_embedding is not None:
@@ -544,42 +566,29 @@ class Indexer:
                             break
         return True
 
-    async def _still_apply(self, conn: AsyncConnection, catalog: str, ops: Sequence[_CatalogOp]) -> bool:
+    async def _still_apply(self, conn: Connection, catalog: str, ops: Sequence[_CatalogOp]) -> bool:
         """Whether the rows ``ops`` were planned from are still the committed ones."""
-        table = REGISTRY_SERVERS
         olds = {op.old.id: op.old for op in ops if op.old is not None}
         if olds:
-            rows = (await conn.execute(select(table.c.id, table.c.name, table.c.content_hash)
-                                       .where(table.c.id.in_(list(olds))))).all()
-            if len(rows) != len(olds) or any((row.name, row.content_hash) != (olds[row.id].name,
-                                                                              olds[row.id].content_hash)
-                                             for row in rows):
+            committed = await self.registry.content_versions(list(olds), conn)
+            if committed != {id_: (old.name, old.content_hash) for id_, old in olds.items()}:
                 return False
         new_names = [op.entry.name for op in ops
                      if op.entry is not None and (op.old is None or op.old.name != op.entry.name)]
-        if new_names:
-            taken = (await conn.execute(select(table.c.id).where(table.c.catalog == catalog,
-                                                                 table.c.name.in_(new_names)))).first()
-            if taken is not None:
-                return False
-        return True
+        return not (new_names and await self.registry.any_named(catalog, new_names, conn))
 
     async def _remove_entries(
-        self, conn: AsyncConnection, ops: Sequence[_CatalogOp], result: CatalogLoadResult, affected: set[str],
+        self, conn: Connection, ops: Sequence[_CatalogOp], result: CatalogLoadResult, affected: set[str],
     ) -> None:
         """Delete the registry rows of removal ops; add the workloads they may re-link to ``affected``."""
         olds = [op.old for op in ops if op.old is not None]
-        ids = [old.id for old in olds]
-        # Collect linked workloads before deleting: deletion unlinks them.
-        linked = await conn.execute(select(WORKLOAD_SERVERS.c.workload_name)
-                                    .where(WORKLOAD_SERVERS.c.registry_server_id.in_(ids)))
-        affected.update(linked.scalars())
-        await self.registry.delete_many(ids, conn)
+        unlinked = await self._delete_registry_servers(conn, [old.id for old in olds])
+        affected.update(w.workload_name for w in unlinked)
         result.removed.extend(old.name for old in olds)
         await self._touched(conn, {_key_of(old.remote, old.url, old.package) for old in olds}, affected)
 
     async def _add_entries(
-        self, conn: AsyncConnection, plan: _CatalogPlan, ops: Sequence[_CatalogOp], vectors: dict[str, bytes],
+        self, conn: Connection, plan: _CatalogPlan, ops: Sequence[_CatalogOp], vectors: dict[str, bytes],
         result: CatalogLoadResult, affected: set[str],
     ) -> None:
         """Insert the registry rows of addition ops; add the workloads they may link to ``affected``."""
@@ -592,7 +601,7 @@ class Indexer:
         await self._touched(conn, {_key_of(e.remote, e.url, e.package) for e in entries}, affected)
 
     async def _change_entry(
-        self, conn: AsyncConnection, plan: _CatalogPlan, op: _CatalogOp, vectors: dict[str, bytes],
+        self, conn: Connection, plan: _CatalogPlan, op: _CatalogOp, vectors: dict[str, bytes],
         result: CatalogLoadResult, affected: set[str],
     ) -> None:
         """Write one planned update or rename (in place: the row keeps its id and links); add the
@@ -609,18 +618,11 @@ class Indexer:
         await self._touched(conn, {_key_of(old.remote, old.url, old.package),
                                    _key_of(entry.remote, entry.url, entry.package)}, affected)
 
-    @staticmethod
-    async def _touched(conn: AsyncConnection, keys: set[tuple[bool, str]], affected: set[str]) -> None:
+    async def _touched(self, conn: Connection, keys: set[tuple[bool, str]], affected: set[str]) -> None:
         """Add the workloads whose identifier is one of ``keys`` (unlinked or conflicting ones may
         (re)link now) to ``affected``."""
-        table = WORKLOAD_SERVERS
-        for remote in (True, False):
-            values = sorted(key for is_remote, key in keys if is_remote is remote)
-            if values:
-                column = table.c.url_key if remote else table.c.package_key
-                rows = await conn.execute(select(table.c.workload_name)
-                                          .where(table.c.remote == remote, column.in_(values)))
-                affected.update(rows.scalars())
+        affected.update(await self.workloads.names_by_identifier(
+            [key for remote, key in keys if remote], [key for remote, key in keys if not remote], conn))
 
     @staticmethod
     def _entry_columns(entry: CatalogEntry, vectors: dict[str, bytes], stored: dict[str, bytes]) -> dict[str, Any]:
@@ -701,9 +703,7 @@ class Indexer:
             return True
 
     async def workload_names(self) -> set[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(WORKLOAD_SERVERS.c.workload_name))
-            return set(rows.scalars())
+        return await self.workloads.workload_names()
 
     async def _sync_workload(self, workload_name: str, spec: WorkloadSpec | None) -> WorkloadResult:
         async with self.engine.connect() as conn:
@@ -716,7 +716,7 @@ class Indexer:
             return await self._apply_workload(conn, plan)
 
     async def _plan_workload(
-        self, conn: AsyncConnection, workload_name: str, spec: WorkloadSpec | None
+        self, conn: Connection, workload_name: str, spec: WorkloadSpec | None
     ) -> _WorkloadPlan:
         row = await self.workloads.get_by_workload_name(workload_name, conn)
         stored_tools = await self.workload_tools.list_by_server(row.id, conn) if row is not None else []
@@ -736,8 +736,8 @@ class Indexer:
         return _WorkloadPlan(spec, tools, registry, error, note, context, texts, stored, task_only)
 
     async def _match(
-        self, conn: AsyncConnection, spec: WorkloadSpec
-    ) -> tuple[Row[Any] | None, IndexError_ | None, RegistryNote | None]:
+        self, conn: Connection, spec: WorkloadSpec
+    ) -> tuple[StoredRow | None, IndexError_ | None, RegistryNote | None]:
         """(registry row, error, note): the registry entry this workload links to, if exactly one.
 
         A pin to a missing entry leaves the workload unlinked until the entry appears (catalogs
@@ -768,7 +768,7 @@ class Indexer:
                 spec.workload_name, identifier, [(m.catalog, m.name) for m in matches]), note
         return (matches[0] if matches else None), None, note
 
-    async def _apply_workload(self, conn: AsyncConnection, plan: _WorkloadPlan) -> WorkloadResult:
+    async def _apply_workload(self, conn: Connection, plan: _WorkloadPlan) -> WorkloadResult:
         spec = plan.spec
         error: IndexError_ | EmbeddingError | None = plan.error
         missing = plan.missing_texts()
@@ -777,7 +777,7 @@ class Indexer:
         except EmbeddingError as exc:
             vectors, error = {}, exc
         tool_rows = []
-        tool_vectors = []
+        tool_vectors: list[bytes] = []
         for tool, text in zip(plan.tools, plan.texts, strict=True):
             digest = text_hash(text)
             embedding = vectors.get(text) or plan.stored.get(digest)
@@ -787,19 +787,19 @@ class Indexer:
             keep_hash = embedding is not None or self.embedder is None
             tool_rows.append(ToolRow(str(tool["name"]), tool, embedding, digest if keep_hash else None, plan.context))
             if embedding is not None:
-                tool_vectors.append(np.frombuffer(embedding, dtype="<f4"))
+                tool_vectors.append(embedding)
         description = own_description(spec.name, plan.tools)
-        server_embedding: bytes | None = None
+        own_vector: bytes | None = None
         if plan.registry is not None:
             description = plan.registry.description or description
-            server_embedding = plan.registry.server_embedding
-        elif tool_vectors:
-            server_embedding = to_bytes(mean_pool(tool_vectors))
         elif not plan.tools and error is None and self.embedder is not None:
             try:
-                server_embedding = to_bytes(await self.embedder.aembed_one(description))
+                own_vector = to_bytes(await self.embedder.aembed_one(description))
             except EmbeddingError as exc:
                 error = exc
+        server_embedding = server_vector(
+            linked=plan.registry is not None, tool_vectors=tool_vectors, own_vector=own_vector,
+            registry_vector=plan.registry.server_embedding if plan.registry is not None else None)
         index_error = str(error) if error is not None else None
         status, status_reason = effective_status(spec.status, spec.status_reason, index_error)
         columns: dict[str, Any] = {
@@ -834,7 +834,7 @@ class Indexer:
         )
 
     @staticmethod
-    def _spec_from_row(row: Row[Any]) -> WorkloadSpec:
+    def _spec_from_row(row: StoredRow) -> WorkloadSpec:
         ref = (RegistryRef(row.registry_ref_catalog, row.registry_ref_name)
                if row.registry_ref_catalog and row.registry_ref_name else None)
         reason = None if row.index_error else row.status_reason
@@ -848,19 +848,13 @@ class Indexer:
 
     async def recorded_embedding_model(self) -> str | None:
         """The fingerprint of the model that made the stored vectors (None: none recorded)."""
-        async with self.engine.connect() as conn:
-            return await self._recorded_model(conn)
+        return await self.meta.embedding_model()
 
-    @staticmethod
-    async def _recorded_model(conn: AsyncConnection) -> str | None:
-        row = await conn.execute(select(INDEX_META.c.value).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
-        return row.scalar()
-
-    async def _forget_embedding_model(self, conn: AsyncConnection) -> None:
+    async def _forget_embedding_model(self, conn: Connection) -> None:
         """Keyword-only mode stored a tool without a vector: the next start with a model must
         re-embed, whatever model made the other vectors."""
         if not self._model_forgotten:
-            await conn.execute(delete(INDEX_META).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
+            await self.meta.forget_embedding_model(conn)
             self._model_forgotten = True
 
     async def ensure_embedding_model(self) -> int:
@@ -877,7 +871,7 @@ class Indexer:
             return 0
         fingerprint = self.embedder.spec.fingerprint
         async with self.engine.connect() as conn:
-            if await self._recorded_model(conn) == fingerprint:
+            if await self.meta.embedding_model(conn) == fingerprint:
                 return 0
             texts = await self._stored_texts(conn)
         await self._warm(texts.all())
@@ -890,73 +884,43 @@ class Indexer:
             log.info("re-embedded %d stored texts with %s", len(vectors), self.embedder.spec.name)
         return len(vectors)
 
-    async def _record_model(self, conn: AsyncConnection) -> None:
+    async def _record_model(self, conn: Connection) -> None:
         assert self.embedder is not None
-        await conn.execute(delete(INDEX_META).where(INDEX_META.c.key == EMBEDDING_MODEL_KEY))
-        await conn.execute(INDEX_META.insert().values(key=EMBEDDING_MODEL_KEY, value=self.embedder.spec.fingerprint))
+        await self.meta.record_embedding_model(self.embedder.spec.fingerprint, conn)
         self._model_forgotten = False
 
-    async def _stored_texts(self, conn: AsyncConnection) -> _StoredTexts:
+    async def _stored_texts(self, conn: Connection) -> _StoredTexts:
         texts = _StoredTexts()
-        for row in await conn.execute(select(REGISTRY_SERVERS.c.id, REGISTRY_SERVERS.c.name,
-                                             REGISTRY_SERVERS.c.description, REGISTRY_SERVERS.c.tags)):
-            texts.registry_servers[row.id] = server_embedding_text(row.name, row.description, list(row.tags or []))
-        for tool in await conn.execute(select(REGISTRY_TOOLS.c.id, REGISTRY_TOOLS.c.server_id,
-                                              REGISTRY_TOOLS.c.details, REGISTRY_SERVERS.c.name.label("server_name"))
-                                       .join(REGISTRY_SERVERS)):
+        for server in await self.registry.embedding_sources(conn):
+            texts.registry_servers[server.id] = server_embedding_text(server.name, server.description,
+                                                                      list(server.tags))
+        for tool in await self.registry_tools.embedding_sources(conn):
             texts.registry_tools[tool.id] = (tool.server_id, tool_embedding_text(tool.server_name, tool.details))
-        for wtool in await conn.execute(select(WORKLOAD_TOOLS.c.id, WORKLOAD_TOOLS.c.server_id,
-                                               WORKLOAD_TOOLS.c.details, WORKLOAD_SERVERS.c.embedding_context,
-                                               WORKLOAD_SERVERS.c.name.label("server_name")).join(WORKLOAD_SERVERS)):
+        for wtool in await self.workload_tools.embedding_sources(conn):
             context = wtool.embedding_context or wtool.server_name
             texts.workload_tools[wtool.id] = (wtool.server_id, tool_embedding_text(context, wtool.details))
-        for server in await conn.execute(select(WORKLOAD_SERVERS.c.id, WORKLOAD_SERVERS.c.registry_server_id,
-                                                WORKLOAD_SERVERS.c.description)):
-            texts.workload_servers[server.id] = (server.registry_server_id, server.description)
+        for workload in await self.workloads.embedding_sources(conn):
+            texts.workload_servers[workload.id] = (workload.registry_server_id, workload.description)
         return texts
 
-    async def _replace_vectors(self, conn: AsyncConnection, texts: _StoredTexts, vectors: dict[str, bytes]) -> None:
+    async def _replace_vectors(self, conn: Connection, texts: _StoredTexts, vectors: dict[str, bytes]) -> None:
         """Recreate the vector tables for the model's dimension and write every vector anew."""
         assert self.embedder is not None
-        backend = backend_of(conn)
-        for name in VECTOR_TABLES:
-            await conn.execute(sql(f"DROP TABLE IF EXISTS {name}"))
-        for statement in backend.vector_ddl(self.embedder.dim):
-            await conn.execute(sql(statement))
-        now = utcnow()
-        if texts.registry_servers:
-            await conn.execute(
-                update(REGISTRY_SERVERS).where(REGISTRY_SERVERS.c.id == bindparam("sid"))
-                .values(server_embedding=bindparam("e")),
-                [{"sid": sid, "e": vectors[t]} for sid, t in texts.registry_servers.items()])
-            await backend.insert_vectors(conn, REGISTRY_SERVER_VECTOR, [
-                {"server_id": sid, "embedding": vectors[t]} for sid, t in texts.registry_servers.items()])
-        filters = {row.id: {"status": row.status, "grp": row.group or "", "namespace": row.namespace or ""}
-                   for row in await conn.execute(select(WORKLOAD_SERVERS.c.id, WORKLOAD_SERVERS.c.status,
-                                                        WORKLOAD_SERVERS.c.group, WORKLOAD_SERVERS.c.namespace))}
-        for table, vector_table, tools, with_metadata in (
-            (REGISTRY_TOOLS, REGISTRY_TOOL_VECTORS, texts.registry_tools, False),
-            (WORKLOAD_TOOLS, WORKLOAD_TOOL_VECTORS, texts.workload_tools, True),
-        ):
-            if not tools:
-                continue
-            await conn.execute(
-                update(table).where(table.c.id == bindparam("tid")).values(
-                    details_embedding=bindparam("e"), embedding_hash=bindparam("h"), last_updated=now),
-                [{"tid": tid, "e": vectors[t], "h": text_hash(t)} for tid, (_, t) in tools.items()])
-            await backend.insert_vectors(conn, vector_table, [
-                {"rowid": tid, "embedding": vectors[t], "server_id": sid, **(filters[sid] if with_metadata else {})}
-                for tid, (sid, t) in tools.items()])
-        pooled: dict[str, list[Any]] = {}
+        await self.meta.recreate_vector_tables(self.embedder.dim, conn)
+        await self.registry.rewrite_embeddings(
+            {sid: vectors[t] for sid, t in texts.registry_servers.items()}, conn)
+        for ops, tools in ((self.registry_tools, texts.registry_tools), (self.workload_tools, texts.workload_tools)):
+            await ops.rewrite_embeddings(
+                [ToolEmbedding(tid, sid, vectors[t], text_hash(t)) for tid, (sid, t) in tools.items()], conn)
+        pooled: dict[str, list[bytes]] = {}
         for sid, t in texts.workload_tools.values():
-            pooled.setdefault(sid, []).append(np.frombuffer(vectors[t], dtype="<f4"))
+            pooled.setdefault(sid, []).append(vectors[t])
         for sid, (registry_id, description) in texts.workload_servers.items():
-            if registry_id is not None and registry_id in texts.registry_servers:
-                embedding = vectors[texts.registry_servers[registry_id]]
-            elif sid in pooled:
-                embedding = to_bytes(mean_pool(pooled[sid]))
-            else:
-                embedding = vectors[description]
+            registry_text = texts.registry_servers.get(registry_id) if registry_id is not None else None
+            embedding = server_vector(
+                linked=registry_text is not None, tool_vectors=pooled.get(sid, []),
+                registry_vector=vectors[registry_text] if registry_text is not None else None,
+                own_vector=vectors.get(description))
             await self.workloads.update(sid, conn, server_embedding=embedding)
 
     # ---------------------------------------------------------------------------- embedding
@@ -981,7 +945,7 @@ class _CatalogOp:
     """One planned change to a catalog: remove ``old``, update or rename ``old`` to ``entry``, or add ``entry``."""
 
     kind: Literal["remove", "update", "rename", "add"]
-    old: Row[Any] | None
+    old: StoredRow | None
     entry: CatalogEntry | None
 
 
@@ -1040,12 +1004,12 @@ def _next_group(ops: Sequence[_CatalogOp], position: int) -> list[_CatalogOp]:
 
 
 def _diff_catalog(
-    catalog: str, existing: dict[str, Row[Any]], entries: Sequence[CatalogEntry], hashes: dict[str, str]
+    catalog: str, existing: dict[str, StoredRow], entries: Sequence[CatalogEntry], hashes: dict[str, str]
 ) -> _CatalogPlan:
     """What turns the catalog's ``existing`` rows into ``entries`` (pure; runs in a worker thread)."""
     new_names = {e.name for e in entries}
     gone = {name: row for name, row in existing.items() if name not in new_names}
-    gone_by_key: dict[tuple[bool, str], list[Row[Any]]] = {}
+    gone_by_key: dict[tuple[bool, str], list[StoredRow]] = {}
     for row in gone.values():
         gone_by_key.setdefault(_key_of(row.remote, row.url, row.package), []).append(row)
     changed: list[_CatalogOp] = []

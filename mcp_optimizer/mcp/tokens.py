@@ -21,10 +21,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from mcp_optimizer.db.models import WorkloadServer, WorkloadStatus, WorkloadTool
+from mcp_optimizer.db.engine import Engine
+from mcp_optimizer.db.workload_ops import WorkloadToolOps
 from mcp_optimizer.mcp.scope import AccessScope
 
 CHARS_PER_TOKEN = 4
@@ -38,22 +36,13 @@ def tool_tokens(name: str, description: str, input_schema: Mapping[str, Any] | N
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-async def running_tools_tokens(engine: AsyncEngine, scope: AccessScope) -> int:
+async def running_tools_tokens(engine: Engine, scope: AccessScope) -> int:
     """:func:`tool_tokens` summed over every tool of a RUNNING workload that ``scope`` allows."""
     if scope.is_empty:
         return 0
-    tools, servers = WorkloadTool.__table__, WorkloadServer.__table__
-    query = (
-        select(func.coalesce(func.sum(tools.c.token_count), 0))
-        .select_from(tools.join(servers, servers.c.id == tools.c.server_id))
-        .where(servers.c.status == WorkloadStatus.RUNNING.value)
-    )
-    if scope.groups is not None:
-        query = query.where(servers.c.group.in_(sorted(scope.groups)))
-    if scope.namespaces is not None:
-        query = query.where(servers.c.namespace.in_(sorted(scope.namespaces)))
-    async with engine.connect() as conn:
-        return int((await conn.execute(query)).scalar_one())
+    groups = sorted(scope.groups) if scope.groups is not None else None
+    namespaces = sorted(scope.namespaces) if scope.namespaces is not None else None
+    return await WorkloadToolOps(engine).running_token_total(groups=groups, namespaces=namespaces)
 
 
 def token_report(returned: Iterable[int], all_tools: Iterable[int]) -> dict[str, Any]:

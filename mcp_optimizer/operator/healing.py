@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client
-from sqlalchemy import text
 
 from mcp_optimizer.config import Settings
 from mcp_optimizer.ingest import FaultKind, Indexer, IndexFault, describe
@@ -204,13 +203,10 @@ class IndexDoctor:
         if self.max_bytes <= 0:
             return True
         try:
-            async with self.indexer.engine.connect() as conn:
-                pages = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
-                free = (await conn.execute(text("PRAGMA freelist_count"))).scalar_one()
-                size = (await conn.execute(text("PRAGMA page_size"))).scalar_one()
+            used = await self.indexer.used_bytes()
         except Exception:
             return True
-        return bool((pages - free) * size + MIN_FREE_BYTES <= self.max_bytes)
+        return used + MIN_FREE_BYTES <= self.max_bytes
 
     def _rebuilt_message(self, fault: IndexFault, moved_to: object) -> str:
         kept = f"the old file is kept as {moved_to}" if moved_to else "the old file was deleted"

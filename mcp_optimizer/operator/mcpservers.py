@@ -28,9 +28,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import kopf
-from sqlalchemy.exc import DBAPIError
 
-from mcp_optimizer.ingest import describe
+from mcp_optimizer.ingest import DatabaseError, describe
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, REFRESH_ANNOTATION, VERSION, ServerView, parse_server
 from mcp_optimizer.operator.workloads import Outcome, WorkloadReconciler, backoff
 
@@ -136,7 +135,7 @@ def _deleted_or_refreshable(*, type: str | None, annotations: kopf.Annotations, 
 
 def _reason(exc: BaseException) -> str:
     """An error for logs and kopf's Events: a database error without its SQL and parameters."""
-    return describe(exc) if isinstance(exc, DBAPIError) else str(exc)
+    return describe(exc) if isinstance(exc, DatabaseError) else str(exc)
 
 
 def register(registry: kopf.OperatorRegistry, *, resync_interval: float, probe_interval: float) -> None:

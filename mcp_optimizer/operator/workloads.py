@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NoReturn, Protocol
 
-from sqlalchemy.exc import DBAPIError
-
 from mcp_optimizer.embeddings import EmbeddingError
 from mcp_optimizer.errors import McpOptimizerError
 from mcp_optimizer.ingest import (
+    DatabaseError,
     DuplicateRegistryServersError,
     Indexer,
     WorkloadResult,
@@ -378,7 +377,7 @@ class WorkloadReconciler:
             facts.registry_note = None
             if tools is not None:
                 facts.tool_count = len(tools)
-        except DBAPIError as exc:
+        except DatabaseError as exc:
             await self._index_failed(tracked, view, exc)
         else:
             self._absorb(facts, result)
@@ -387,7 +386,7 @@ class WorkloadReconciler:
                 facts.task_only_tools = tuple(result.task_only_tools)
         return None
 
-    async def _index_failed(self, tracked: _Tracked, view: ServerView, exc: DBAPIError) -> NoReturn:
+    async def _index_failed(self, tracked: _Tracked, view: ServerView, exc: DatabaseError) -> NoReturn:
         """The index did not take the write: say so in the status (keeping what it does hold), raise."""
         reason = describe(exc)
         tracked.facts.index_unavailable = reason
@@ -441,7 +440,7 @@ class WorkloadReconciler:
                     before = facts.runtime.status.value if facts.runtime else "none"
                     try:
                         await self.indexer.set_workload_status(name, runtime.status, runtime.message)
-                    except DBAPIError as exc:
+                    except DatabaseError as exc:
                         # Not retried here: the index repair re-syncs every MCPServer.
                         facts.index_unavailable = describe(exc)
                         timer.outcome = "index-failed"

@@ -284,7 +284,7 @@ async def test_registry_delete_op_alone_mean_pools_without_the_model(indexer: In
     await _linked(indexer)
     [registry] = await indexer.registry.list()
     stored = await tool_embeddings(indexer, "ns/gh")
-    unlinked = await indexer.registry.delete(registry.id)
+    unlinked = await indexer.delete_registry_servers([registry.id])
     assert len(unlinked) == 1
     row = await workload_row(indexer, "ns/gh")
     expected = mean_pool([from_bytes(v) for v in stored.values()])
@@ -368,7 +368,7 @@ async def test_registry_delete_falls_back_every_linked_workload(indexer: Indexer
     await indexer.apply_workload(workload("ns/empty", package=GITHUB_IMAGE, tools=[]))
     stored = {name: await tool_embeddings(indexer, name) for name in toolsets}
     [registry] = await indexer.registry.list()
-    unlinked = await indexer.registry.delete(registry.id)
+    unlinked = await indexer.delete_registry_servers([registry.id])
     assert len(unlinked) == 5
     for name in toolsets:
         row = await workload_row(indexer, name)
