@@ -284,11 +284,21 @@ async def test_registry_delete_op_alone_mean_pools_without_the_model(indexer: In
     await _linked(indexer)
     [registry] = await indexer.registry.list()
     stored = await tool_embeddings(indexer, "ns/gh")
+    assert indexer.embedder is not None
+    embedded = indexer.embedder.texts_embedded
     unlinked = await indexer.delete_registry_servers([registry.id])
     assert len(unlinked) == 1
     row = await workload_row(indexer, "ns/gh")
     expected = mean_pool([from_bytes(v) for v in stored.values()])
     assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+    # One commit, before any re-match: the entry is gone and nothing of it is left on the
+    # workload (link, description, vector), and the model was not called.
+    assert unlinked == [row.id] and indexer.embedder.texts_embedded == embedded
+    assert await indexer.registry.get_by_id(registry.id) is None
+    assert row.registry_server_id is None and row.registry_catalog is None
+    assert row.description == "MCP server gh with tools: create_issue, list_pull_requests"
+    assert row.server_embedding != registry.server_embedding
+    assert await count(indexer, "SELECT count(*) FROM workload_server_vector WHERE server_id = :i", i=row.id) == 1
 
 
 async def test_s3_4_registry_entry_appearing_later_links(indexer: Indexer) -> None:
