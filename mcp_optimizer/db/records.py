@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Self, TypedDict
 
+from sqlalchemy import Row
+
 
 class Record:
     """``of(row)``: a record from a SQLAlchemy row (or any mapping) holding at least its columns."""
@@ -24,8 +26,8 @@ class Record:
     __slots__ = ()
 
     @classmethod
-    def of(cls, row: Any) -> Self:
-        mapping: Mapping[str, Any] = row._mapping if hasattr(row, "_mapping") else row
+    def of(cls, row: Row[Any] | Mapping[str, Any]) -> Self:
+        mapping = row._mapping if isinstance(row, Row) else row
         return cls(**{name: mapping[name] for name in _field_names(cls)})
 
 
