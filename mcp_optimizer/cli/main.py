@@ -298,19 +298,19 @@ def _shown(url: str | None) -> str | None:
 async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
     async def action(indexer: Indexer) -> int:
         items: list[dict[str, Any]] = []
-        for row in await indexer.registry.list():
+        for entry in await indexer.registry.list():
             items.append({
-                "kind": "registry", "name": row.name, "workload_name": None, "catalog": row.catalog,
-                "remote": bool(row.remote), "url": _shown(row.url), "package": row.package, "status": None,
-                "registry_server_name": None, "tool_count": await indexer.registry_tools.count_by_server(row.id),
+                "kind": "registry", "name": entry.name, "workload_name": None, "catalog": entry.catalog,
+                "remote": entry.remote, "url": _shown(entry.url), "package": entry.package, "status": None,
+                "registry_server_name": None, "tool_count": await indexer.registry_tools.count_by_server(entry.id),
             })
-        for row in await indexer.workloads.list():
+        for server in await indexer.workloads.list():
             items.append({
-                "kind": "workload", "name": row.name, "workload_name": row.workload_name, "catalog": None,
-                "remote": bool(row.remote), "url": _shown(row.url), "package": row.package, "status": row.status,
-                "status_reason": row.status_reason, "registry_server_name": row.registry_server_name,
-                "registry_catalog": row.registry_catalog, "group": row.group,
-                "tool_count": await indexer.workload_tools.count_by_server(row.id),
+                "kind": "workload", "name": server.name, "workload_name": server.workload_name, "catalog": None,
+                "remote": server.remote, "url": _shown(server.url), "package": server.package,
+                "status": server.status, "status_reason": server.status_reason,
+                "registry_server_name": server.registry_server_name, "registry_catalog": server.registry_catalog,
+                "group": server.group, "tool_count": await indexer.workload_tools.count_by_server(server.id),
             })
         if args.json:
             _print_json(items)

@@ -5,20 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, Table, bindparam, delete, select, text, update
+from sqlalchemy import Select, Table, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.backends import Backend, backend_of
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
+from mcp_optimizer.db.records import Record, RegistryServerColumns, ToolRecord, WorkloadServerColumns
 from mcp_optimizer.db.virtual import FTS_COLUMNS
 from mcp_optimizer.embeddings.texts import tool_fts_fields
-
-#: A server row as the ops classes' ``get_by_*``/``list`` return it: its columns as attributes.
-StoredRow = Row[Any]
 
 
 def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple[str | None, str | None]:
@@ -31,6 +29,9 @@ def identifier_keys(remote: bool, url: str | None, package: str | None) -> tuple
     if not package:
         raise ValueError("a container server needs a package (image)")
     return None, normalize_image(package)
+
+
+R = TypeVar("R", bound=Record)
 
 
 class Ops:
@@ -51,18 +52,19 @@ class Ops:
         async with self.engine.execution_options(**{WRITE_OPTION: True}).begin() as own:
             yield own
 
-    async def _update_server(self, c: AsyncConnection, table: Table, server_id: str, fields: dict[str, Any]) -> None:
-        """UPDATE a server row (either side); identifier keys are re-normalised when the
-        identifiers change, so matching always compares what the row now says."""
-        if {"url", "package", "remote"} & fields.keys():
-            row = (await c.execute(select(table.c.remote, table.c.url, table.c.package)
-                                   .where(table.c.id == server_id))).first()
-            if row is None:
-                raise KeyError(server_id)
-            fields["url_key"], fields["package_key"] = identifier_keys(
-                fields.get("remote", row.remote), fields.get("url", row.url), fields.get("package", row.package))
-        fields["last_updated"] = utcnow()
-        await c.execute(update(table).where(table.c.id == server_id).values(**fields))
+    @staticmethod
+    async def _update_server(
+        c: AsyncConnection, table: Table, server_id: str, columns: RegistryServerColumns | WorkloadServerColumns
+    ) -> None:
+        """UPDATE a server row (either side) to ``columns``; the identifier keys are normalised
+        again, so matching always compares what the row now says."""
+        url_key, package_key = identifier_keys(columns["remote"], columns["url"], columns["package"])
+        values = {**columns, "url": columns["url"] if columns["remote"] else None,
+                  "package": None if columns["remote"] else columns["package"],
+                  "url_key": url_key, "package_key": package_key, "last_updated": utcnow()}
+        result = await c.execute(update(table).where(table.c.id == server_id).values(**values))
+        if result.rowcount == 0:
+            raise KeyError(server_id)
 
     @asynccontextmanager
     async def _read(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
@@ -71,6 +73,17 @@ class Ops:
             return
         async with self.engine.connect() as own:
             yield own
+
+    async def _one(self, record: type[R], query: Select[Any], conn: AsyncConnection | None) -> R | None:
+        """The first row ``query`` selects, as a ``record`` (None: no row)."""
+        async with self._read(conn) as c:
+            row = (await c.execute(query)).first()
+        return record.of(row) if row is not None else None
+
+    async def _all(self, record: type[R], query: Select[Any], conn: AsyncConnection | None) -> list[R]:
+        """Every row ``query`` selects, as ``record`` instances."""
+        async with self._read(conn) as c:
+            return [record.of(row) for row in await c.execute(query)]
 
 
 @dataclass(frozen=True)
@@ -179,11 +192,11 @@ class ToolOps(Ops):
                 {"rowid": e.id, "embedding": e.embedding, "server_id": e.server_id, **metadata.get(e.server_id, {})}
                 for e in embeddings])
 
-    async def list_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+    async def list_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> list[ToolRecord]:
         async with self._read(conn) as c:
             result = await c.execute(select(self.table).where(self.table.c.server_id == server_id)
                                      .order_by(self.table.c.name))
-            return result.all()
+            return [ToolRecord.of(row) for row in result]
 
     async def count_by_server(self, server_id: str, conn: AsyncConnection | None = None) -> int:
         async with self._read(conn) as c:

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.db.base import Ops, ToolOps, ToolRow, identifier_keys
 from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
+from mcp_optimizer.db.records import RegistryServerColumns, RegistryServerRecord
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 
 servers = REGISTRY_SERVERS
@@ -35,57 +36,30 @@ class RegistryServerOps(Ops):
         self.tools = RegistryToolOps(engine)
 
     async def create(
-        self,
-        *,
-        catalog: str,
-        name: str,
-        remote: bool,
-        url: str | None = None,
-        package: str | None = None,
-        transport: str | None = None,
-        description: str = "",
-        tags: Sequence[str] = (),
-        server_embedding: bytes | None = None,
-        group: str | None = None,
-        content_hash: str = "",
-        conn: AsyncConnection | None = None,
+        self, catalog: str, columns: RegistryServerColumns, conn: AsyncConnection | None = None
     ) -> str:
         """Insert a registry server and its vector row; returns its id."""
-        url_key, package_key = identifier_keys(remote, url, package)
-        server_id = new_id()
-        now = utcnow()
-        async with self._tx(conn) as c:
-            await c.execute(servers.insert().values(
-                id=server_id, catalog=catalog, name=name, remote=remote, url=url if remote else None,
-                url_key=url_key, package=None if remote else package, package_key=package_key,
-                transport=transport, description=description, tags=list(tags),
-                server_embedding=server_embedding, group=group, content_hash=content_hash,
-                created_at=now, last_updated=now,
-            ))
-            await self._sync_vector(c, server_id, server_embedding)
+        [server_id] = await self.create_many(catalog, [(columns, ())], conn)
         return server_id
 
     async def create_many(
-        self, catalog: str, servers_tools: Sequence[tuple[dict[str, Any], Sequence[ToolRow]]],
+        self, catalog: str, servers_tools: Sequence[tuple[RegistryServerColumns, Sequence[ToolRow]]],
         conn: AsyncConnection | None = None,
     ) -> list[str]:
         """:meth:`create` for many servers, with their tools, in a fixed number of statements (a
-        catalog load). Each item is (the columns :meth:`create` takes, the server's tools)."""
+        catalog load). Each item is (the server's columns, its tools)."""
         if not servers_tools:
             return []
         now = utcnow()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for columns, _ in servers_tools:
-            remote = bool(columns["remote"])
-            url_key, package_key = identifier_keys(remote, columns.get("url"), columns.get("package"))
+            remote = columns["remote"]
+            url_key, package_key = identifier_keys(remote, columns["url"], columns["package"])
             rows.append({
-                "id": new_id(), "catalog": catalog, "name": columns["name"], "remote": remote,
-                "url": columns.get("url") if remote else None, "url_key": url_key,
-                "package": None if remote else columns.get("package"), "package_key": package_key,
-                "transport": columns.get("transport"), "description": columns.get("description", ""),
-                "tags": list(columns.get("tags") or ()), "server_embedding": columns.get("server_embedding"),
-                "group": columns.get("group"), "content_hash": columns.get("content_hash", ""),
-                "created_at": now, "last_updated": now,
+                **columns, "id": new_id(), "catalog": catalog, "tags": list(columns["tags"]),
+                "url": columns["url"] if remote else None, "url_key": url_key,
+                "package": None if remote else columns["package"], "package_key": package_key,
+                "group": None, "created_at": now, "last_updated": now,
             })
         async with self._tx(conn) as c:
             await c.execute(servers.insert(), rows)
@@ -96,12 +70,11 @@ class RegistryServerOps(Ops):
                 [(row["id"], tools) for row, (_, tools) in zip(rows, servers_tools, strict=True)], c)
         return [row["id"] for row in rows]
 
-    async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
-        """Update columns; identifiers are re-normalised and the vector row follows the embedding."""
+    async def update(self, server_id: str, columns: RegistryServerColumns, conn: AsyncConnection | None = None) -> None:
+        """Set a server's columns; identifiers are re-normalised and the vector row follows the embedding."""
         async with self._tx(conn) as c:
-            await self._update_server(c, servers, server_id, fields)
-            if "server_embedding" in fields:
-                await self._sync_vector(c, server_id, fields["server_embedding"])
+            await self._update_server(c, servers, server_id, columns)
+            await self._sync_vector(c, server_id, columns["server_embedding"])
 
     async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> None:
         """Delete a registry server with its tools and vectors. Only that: the caller unlinks the
@@ -119,31 +92,30 @@ class RegistryServerOps(Ops):
                             [{"id": server_id} for server_id in server_ids])
             await c.execute(delete(servers).where(servers.c.id.in_(server_ids)))
 
-    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
-        async with self._read(conn) as c:
-            return (await c.execute(select(servers).where(servers.c.id == server_id))).first()
+    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> RegistryServerRecord | None:
+        return await self._one(RegistryServerRecord, select(servers).where(servers.c.id == server_id), conn)
 
-    async def get_by_name(self, catalog: str, name: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
-        async with self._read(conn) as c:
-            query = select(servers).where(servers.c.catalog == catalog, servers.c.name == name)
-            return (await c.execute(query)).first()
+    async def get_by_name(
+        self, catalog: str, name: str, conn: AsyncConnection | None = None
+    ) -> RegistryServerRecord | None:
+        query = select(servers).where(servers.c.catalog == catalog, servers.c.name == name)
+        return await self._one(RegistryServerRecord, query, conn)
 
-    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[RegistryServerRecord]:
         return await self.find_matching_servers(url=url, package=None, remote=True, conn=conn)
 
-    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
+    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[RegistryServerRecord]:
         return await self.find_matching_servers(url=None, package=package, remote=False, conn=conn)
 
     async def list(
         self, *, catalog: str | None = None, remote: bool | None = None, conn: AsyncConnection | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[RegistryServerRecord]:
         query = select(servers).order_by(servers.c.catalog, servers.c.name)
         if catalog is not None:
             query = query.where(servers.c.catalog == catalog)
         if remote is not None:
             query = query.where(servers.c.remote == remote)
-        async with self._read(conn) as c:
-            return (await c.execute(query)).all()
+        return await self._all(RegistryServerRecord, query, conn)
 
     async def content_versions(
         self, server_ids: Sequence[str], conn: AsyncConnection | None = None
@@ -188,7 +160,7 @@ class RegistryServerOps(Ops):
 
     async def find_matching_servers(
         self, *, url: str | None, package: str | None, remote: bool, conn: AsyncConnection | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[RegistryServerRecord]:
         """Registry servers of the same type whose normalised identifier equals the given one.
 
         Matching never crosses types: a remote workload only ever matches remote entries by URL,
@@ -198,8 +170,7 @@ class RegistryServerOps(Ops):
         query = select(servers).where(servers.c.remote == remote).order_by(servers.c.catalog, servers.c.name)
         query = query.where(servers.c.url_key == url_key) if remote else query.where(
             servers.c.package_key == package_key)
-        async with self._read(conn) as c:
-            return (await c.execute(query)).all()
+        return await self._all(RegistryServerRecord, query, conn)
 
     async def _sync_vector(self, c: AsyncConnection, server_id: str, embedding: bytes | None) -> None:
         await c.execute(text(f"DELETE FROM {REGISTRY_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.backends.postgres import tool_token_count
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
+from mcp_optimizer.db.records import WorkloadServerColumns, WorkloadServerRecord
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.vocabulary import WorkloadStatus
 
@@ -76,33 +77,42 @@ class WorkloadServerOps(Ops):
         super().__init__(engine)
         self.tools = WorkloadToolOps(engine)
 
-    async def create(self, *, conn: AsyncConnection | None = None, **fields: Any) -> str:
-        """Insert a workload server (``workload_name``, ``name``, ``remote``, ``url``/``package``,
-        ``description`` and any other column); returns its id."""
-        fields.setdefault("id", new_id())
-        fields["url_key"], fields["package_key"] = identifier_keys(
-            fields["remote"], fields.get("url"), fields.get("package"))
-        fields.setdefault("runtime_status", fields.get("status", "STOPPED"))
-        fields.setdefault("status", fields["runtime_status"])
-        fields["created_at"] = fields["last_updated"] = utcnow()
+    async def create(
+        self, workload_name: str, columns: WorkloadServerColumns, conn: AsyncConnection | None = None
+    ) -> str:
+        """Insert a workload server; returns its id."""
+        server_id = new_id()
+        url_key, package_key = identifier_keys(columns["remote"], columns["url"], columns["package"])
+        now = utcnow()
         async with self._tx(conn) as c:
-            await c.execute(servers.insert().values(**fields))
-            await self._sync_vectors(c, fields["id"])
-        return str(fields["id"])
+            await c.execute(servers.insert().values(
+                **columns, id=server_id, workload_name=workload_name, url_key=url_key, package_key=package_key,
+                created_at=now, last_updated=now))
+            await self._sync_vectors(c, server_id)
+        return server_id
 
-    async def update(self, server_id: str, conn: AsyncConnection | None = None, **fields: Any) -> None:
-        """Update columns; keys, the server vector and the tools' filter metadata follow."""
+    async def update(self, server_id: str, columns: WorkloadServerColumns, conn: AsyncConnection | None = None) -> None:
+        """Set a server's columns; keys, the server vector and the tools' filter metadata follow."""
         async with self._tx(conn) as c:
-            await self._update_server(c, servers, server_id, fields)
-            if {"server_embedding", *_FILTER_COLUMNS} & fields.keys():
-                await self._sync_vectors(c, server_id, tools_too=bool(set(_FILTER_COLUMNS) & fields.keys()))
+            await self._update_server(c, servers, server_id, columns)
+            await self._sync_vectors(c, server_id, tools_too=True)
 
     async def set_status(
         self, server_id: str, *, status: str, runtime_status: str, reason: str | None,
         conn: AsyncConnection | None = None,
     ) -> None:
         """The fast path for pod phase changes: the row and the vec0 metadata of its tools, nothing else."""
-        await self.update(server_id, conn, status=status, runtime_status=runtime_status, status_reason=reason)
+        async with self._tx(conn) as c:
+            await c.execute(update(servers).where(servers.c.id == server_id).values(
+                status=status, runtime_status=runtime_status, status_reason=reason, last_updated=utcnow()))
+            await self._sync_vectors(c, server_id, tools_too=True)
+
+    async def set_embedding(self, server_id: str, embedding: bytes | None, conn: AsyncConnection | None = None) -> None:
+        """Store a server's embedding and its vector row (a change of model re-embeds every server)."""
+        async with self._tx(conn) as c:
+            await c.execute(update(servers).where(servers.c.id == server_id).values(
+                server_embedding=embedding, last_updated=utcnow()))
+            await self._sync_vectors(c, server_id)
 
     async def delete(self, server_id: str, conn: AsyncConnection | None = None) -> None:
         """Delete a workload server with its tools; registry servers are untouched."""
@@ -111,24 +121,22 @@ class WorkloadServerOps(Ops):
             await c.execute(text(f"DELETE FROM {WORKLOAD_SERVER_VECTOR} WHERE server_id = :id"), {"id": server_id})
             await c.execute(delete(servers).where(servers.c.id == server_id))
 
-    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
-        async with self._read(conn) as c:
-            return (await c.execute(select(servers).where(servers.c.id == server_id))).first()
+    async def get_by_id(self, server_id: str, conn: AsyncConnection | None = None) -> WorkloadServerRecord | None:
+        return await self._one(WorkloadServerRecord, select(servers).where(servers.c.id == server_id), conn)
 
-    async def get_by_workload_name(self, workload_name: str, conn: AsyncConnection | None = None) -> Row[Any] | None:
-        async with self._read(conn) as c:
-            return (await c.execute(select(servers).where(servers.c.workload_name == workload_name))).first()
+    async def get_by_workload_name(
+        self, workload_name: str, conn: AsyncConnection | None = None
+    ) -> WorkloadServerRecord | None:
+        query = select(servers).where(servers.c.workload_name == workload_name)
+        return await self._one(WorkloadServerRecord, query, conn)
 
-    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
-        async with self._read(conn) as c:
-            query = select(servers).where(servers.c.remote.is_(True), servers.c.url_key == normalize_url(url))
-            return (await c.execute(query)).all()
+    async def get_by_url(self, url: str, conn: AsyncConnection | None = None) -> Sequence[WorkloadServerRecord]:
+        query = select(servers).where(servers.c.remote.is_(True), servers.c.url_key == normalize_url(url))
+        return await self._all(WorkloadServerRecord, query, conn)
 
-    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[Row[Any]]:
-        async with self._read(conn) as c:
-            query = select(servers).where(
-                servers.c.remote.is_(False), servers.c.package_key == normalize_image(package))
-            return (await c.execute(query)).all()
+    async def get_by_package(self, package: str, conn: AsyncConnection | None = None) -> Sequence[WorkloadServerRecord]:
+        query = select(servers).where(servers.c.remote.is_(False), servers.c.package_key == normalize_image(package))
+        return await self._all(WorkloadServerRecord, query, conn)
 
     async def list(
         self,
@@ -137,7 +145,7 @@ class WorkloadServerOps(Ops):
         group: str | None = None,
         registry_server_id: str | None = None,
         conn: AsyncConnection | None = None,
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[WorkloadServerRecord]:
         query = select(servers).order_by(servers.c.workload_name)
         if status is not None:
             query = query.where(servers.c.status == status)
@@ -145,12 +153,11 @@ class WorkloadServerOps(Ops):
             query = query.where(servers.c.group == group)
         if registry_server_id is not None:
             query = query.where(servers.c.registry_server_id == registry_server_id)
-        async with self._read(conn) as c:
-            return (await c.execute(query)).all()
+        return await self._all(WorkloadServerRecord, query, conn)
 
     async def list_servers_by_registry(
         self, registry_server_id: str, conn: AsyncConnection | None = None
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[WorkloadServerRecord]:
         return await self.list(registry_server_id=registry_server_id, conn=conn)
 
     async def workload_names(self, conn: AsyncConnection | None = None) -> set[str]:

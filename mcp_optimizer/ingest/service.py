@@ -42,7 +42,7 @@ from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.backends import backend_of
-from mcp_optimizer.db.base import StoredRow, ToolEmbedding, ToolRow, identifier_keys
+from mcp_optimizer.db.base import ToolEmbedding, ToolRow, identifier_keys
 from mcp_optimizer.db.engine import (
     WRITE_OPTION,
     Connection,
@@ -66,6 +66,12 @@ from mcp_optimizer.db.health import (
     watch_engine,
 )
 from mcp_optimizer.db.meta_ops import IndexMetaOps
+from mcp_optimizer.db.records import (
+    RegistryServerColumns,
+    RegistryServerRecord,
+    WorkloadServerColumns,
+    WorkloadServerRecord,
+)
 from mcp_optimizer.db.registry_ops import RegistryServerOps
 from mcp_optimizer.db.workload_ops import LinkedWorkload, WorkloadServerOps
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, to_bytes
@@ -212,7 +218,7 @@ class _WorkloadPlan:
 
     spec: WorkloadSpec
     tools: list[dict[str, Any]]
-    registry: StoredRow | None
+    registry: RegistryServerRecord | None
     error: IndexError_ | None
     registry_note: RegistryNote | None
     context: str
@@ -609,7 +615,7 @@ class Indexer:
         assert op.old is not None and op.entry is not None
         old, entry = op.old, op.entry
         affected.update(w.workload_name for w in await self.workloads.list_servers_by_registry(old.id, conn))
-        await self.registry.update(old.id, conn, **self._entry_columns(entry, vectors, plan.stored))
+        await self.registry.update(old.id, self._entry_columns(entry, vectors, plan.stored), conn)
         await self.registry_tools.bulk_upsert(old.id, self._entry_tools(entry, vectors, plan.stored), conn)
         if op.kind == "rename":
             result.renamed.append((old.name, entry.name))
@@ -625,7 +631,9 @@ class Indexer:
             [key for remote, key in keys if remote], [key for remote, key in keys if not remote], conn))
 
     @staticmethod
-    def _entry_columns(entry: CatalogEntry, vectors: dict[str, bytes], stored: dict[str, bytes]) -> dict[str, Any]:
+    def _entry_columns(
+        entry: CatalogEntry, vectors: dict[str, bytes], stored: dict[str, bytes]
+    ) -> RegistryServerColumns:
         text = server_embedding_text(entry.name, entry.description, entry.tags)
         return {
             "name": entry.name, "remote": entry.remote, "url": entry.url, "package": entry.package,
@@ -737,7 +745,7 @@ class Indexer:
 
     async def _match(
         self, conn: Connection, spec: WorkloadSpec
-    ) -> tuple[StoredRow | None, IndexError_ | None, RegistryNote | None]:
+    ) -> tuple[RegistryServerRecord | None, IndexError_ | None, RegistryNote | None]:
         """(registry row, error, note): the registry entry this workload links to, if exactly one.
 
         A pin to a missing entry leaves the workload unlinked until the entry appears (catalogs
@@ -802,7 +810,7 @@ class Indexer:
             registry_vector=plan.registry.server_embedding if plan.registry is not None else None)
         index_error = str(error) if error is not None else None
         status, status_reason = effective_status(spec.status, spec.status_reason, index_error)
-        columns: dict[str, Any] = {
+        columns: WorkloadServerColumns = {
             "name": spec.name, "remote": spec.remote, "url": spec.url, "package": spec.package,
             "endpoint": spec.endpoint or spec.url, "transport": spec.transport,
             "status": status.value, "runtime_status": spec.status.value,
@@ -819,10 +827,10 @@ class Indexer:
             await self._forget_embedding_model(conn)
         row = await self.workloads.get_by_workload_name(spec.workload_name, conn)
         if row is None:
-            server_id = await self.workloads.create(conn=conn, workload_name=spec.workload_name, **columns)
+            server_id = await self.workloads.create(spec.workload_name, columns, conn)
         else:
             server_id = row.id
-            await self.workloads.update(server_id, conn, **columns)
+            await self.workloads.update(server_id, columns, conn)
         await self.workload_tools.bulk_upsert(server_id, tool_rows, conn)
         if error is not None:
             log.info("%s", error)
@@ -834,7 +842,7 @@ class Indexer:
         )
 
     @staticmethod
-    def _spec_from_row(row: StoredRow) -> WorkloadSpec:
+    def _spec_from_row(row: WorkloadServerRecord) -> WorkloadSpec:
         ref = (RegistryRef(row.registry_ref_catalog, row.registry_ref_name)
                if row.registry_ref_catalog and row.registry_ref_name else None)
         reason = None if row.index_error else row.status_reason
@@ -921,7 +929,7 @@ class Indexer:
                 linked=registry_text is not None, tool_vectors=pooled.get(sid, []),
                 registry_vector=vectors[registry_text] if registry_text is not None else None,
                 own_vector=vectors.get(description))
-            await self.workloads.update(sid, conn, server_embedding=embedding)
+            await self.workloads.set_embedding(sid, embedding, conn)
 
     # ---------------------------------------------------------------------------- embedding
 
@@ -945,7 +953,7 @@ class _CatalogOp:
     """One planned change to a catalog: remove ``old``, update or rename ``old`` to ``entry``, or add ``entry``."""
 
     kind: Literal["remove", "update", "rename", "add"]
-    old: StoredRow | None
+    old: RegistryServerRecord | None
     entry: CatalogEntry | None
 
 
@@ -1004,12 +1012,12 @@ def _next_group(ops: Sequence[_CatalogOp], position: int) -> list[_CatalogOp]:
 
 
 def _diff_catalog(
-    catalog: str, existing: dict[str, StoredRow], entries: Sequence[CatalogEntry], hashes: dict[str, str]
+    catalog: str, existing: dict[str, RegistryServerRecord], entries: Sequence[CatalogEntry], hashes: dict[str, str]
 ) -> _CatalogPlan:
     """What turns the catalog's ``existing`` rows into ``entries`` (pure; runs in a worker thread)."""
     new_names = {e.name for e in entries}
     gone = {name: row for name, row in existing.items() if name not in new_names}
-    gone_by_key: dict[tuple[bool, str], list[StoredRow]] = {}
+    gone_by_key: dict[tuple[bool, str], list[RegistryServerRecord]] = {}
     for row in gone.values():
         gone_by_key.setdefault(_key_of(row.remote, row.url, row.package), []).append(row)
     changed: list[_CatalogOp] = []

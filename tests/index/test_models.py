@@ -76,8 +76,9 @@ async def test_a_new_model_reembeds_every_stored_text_once(
     # mean-pools its tools'.
     assert linked.server_embedding == registry.server_embedding
     tools = await index.workload_tools.list_by_server(weather.id)
+    assert weather.server_embedding is not None and all(t.details_embedding is not None for t in tools)
     assert np.allclose(from_bytes(weather.server_embedding),
-                       mean_pool([from_bytes(t.details_embedding) for t in tools]), atol=1e-6)
+                       mean_pool([from_bytes(t.details_embedding or b"") for t in tools]), atol=1e-6)
     hits = await ToolSearch(index.engine, wordllama).find_tools("weather forecast for a city", mode="vector")
     assert hits[0].tool == "get_forecast"
     await index.close()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
 import pytest
-from sqlalchemy import Row, text
+from sqlalchemy import text
 
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.db.records import WorkloadServerRecord
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, from_bytes, mean_pool
+from mcp_optimizer.embeddings.model import Vector
 from mcp_optimizer.embeddings.texts import text_hash, tool_embedding_text
 from mcp_optimizer.ingest import DuplicateRegistryServersError, Indexer
 
@@ -26,13 +28,19 @@ async def count(indexer: Indexer, sql: str, **params: object) -> int:
         return int((await conn.execute(text(sql), params)).scalar_one())
 
 
-async def workload_row(indexer: Indexer, name: str) -> Row[Any]:
+def stored_vector(embedding: bytes | None) -> Vector:
+    """A stored embedding as floats; fails when none was stored."""
+    assert embedding is not None
+    return from_bytes(embedding)
+
+
+async def workload_row(indexer: Indexer, name: str) -> WorkloadServerRecord:
     row = await indexer.workloads.get_by_workload_name(name)
     assert row is not None
     return row
 
 
-async def tool_embeddings(indexer: Indexer, name: str) -> dict[str, bytes]:
+async def tool_embeddings(indexer: Indexer, name: str) -> dict[str, bytes | None]:
     row = await workload_row(indexer, name)
     return {t.name: t.details_embedding for t in await indexer.workload_tools.list_by_server(row.id)}
 
@@ -137,7 +145,7 @@ async def test_s2_3_unlinked_workload_mean_pools_its_tools(indexer: Indexer, emb
     row = await workload_row(indexer, "ns/solo")
     assert "solo" in row.description and "create_issue" in row.description
     expected = mean_pool(embedder.embed([tool_embedding_text("solo", t) for t in GITHUB_TOOLS]))
-    assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+    assert np.allclose(stored_vector(row.server_embedding), expected, atol=1e-6)
     assert row.embedding_context == "solo"
 
 
@@ -162,7 +170,7 @@ async def test_s2_5_duplicate_matches_fail_naming_every_entry(indexer: Indexer) 
     assert sorted(info.value.matches) == [("a", "heroku"), ("a", "heroku-mcp-server"), ("b", "heroku")]
     # Kept, visible, and out of search until resolved.
     row = await workload_row(indexer, "ns/h")
-    assert row.status == "ERROR" and "3 registry entries match" in row.status_reason
+    assert row.status == "ERROR" and "3 registry entries match" in (row.status_reason or "")
     assert row.registry_server_id is None
 
 
@@ -227,7 +235,7 @@ async def test_s2_6_embedding_failure_still_creates_workload_with_error_status(i
     result = await indexer.apply_workload(workload("ns/solo", package="ghcr.io/me/solo", tools=GITHUB_TOOLS))
     assert result.status == WorkloadStatus.ERROR and isinstance(result.error, EmbeddingError)
     row = await workload_row(indexer, "ns/solo")
-    assert row.status == "ERROR" and "out of memory" in row.status_reason
+    assert row.status == "ERROR" and "out of memory" in (row.status_reason or "")
     assert await count(indexer, "SELECT count(*) FROM tools_workload") == 2
     # A status change from the cluster does not hide the index error ...
     await indexer.set_workload_status("ns/solo", WorkloadStatus.RUNNING)
@@ -277,7 +285,7 @@ async def test_s3_3_registry_deleted_workload_falls_back(indexer: Indexer, embed
     assert row.description.startswith("MCP server gh")
     # Re-matched after the catalog change: tools now use the workload's own name as context.
     expected = mean_pool(embedder.embed([tool_embedding_text("gh", t) for t in GITHUB_TOOLS]))
-    assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+    assert np.allclose(stored_vector(row.server_embedding), expected, atol=1e-6)
 
 
 async def test_registry_delete_op_alone_mean_pools_without_the_model(indexer: Indexer) -> None:
@@ -289,8 +297,8 @@ async def test_registry_delete_op_alone_mean_pools_without_the_model(indexer: In
     unlinked = await indexer.delete_registry_servers([registry.id])
     assert len(unlinked) == 1
     row = await workload_row(indexer, "ns/gh")
-    expected = mean_pool([from_bytes(v) for v in stored.values()])
-    assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+    expected = mean_pool([stored_vector(v) for v in stored.values()])
+    assert np.allclose(stored_vector(row.server_embedding), expected, atol=1e-6)
     # One commit, before any re-match: the entry is gone and nothing of it is left on the
     # workload (link, description, vector), and the model was not called.
     assert unlinked == [row.id] and indexer.embedder.texts_embedded == embedded
@@ -383,8 +391,8 @@ async def test_registry_delete_falls_back_every_linked_workload(indexer: Indexer
     for name in toolsets:
         row = await workload_row(indexer, name)
         assert row.registry_server_id is None and f"only_in_{name[2]}" in row.description
-        expected = mean_pool([from_bytes(v) for v in stored[name].values()])
-        assert np.allclose(from_bytes(row.server_embedding), expected, atol=1e-6)
+        expected = mean_pool([stored_vector(v) for v in stored[name].values()])
+        assert np.allclose(stored_vector(row.server_embedding), expected, atol=1e-6)
         assert await count(indexer, "SELECT count(*) FROM workload_server_vector WHERE server_id = :i", i=row.id) == 1
     empty = await workload_row(indexer, "ns/empty")
     assert empty.server_embedding is None and empty.description == "MCP server empty"

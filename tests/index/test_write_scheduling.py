@@ -17,6 +17,7 @@ from mcp_optimizer.config import Settings
 from mcp_optimizer.db.backends.terms import phrase_terms
 from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
+from mcp_optimizer.db.records import RegistryServerColumns
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.embeddings.model import to_bytes
@@ -267,7 +268,7 @@ async def test_a_load_cut_short_is_finished_by_the_next_load(settings: Settings,
 # ------------------------------------------------------------------------------ grouped writes
 
 
-def entry_rows(embedder: Any, entries: list[CatalogEntry]) -> list[tuple[dict[str, Any], list[ToolRow]]]:
+def entry_rows(embedder: Any, entries: list[CatalogEntry]) -> list[tuple[RegistryServerColumns, list[ToolRow]]]:
     """What :meth:`RegistryServerOps.create` and the tool ops take for ``entries``, embedded by the
     real model; a tool named ``*_unembedded`` gets no vector (as when the model failed for it)."""
     texts = [server_embedding_text(e.name, e.description, e.tags) for e in entries]
@@ -275,9 +276,10 @@ def entry_rows(embedder: Any, entries: list[CatalogEntry]) -> list[tuple[dict[st
     vectors = dict(zip(texts, (to_bytes(v) for v in embedder.embed(texts)), strict=True))
     items = []
     for e in entries:
-        columns = {"name": e.name, "remote": e.remote, "url": e.url, "package": e.package, "transport": e.transport,
-                   "description": e.description, "tags": list(e.tags), "content_hash": e.content_hash(),
-                   "server_embedding": vectors[server_embedding_text(e.name, e.description, e.tags)]}
+        columns: RegistryServerColumns = {
+            "name": e.name, "remote": e.remote, "url": e.url, "package": e.package, "transport": e.transport,
+            "description": e.description, "tags": list(e.tags), "content_hash": e.content_hash(),
+            "server_embedding": vectors[server_embedding_text(e.name, e.description, e.tags)]}
         tools = []
         for t in e.tools:
             details = t.to_mcp()
@@ -363,7 +365,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Se
         indexer = await Indexer.open(replace(settings, db_path=settings.db_path.with_name(path)), embedder)
         try:
             registry, tools = indexer.registry, indexer.registry_tools
-            first = await registry.create(catalog="c", **earlier[0])
+            first = await registry.create("c", earlier[0])
             await tools.bulk_upsert(first, earlier[1])
             await tools.bulk_upsert(first, earlier[1][:1])  # the two newest tools go: their ids are free
             if grouped:
@@ -373,7 +375,7 @@ async def test_create_many_writes_what_create_and_bulk_upsert_write(settings: Se
                 assert await registry.create_many("c", []) == []
             else:
                 for columns, rows_ in items:
-                    server_id = await registry.create(catalog="c", **columns)
+                    server_id = await registry.create("c", columns)
                     await tools.bulk_upsert(server_id, rows_)
             dumps.append(await full_dump(indexer.engine))
         finally:
