@@ -5,6 +5,8 @@
 * :mod:`tests.support.devsets`: the retrieval dev sets and their scoring (tests and ``bench``).
 * :mod:`tests.support.toolhive`: ToolHive's real CRDs and objects on the test control plane.
 * :mod:`tests.support.faults`: real damage to an index file (garbage, truncation, a held lock).
+* :mod:`tests.support.backends`: the index's two databases (SQLite, PostgreSQL) as the ``settings``
+  fixture's parameter; a conftest imports its fixtures where its tests run on both.
 * :mod:`tests.support.fake_embedder`: a deterministic stand-in for the model in unit tests that do not
   test retrieval.
 
