@@ -42,7 +42,7 @@ from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
 from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog
 from tests.k8s.kubelet import set_pod_status
-from tests.mcp.server_env import connect, payload
+from tests.mcp.server_env import HEADERS, INIT, connect, payload
 
 pytestmark = pytest.mark.kube
 
@@ -529,14 +529,9 @@ async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
         configured = replace(settings, auth_mode="kubernetes", mcp_host="127.0.0.1", mcp_port=0)
         search = ToolSearch(indexer.engine, indexer.embedder)
         async with McpEndpoint(configured, search, kube_config=load_client_config(operator_kubeconfig)) as endpoint:
-            init = {
-                "jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                           "clientInfo": {"name": "t", "version": "1"}},
-            }
-            headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
+            headers = {**HEADERS, "Authorization": f"Bearer {token}"}
             async with httpx2.AsyncClient(timeout=30) as http:
-                answer = await http.post(endpoint.url, json=init, headers=headers)
+                answer = await http.post(endpoint.url, json=INIT, headers=headers)
             if removed is not None:
                 assert answer.status_code == 503, answer.text
                 return
