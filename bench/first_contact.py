@@ -25,7 +25,7 @@ from typing import Any, cast
 from kubernetes import client, config
 
 from bench.common import base_parser, print_header
-from bench.operator import ControlPlane, install_crd
+from bench.harness import cluster, create_mcpserver
 from mcp_optimizer.mcp.client import McpClientError, call_tool
 from mcp_optimizer.operator.mapping import GROUP, PLURAL, VERSION
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, LOOPBACK_POLICY, McpTestServer, make_tool
@@ -113,12 +113,8 @@ async def main() -> None:
     if args.quick:
         args.rounds, args.servers = 1, 2
     print_header("mcp-optimizer run: stop time and log volume", args)
-    plane = ControlPlane()
-    workdir = Path(tempfile.mkdtemp(prefix="mcp-bench-first-contact-"))
-    try:
-        api = config.new_client_from_config(config_file=plane.kubeconfig)  # type: ignore[no-untyped-call]
-        install_crd(api)
-        objects = client.CustomObjectsApi(api)
+    with cluster(None) as kube:
+        workdir = Path(tempfile.mkdtemp(prefix="mcp-bench-first-contact-"))
         async with AsyncExitStack() as stack:
             for i in range(args.servers):
                 if i % 2:
@@ -127,11 +123,9 @@ async def main() -> None:
                 else:
                     server = await stack.enter_async_context(StdioBridge(tools(i), name=f"s{i}"))
                     spec = {"url": server.url, "transport": "stdio"}
-                objects.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
-                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": f"s{i}"},
-                    "spec": spec})
+                create_mcpserver(kube.objects, NAMESPACE, f"s{i}", spec)
             for with_session in (False, True):
-                results = [await one_round(plane.kubeconfig, args.servers, with_session, workdir)
+                results = [await one_round(kube.kubeconfig, args.servers, with_session, workdir)
                            for _ in range(args.rounds)]
                 label = "with an MCP session open" if with_session else "idle"
                 stops = ", ".join(f"{r['stop_s']:.2f}" for r in results)
@@ -139,9 +133,7 @@ async def main() -> None:
                 print(f"  log lines per run: {[r['lines'] for r in results]}, of them per-request HTTP lines: "
                       f"{[r['http_lines'] for r in results]}; ERROR lines: {[r['errors'] for r in results]}, "
                       f"tracebacks: {[r['tracebacks'] for r in results]}")
-        api.close()
-    finally:
-        plane.stop()
+        kube.api.close()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

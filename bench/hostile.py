@@ -25,9 +25,9 @@ its own.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
-import json
 import os
 import statistics
 import subprocess
@@ -35,16 +35,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import httpx2
-from kubernetes import client, config
+from kubernetes import client
 from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy import text
 
 from bench.common import (
@@ -58,7 +55,17 @@ from bench.common import (
     print_header,
     temp_index,
 )
-from bench.operator import ControlPlane, install_crd
+from bench.harness import (
+    ChildServers,
+    announce_and_wait,
+    cluster,
+    console_script,
+    create_mcpserver,
+    mcp_session,
+    proc_memory,
+    reset_peak,
+    stop_process,
+)
 from bench.search import query_sets
 from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.models import TOOL_TOKENS_SQL, WorkloadStatus
@@ -107,39 +114,25 @@ def servers_child() -> None:
     farm = McpTestServerFarm({server.k8s_name: server.tools for server in livemcpbench_servers()})
     farm.start()
     hostile = {name: HostileMcpServer(make()).start() for name, make in HOSTILE.items()}
-    print(json.dumps({"farm": farm.urls, "hostile": {name: s.url for name, s in hostile.items()}}), flush=True)
-    sys.stdin.read()
+    announce_and_wait({"farm": farm.urls, "hostile": {name: s.url for name, s in hostile.items()}})
     for server in hostile.values():
         server.stop()
     farm.stop()
 
 
-class Servers:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.hostile", "--servers-child"],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the MCP servers did not start")
-        urls = json.loads(line)
-        self.farm: dict[str, str] = urls["farm"]
-        self.hostile: dict[str, str] = urls["hostile"]
+class Servers(ChildServers):
+    """The child process of :func:`servers_child`: the tenants' servers and the hostile ones."""
 
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def __init__(self) -> None:
+        super().__init__("bench.hostile", "--servers-child")
+        self.farm: dict[str, str] = self.urls["farm"]
+        self.hostile: dict[str, str] = self.urls["hostile"]
+
+    def __enter__(self) -> Servers:
+        return self
 
 
 # ------------------------------------------------------------------------------ operator
-
 
 
 class OperatorProcess:
@@ -161,10 +154,9 @@ class OperatorProcess:
             "MCP_OPTIMIZER_RESYNC_INTERVAL": "3600",
             "MCP_OPTIMIZER_REMOTE_PROBE_INTERVAL": "10",
         }
-        exe = Path(sys.executable).with_name("mcp-optimizer")
         self.log = log
         self._log_file = log.open("w")
-        self.process = subprocess.Popen([str(exe), "run", "--kubeconfig", kubeconfig], env=env, cwd=REPO,
+        self.process = subprocess.Popen([console_script(), "run", "--kubeconfig", kubeconfig], env=env, cwd=REPO,
                                         stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while not self._ready():
@@ -185,25 +177,13 @@ class OperatorProcess:
 
     def memory(self) -> dict[str, float]:
         """VmRSS and VmHWM (peak since the last reset) in MiB."""
-        values = {}
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0]) / 1024
-        return values
+        return proc_memory(self.process.pid)
 
     def reset_peak(self) -> None:
-        with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        reset_peak(self.process.pid)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self._log_file.close()
 
 
@@ -231,9 +211,7 @@ class Tenant:
 
 
 def create_server(objects: client.CustomObjectsApi, ns: str, name: str, url: str) -> None:
-    objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name}, "spec": {"url": url},
-    })
+    create_mcpserver(objects, ns, name, {"url": url})
 
 
 def ready_condition(objects: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
@@ -271,57 +249,42 @@ async def running_counts(engine: Any, namespace: str) -> tuple[int, int]:
 async def hostile_servers(args: Any, report: Report) -> None:
     names = [name for name in (QUICK if args.quick else HOSTILE) if not args.only or args.only in name]
     rounds = 30 if args.quick else 100
-    plane = None if args.kubeconfig else ControlPlane()
-    kubeconfig = args.kubeconfig or (plane.kubeconfig if plane else "")
-    servers = Servers()
-    tmp = tempfile.TemporaryDirectory(prefix="mcp-bench-hostile-")
-    operator: OperatorProcess | None = None
-    try:
-        api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        install_crd(api)
-        suffix = uuid.uuid4().hex[:6]
-        tenants, attackers = f"tenants-{suffix}", f"hostile-{suffix}"
-        for ns in (tenants, attackers):
-            core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
-        db = Path(tmp.name) / "index.db"
-        operator = OperatorProcess(kubeconfig, db, [tenants, attackers], Path(tmp.name) / "operator.log")
-        for name, url in servers.farm.items():
-            create_server(objects, tenants, name, url)
-        engine = create_engine(db)
-        expected = (len(servers.farm), sum(len(s.tools) for s in livemcpbench_servers()))
-        start = time.perf_counter()
-        await wait_for(lambda: _equals(running_counts(engine, tenants), expected), "the tenants' servers", 600)
-        memory = operator.memory()
-        report.add(f"operator with the other tenants indexed ({expected[0]} servers, {expected[1]} tools, "
-                   f"{time.perf_counter() - start:.0f} s)", f"RSS {memory['VmRSS']:.0f} MiB, "
-                   f"peak so far {memory['VmHWM']:.0f} MiB")
-        queries = query_sets()["short"]
-        async with (
-            httpx2.AsyncClient(timeout=httpx2.Timeout(60.0)) as http,
-            Client(streamable_http_client(operator.url, http_client=http), cache=None) as session,
-        ):
-            tenant = Tenant(session, queries)
-            await tenant.find_tool_ms(20)  # warm-up
-            arena = _Arena(objects, attackers, servers, operator, session, engine, tenant, rounds)
-            for n, name in enumerate(names):
-                await _attack(arena, n, name, report)
-        await engine.dispose()
-        for ns in (tenants, attackers):
-            core.delete_namespace(ns)
-    except BaseException:
-        if operator is not None:
+    with (
+        cluster(args.kubeconfig) as kube,
+        Servers() as servers,
+        tempfile.TemporaryDirectory(prefix="mcp-bench-hostile-") as tmp,
+    ):
+        tenants, attackers = kube.create_namespace("tenants"), kube.create_namespace("hostile")
+        db = Path(tmp) / "index.db"
+        operator = OperatorProcess(kube.kubeconfig, db, [tenants, attackers], Path(tmp) / "operator.log")
+        try:
+            for name, url in servers.farm.items():
+                create_server(kube.objects, tenants, name, url)
+            engine = create_engine(db)
+            expected = (len(servers.farm), sum(len(s.tools) for s in livemcpbench_servers()))
+            start = time.perf_counter()
+            await wait_for(lambda: _equals(running_counts(engine, tenants), expected), "the tenants' servers", 600)
+            memory = operator.memory()
+            report.add(f"operator with the other tenants indexed ({expected[0]} servers, {expected[1]} tools, "
+                       f"{time.perf_counter() - start:.0f} s)", f"RSS {memory['VmRSS']:.0f} MiB, "
+                       f"peak so far {memory['VmHWM']:.0f} MiB")
+            queries = query_sets()["short"]
+            async with mcp_session(operator.url) as session:
+                tenant = Tenant(session, queries)
+                await tenant.find_tool_ms(20)  # warm-up
+                arena = _Arena(kube.objects, attackers, servers, operator, session, engine, tenant, rounds)
+                for n, name in enumerate(names):
+                    await _attack(arena, n, name, report)
+            await engine.dispose()
+            for ns in (tenants, attackers):
+                kube.core.delete_namespace(ns)
+        except BaseException:
             kept = Path(tempfile.gettempdir()) / f"mcp-bench-hostile-operator-{os.getpid()}.log"
             kept.write_text(operator.log.read_text())
             print(f"the operator's log: {kept}", file=sys.stderr)
-        raise
-    finally:
-        if operator is not None:
+            raise
+        finally:
             operator.stop()
-        servers.stop()
-        if plane is not None:
-            plane.stop()
-        tmp.cleanup()
 
 
 @dataclass
@@ -457,7 +420,7 @@ async def main() -> None:
     parser.add_argument("--write-fairness", action="store_true",
                         help="also time pod flip -> find_tool during a 5,000-entry catalog load and delete "
                              "(bench.write_fairness; --quick: 1,000 entries)")
-    parser.add_argument("--servers-child", action="store_true", help=argparse_hidden())
+    parser.add_argument("--servers-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.servers_child:
         servers_child()
@@ -474,12 +437,6 @@ async def main() -> None:
 
         await measure(entries=1000 if args.quick else 5000, kubeconfig=args.kubeconfig, report=report)
     report.print_table()
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

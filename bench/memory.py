@@ -12,76 +12,17 @@ without a model (no vectors) and ``serve`` loads none.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx2
-from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
-
-from bench.common import (
-    REPO,
-    Report,
-    base_parser,
-    build_replica_index,
-    load_embedder,
-    model_path,
-    print_header,
-    temp_index,
-)
+from bench.common import Report, base_parser, build_replica_index, load_embedder, print_header, temp_index
+from bench.harness import mcp_session, proc_memory, start_serve, stop_process, wait_for_port
 from bench.search import query_sets
 from tests.support.ports import free_port
 
 TARGET_MB = 600
-
-
-def proc_memory(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak RSS) of a process, in MiB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
-
-def start_serve(db: Path, port: int, *, keyword_only: bool = False) -> subprocess.Popen[bytes]:
-    """``mcp-optimizer serve`` on ``db`` in its own process (the console script of this venv)."""
-    exe = Path(sys.executable).with_name("mcp-optimizer")
-    command = [str(exe), "--db", str(db), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path()),
-           "MCP_OPTIMIZER_SEARCH_MODE": "bm25" if keyword_only else "hybrid"}
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within 30 s."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mcp-optimizer serve exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"mcp-optimizer serve did not listen on {port} within {timeout} s")
 
 
 async def ask(url: str, queries: list[str], clients: int) -> int:
@@ -90,10 +31,7 @@ async def ask(url: str, queries: list[str], clients: int) -> int:
 
     async def client(mine: list[str]) -> None:
         nonlocal answered
-        async with (
-            httpx2.AsyncClient(timeout=httpx2.Timeout(60.0)) as http,
-            Client(streamable_http_client(url, http_client=http), cache=None) as session,
-        ):
+        async with mcp_session(url) as session:
             for query in mine:
                 result = await session.call_tool("find_tool", {"tool_description": query, "limit": 10})
                 answered += not result.is_error
@@ -119,7 +57,7 @@ async def main() -> None:
         print(f"indexed {tools} tools of {workloads} workloads in {seconds:.1f} s; index file "
               f"{db.stat().st_size / 1024 / 1024:.0f} MiB\n")
         port = free_port()
-        process = start_serve(db, port, keyword_only=args.keyword_only)
+        process = start_serve(db, port, {"MCP_OPTIMIZER_SEARCH_MODE": "bm25" if args.keyword_only else "hybrid"})
         try:
             wait_for_port(port, process)
             started = proc_memory(process.pid)

@@ -23,11 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx2
-from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
-
 from bench.common import Report, base_parser, build_replica_index, load_embedder, ms_summary, print_header, temp_index
+from bench.harness import mcp_session
 from bench.search import query_sets
 from tests.support.balancer import Backend, ReadyBalancer
 from tests.support.ports import free_port
@@ -51,10 +48,7 @@ async def _start_readers(count: int, index: Path, model_path: Path, logs: Path) 
 
 async def _client(url: str, queries: list[str], offset: int, until: float, latencies: list[float]) -> int:
     calls = 0
-    async with (
-        httpx2.AsyncClient(timeout=httpx2.Timeout(30.0)) as http,
-        Client(streamable_http_client(url, http_client=http), cache=None) as client,
-    ):
+    async with mcp_session(url, timeout=30.0) as client:
         i = offset
         while time.monotonic() < until:
             start = time.perf_counter()

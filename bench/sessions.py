@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,18 +25,16 @@ from pathlib import Path
 import httpx2
 
 from bench.common import (
-    REPO,
     Report,
     base_parser,
     load_embedder,
-    model_path,
     ms_summary,
     print_header,
     real_tools,
     temp_index,
     unique_by_name,
 )
-from bench.memory import proc_memory, stop_process, wait_for_port
+from bench.harness import proc_memory, start_serve, stop_process, wait_for_port
 from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import WorkloadSpec
 from tests.support.ports import free_port
@@ -58,17 +54,11 @@ def token(i: int) -> str:
     return f"bench-token-{i:03d}-0123456789abcdef"
 
 
-def start_serve(db: Path, port: int, limits: dict[str, str]) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("mcp-optimizer")
-    command = [str(exe), "--db", str(db), "serve", "--host", "127.0.0.1", "--port", str(port)]
+def start_limited_serve(db: Path, port: int, limits: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``mcp-optimizer serve`` with a token for each caller and the session ``limits``."""
     document = json.dumps({"tokens": [{"name": f"caller-{i}", "token": token(i)} for i in range(CALLERS)]})
-    env = {
-        **os.environ,
-        "MCP_OPTIMIZER_EMBEDDING_MODEL_PATH": str(model_path()),
-        "MCP_OPTIMIZER_AUTH_TOKENS": document,
-        **{f"MCP_OPTIMIZER_{k}": v for k, v in limits.items()},
-    }
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_serve(db, port, {"MCP_OPTIMIZER_AUTH_TOKENS": document,
+                                  **{f"MCP_OPTIMIZER_{k}": v for k, v in limits.items()}})
 
 
 async def abandon(http: httpx2.AsyncClient, url: str, caller: int, count: int) -> Counter[int]:
@@ -85,7 +75,7 @@ async def abandon(http: httpx2.AsyncClient, url: str, caller: int, count: int) -
 
 async def run(db: Path, label: str, limits: dict[str, str], sessions: int, report: Report) -> None:
     port = free_port()
-    process = start_serve(db, port, limits)
+    process = start_limited_serve(db, port, limits)
     try:
         wait_for_port(port, process)
         pid = process.pid

@@ -2,9 +2,9 @@
 5,000-entry catalog loads, and while it is deleted.
 
 * Control plane: ``scripts/control-plane start`` (or ``--kubeconfig``); the benchmark plays the
-  kubelet (it writes the pods' status), as :mod:`bench.operator` does.
+  kubelet (it writes the pods' status), as :mod:`bench.operator` does (:mod:`bench.harness`).
 * MCP servers: ``--servers`` MCPServers (default 20) served by one farm process
-  (:class:`bench.operator.Farm`, real MCP over streamable HTTP), each with one Running pod.
+  (:class:`bench.harness.Farm`, real MCP over streamable HTTP), each with one Running pod.
 * Operator: :func:`mcp_optimizer.operator.run_operator` in this process with the real model.
 * Catalog: one ConfigMap of ``--entries`` registry entries (default 5,000; ``--quick`` 1,000),
   variants of the ToolHive registry entries kept small enough for a ConfigMap (1 MiB): each has
@@ -36,24 +36,33 @@ import asyncio
 import json
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from sqlalchemy import text
 
 from bench.common import Report, base_parser, load_embedder, ms_summary, percentile, print_header, registry_bases
-from bench.operator import ControlPlane, Farm, OperatorThread, farm_tools, install_crd, pod_status, server_name
+from bench.harness import (
+    MERGE_PATCH,
+    Farm,
+    OperatorThread,
+    cluster,
+    create_farm_server,
+    farm_query,
+    operator_settings,
+    pod_status,
+    server_name,
+    until_search_agrees,
+    visible,
+)
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.engine import create_engine
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.metrics import METRICS
-from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSION, workload_name
-from mcp_optimizer.testing.mcp_servers import LOOPBACK
+from mcp_optimizer.operator.mapping import workload_name
 
-MERGE_PATCH = "application/merge-patch+json"
 CATALOG_LABEL = "mcp-optimizer.dev/registry-catalog"
 #: The ConfigMap limit is 1 MiB for all of its data.
 CONFIGMAP_LIMIT = 1024 * 1024
@@ -91,12 +100,11 @@ class Flipper:
         self.search = search
         self.name = server_name(index)
         self.workload = workload_name(ns, self.name)
-        tool = farm_tools(index)[0]
-        self.query = f"{tool['name']} {tool.get('description') or ''}"[:200]
+        self.query = farm_query(index)
         self.running = True  # the pod's state as last written
 
     async def visible(self) -> bool:
-        return bool(await self.search.find_tools(self.query, server=self.workload, limit=1))
+        return await visible(self.search, self.workload, self.query)
 
     async def flip(self) -> float:
         want = not self.running
@@ -104,12 +112,10 @@ class Flipper:
         started = time.perf_counter()
         await asyncio.to_thread(self.core.patch_namespaced_pod_status, f"{self.name}-0", self.ns, body,
                                 _content_type=MERGE_PATCH)
-        while await self.visible() != want:
-            if time.perf_counter() - started > 900:
-                raise TimeoutError(f"{self.workload}: search did not follow the pod within 900 s")
-            await asyncio.sleep(0.005)
+        took = await until_search_agrees(self.search, self.workload, self.query, want, since=started, timeout=900,
+                                         what="the pod")
         self.running = want
-        return time.perf_counter() - started
+        return took
 
     async def run(self, until: Callable[[], Awaitable[bool]], samples: list[float], *, pause: float) -> None:
         while True:  # at least one flip, so that a phase shorter than one flip is still measured
@@ -159,91 +165,86 @@ async def measure(
     report = report if report is not None else Report()
     document = catalog_document(entries)
     print(f"catalog: {entries} entries, {len(document)} bytes", flush=True)
-    plane = None if kubeconfig else ControlPlane()
-    kubeconfig = kubeconfig or (plane.kubeconfig if plane else "")
-    farm = Farm(servers)
-    operator: OperatorThread | None = None
-    tmp = tempfile.TemporaryDirectory(prefix="mcp-bench-fair-")
-    try:
-        api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        install_crd(api)
-        ns = f"mcp-bench-{uuid.uuid4().hex[:6]}"
-        core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
+    with (
+        cluster(kubeconfig) as kube,
+        Farm(servers) as farm,
+        tempfile.TemporaryDirectory(prefix="mcp-bench-fair-") as tmp,
+    ):
+        ns = kube.create_namespace("mcp-bench")
         embedder = load_embedder()
-        # The catalog is in the servers' namespace (a trusted catalog namespace here), and the
-        # servers are on loopback, which the operator refuses unless it is admitted.
-        settings = Settings(db_path=Path(tmp.name) / "index.db", embedding_model_path=embedder.model_path,
-                            namespaces=(ns,), resync_interval=3600.0, catalog_namespaces=(ns,),
-                            allowed_destinations=LOOPBACK)
-        operator = OperatorThread(settings, kubeconfig, embedder)
-        for i in range(servers):
-            name = server_name(i)
-            objects.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": "MCPServer", "metadata": {"name": name},
-                "spec": {"image": f"ghcr.io/livemcpbench/{name}:1.0", "endpoint": farm.url(i)},
-            })
-            core.create_namespaced_pod(ns, {  # type: ignore[arg-type]
-                "metadata": {"name": f"{name}-0", "labels": {INSTANCE_LABEL: name}},
-                "spec": {"containers": [{"name": "mcp", "image": "example/mcp:1"}]},
-            })
-            core.patch_namespaced_pod_status(f"{name}-0", ns, pod_status("Running"), _content_type=MERGE_PATCH)
-        engine = create_engine(settings.db_path)
-        search = ToolSearch(engine, embedder)
-        flipping = [Flipper(core, ns, search, i) for i in range(min(flippers, servers))]
-        deadline = time.monotonic() + 600
-        for flipper in flipping:
-            while not await flipper.visible():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{flipper.workload} was not indexed within 600 s")
-                await asyncio.sleep(0.1)
-        print(f"{servers} MCPServers indexed", flush=True)
+        # The catalog is in the servers' namespace (a trusted catalog namespace here).
+        settings = operator_settings(Path(tmp) / "index.db", ns, embedder, catalog_namespaces=(ns,))
+        operator = OperatorThread(settings, kube.kubeconfig, embedder)
+        try:
+            for i in range(servers):
+                create_farm_server(kube, ns, farm, i)
+            engine = create_engine(settings.db_path)
+            search = ToolSearch(engine, embedder)
+            flipping = [Flipper(kube.core, ns, search, i) for i in range(min(flippers, servers))]
+            await _indexed(flipping)
+            print(f"{servers} MCPServers indexed", flush=True)
+            await _phases(kube.core, ns, engine, flipping, document, entries, idle_flips, pause, report)
+            await engine.dispose()
+            kube.core.delete_namespace(ns)
+        finally:
+            operator.stop()
+    return report
 
-        # Idle: no catalog write.
-        idle: list[float] = []
-        for n in range(idle_flips):
-            idle.append(await flipping[n % len(flipping)].flip())
-            await asyncio.sleep(pause)
-        report.add("pod flip -> find_tool, idle", ms_summary(idle))
 
-        catalog = f"{ns}/big"
+async def _indexed(flipping: list[Flipper]) -> None:
+    deadline = time.monotonic() + 600
+    for flipper in flipping:
+        while not await flipper.visible():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{flipper.workload} was not indexed within 600 s")
+            await asyncio.sleep(0.1)
 
-        # During the load.
-        async def loaded() -> bool:
-            return await registry_rows(engine, catalog) >= entries
 
-        started, waits = time.perf_counter(), write_waits()
+async def _phases(
+    core: client.CoreV1Api, ns: str, engine: Any, flipping: list[Flipper], document: str, entries: int,
+    idle_flips: int, pause: float, report: Report,
+) -> None:
+    """The flips' figures: idle, during the catalog load, during its delete."""
+    # Idle: no catalog write.
+    idle: list[float] = []
+    for n in range(idle_flips):
+        idle.append(await flipping[n % len(flipping)].flip())
+        await asyncio.sleep(pause)
+    report.add("pod flip -> find_tool, idle", ms_summary(idle))
+
+    catalog = f"{ns}/big"
+
+    # During the load.
+    async def loaded() -> bool:
+        return await registry_rows(engine, catalog) >= entries
+
+    def create() -> None:
         core.create_namespaced_config_map(ns, {  # type: ignore[arg-type]
             "metadata": {"name": "big", "labels": {CATALOG_LABEL: "true"}}, "data": {"registry.json": document}})
-        load = await phase(flipping, loaded, pause=pause)
-        took = time.perf_counter() - started
-        slow = sum(1 for s in load if s > 1.0)
-        report.add(f"pod flip -> find_tool during the {entries}-entry catalog load ({took:.0f} s)",
-                   f"{ms_summary(load)}; {slow} over 1 s", "p99 < 1 s", percentile(load, 99) < 1.0)
-        report.add("  write lock waits during the load", wait_summary(waits, write_waits()))
 
-        # During the delete.
-        async def deleted() -> bool:
-            return await registry_rows(engine, catalog) == 0
+    await _write_phase(flipping, create, loaded, pause, report, f"the {entries}-entry catalog load", "the load", ".0f")
 
-        started, waits = time.perf_counter(), write_waits()
-        core.delete_namespaced_config_map("big", ns)
-        delete = await phase(flipping, deleted, pause=pause)
-        took = time.perf_counter() - started
-        slow = sum(1 for s in delete if s > 1.0)
-        report.add(f"pod flip -> find_tool during its delete ({took:.1f} s)",
-                   f"{ms_summary(delete)}; {slow} over 1 s", "p99 < 1 s", percentile(delete, 99) < 1.0)
-        report.add("  write lock waits during the delete", wait_summary(waits, write_waits()))
-        await engine.dispose()
-        core.delete_namespace(ns)
-    finally:
-        if operator is not None:
-            operator.stop()
-        farm.stop()
-        if plane is not None:
-            plane.stop()
-        tmp.cleanup()
-    return report
+    # During the delete.
+    async def deleted() -> bool:
+        return await registry_rows(engine, catalog) == 0
+
+    await _write_phase(flipping, lambda: core.delete_namespaced_config_map("big", ns), deleted, pause, report,
+                       "its delete", "the delete", ".1f")
+
+
+async def _write_phase(
+    flipping: list[Flipper], write: Callable[[], object], until: Callable[[], Awaitable[bool]], pause: float,
+    report: Report, during: str, lock_during: str, seconds_format: str,
+) -> None:
+    """Flips from ``write()`` until ``until()``: their figure, and the write lock's waits."""
+    started, waits = time.perf_counter(), write_waits()
+    write()
+    samples = await phase(flipping, until, pause=pause)
+    took = time.perf_counter() - started
+    slow = sum(1 for s in samples if s > 1.0)
+    report.add(f"pod flip -> find_tool during {during} ({took:{seconds_format}} s)",
+               f"{ms_summary(samples)}; {slow} over 1 s", "p99 < 1 s", percentile(samples, 99) < 1.0)
+    report.add(f"  write lock waits during {lock_during}", wait_summary(waits, write_waits()))
 
 
 async def index_only(entries: int, report: Report | None = None) -> Report:

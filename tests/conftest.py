@@ -26,7 +26,7 @@ pytest_plugins = ["tests.k8s.harness"]
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A sqlite_only test runs on SQLite only: its PostgreSQL instance is not collected at all.
-    from tests.backends import deselect_sqlite_only_on_postgres
+    from tests.support.backends import deselect_sqlite_only_on_postgres
 
     items[:] = deselect_sqlite_only_on_postgres(items)
 

@@ -22,8 +22,9 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httpx2
 import pytest
@@ -41,7 +42,7 @@ from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, OPERATOR_SA, Helm
 from tests.k8s.harness import IndexProbe, Kube, ListToolsCounter, OperatorThread, legacy_catalog
 from tests.k8s.kubelet import set_pod_status
-from tests.mcp.server_env import connect, payload
+from tests.mcp.server_env import HEADERS, INIT, connect, payload
 
 pytestmark = pytest.mark.kube
 
@@ -133,6 +134,11 @@ class Job:
     async def results(self) -> dict[str, bool]:
         return {name: bool(await getattr(self, name)()) for name in self.CHECKS}
 
+    async def assert_done(self, how: str) -> None:
+        """Every part of the job gets done (each check passes within 30 s); ``how`` names the setup."""
+        for name in self.CHECKS:
+            assert await wait_for(getattr(self, name), 30), f"{name} failed {how}"
+
     async def deleted(self) -> bool:
         """After deletion: the finalizer was released (object gone) and the rows removed."""
         return self.kube.server(self.ns, "weather") is None and await self.probe.workload(self.remote) is None
@@ -200,6 +206,23 @@ def operator_as_service_account(
             operator.stop(timeout=30)
 
 
+class AsServiceAccount(Protocol):
+    """The ``as_service_account`` fixture: :func:`operator_as_service_account` with the harness's
+    settings (``op_settings``) changed by ``changes``."""
+
+    def __call__(self, *, expect_ready: bool = True, **changes: Any) -> AbstractContextManager[OperatorThread]:
+        ...
+
+
+@pytest.fixture
+def as_service_account(op_settings: Settings, operator_kubeconfig: str, embedder: Embedder) -> AsServiceAccount:
+    def run(*, expect_ready: bool = True, **changes: Any) -> AbstractContextManager[OperatorThread]:
+        settings = replace(op_settings, **changes)
+        return operator_as_service_account(settings, operator_kubeconfig, embedder, expect_ready=expect_ready)
+
+    return run
+
+
 def rbac(kube_api: client.ApiClient) -> client.RbacAuthorizationV1Api:
     return client.RbacAuthorizationV1Api(kube_api)
 
@@ -254,18 +277,15 @@ async def test_operator_does_its_whole_job_with_the_shipped_cluster_role(
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,
-    operator_kubeconfig: str,
-    op_settings: Settings,
-    embedder: Embedder,
+    as_service_account: AsServiceAccount,
     job: Job,
 ) -> None:
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, chart_values(job.ns)):
         wait_until_authorized(kube_api, True, verb="watch", resource="mcpservers", group="mcp-optimizer.dev")
         wait_until_authorized(kube_api, True, verb="watch", resource="configmaps", namespace=job.ns)
         job.create()
-        with operator_as_service_account(op_settings, operator_kubeconfig, embedder):
-            for name in Job.CHECKS:
-                assert await wait_for(getattr(job, name), 30), f"{name} failed with the full role"
+        with as_service_account():
+            await job.assert_done("with the full role")
             # Deletion goes through the finalizer (a patch) and removes the rows.
             job.kube.delete_server(job.ns, "weather")
             assert await wait_for(job.deleted, 30)
@@ -304,9 +324,7 @@ async def test_each_rule_is_needed(
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,
-    operator_kubeconfig: str,
-    op_settings: Settings,
-    embedder: Embedder,
+    as_service_account: AsServiceAccount,
     job: Job,
 ) -> None:
     what, check = RULE_CHECKS[rule]
@@ -330,7 +348,7 @@ async def test_each_rule_is_needed(
         )
 
         job.create()
-        with operator_as_service_account(op_settings, operator_kubeconfig, embedder, expect_ready=False):
+        with as_service_account(expect_ready=False):
             started = time.monotonic()
             # Give the operator every chance: the check must stay false for the whole window.
             assert not await wait_for(getattr(job, check), NEGATIVE_WINDOW), (
@@ -352,9 +370,7 @@ async def test_operator_does_its_job_with_roles_in_listed_namespaces(
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,
-    operator_kubeconfig: str,
-    op_settings: Settings,
-    embedder: Embedder,
+    as_service_account: AsServiceAccount,
     job: Job,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -368,10 +384,8 @@ async def test_operator_does_its_job_with_roles_in_listed_namespaces(
         assert not can(kube_api, "list", "pods")  # not cluster-wide
         assert not can(kube_api, "list", "mcpservers", group="mcp-optimizer.dev", namespace="default")
         job.create()
-        settings = replace(op_settings, namespaces=(job.ns,))
-        with operator_as_service_account(settings, operator_kubeconfig, embedder):
-            for name in Job.CHECKS:
-                assert await wait_for(getattr(job, name), 30), f"{name} failed with the namespaced Roles"
+        with as_service_account(namespaces=(job.ns,)):
+            await job.assert_done("with the namespaced Roles")
 
 
 ALLOWED = [
@@ -434,9 +448,7 @@ async def test_operator_runs_with_peering_rules(
     operator_namespace: str,
     kube_api: client.ApiClient,
     kubeconfig: str,
-    operator_kubeconfig: str,
-    op_settings: Settings,
-    embedder: Embedder,
+    as_service_account: AsServiceAccount,
     job: Job,
 ) -> None:
     """peering.enabled: the extra kopf.dev rules are enough for kopf's peering (its heartbeat
@@ -450,8 +462,7 @@ async def test_operator_runs_with_peering_rules(
     with helm.installed(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values):
         wait_until_authorized(kube_api, True, verb="watch", resource="clusterkopfpeerings", group="kopf.dev")
         job.create()
-        settings = replace(op_settings, peering_name=OPERATOR_RELEASE, peering_priority=100)
-        with operator_as_service_account(settings, operator_kubeconfig, embedder):
+        with as_service_account(peering_name=OPERATOR_RELEASE, peering_priority=100):
 
             async def heartbeat() -> bool:
                 peering = cast(dict[str, Any], objects.get_cluster_custom_object(
@@ -459,8 +470,7 @@ async def test_operator_runs_with_peering_rules(
                 return bool(peering.get("status"))
 
             assert await wait_for(heartbeat, 30), "kopf's keep-alive never reached the peering object"
-            for name in Job.CHECKS:
-                assert await wait_for(getattr(job, name), 30), f"{name} failed with peering on"
+            await job.assert_done("with peering on")
 
 
 #: Rules of the shipped auth ClusterRole, in order.
@@ -519,14 +529,9 @@ async def test_the_endpoint_reviews_callers_with_the_shipped_auth_role(
         configured = replace(settings, auth_mode="kubernetes", mcp_host="127.0.0.1", mcp_port=0)
         search = ToolSearch(indexer.engine, indexer.embedder)
         async with McpEndpoint(configured, search, kube_config=load_client_config(operator_kubeconfig)) as endpoint:
-            init = {
-                "jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                           "clientInfo": {"name": "t", "version": "1"}},
-            }
-            headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
+            headers = {**HEADERS, "Authorization": f"Bearer {token}"}
             async with httpx2.AsyncClient(timeout=30) as http:
-                answer = await http.post(endpoint.url, json=init, headers=headers)
+                answer = await http.post(endpoint.url, json=INIT, headers=headers)
             if removed is not None:
                 assert answer.status_code == 503, answer.text
                 return

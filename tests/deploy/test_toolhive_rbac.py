@@ -15,18 +15,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mcp_optimizer.config import Settings
-from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
 from tests.deploy.support import OPERATOR_NAMESPACE, OPERATOR_RELEASE, Helm, env_of
 from tests.deploy.test_rbac import (  # the same helpers and fixtures as the main RBAC tests
+    AsServiceAccount,
     Job,
+    as_service_account,  # noqa: F401
     can,
     chart_values,
     job,  # noqa: F401
     op_settings,  # noqa: F401
-    operator_as_service_account,
     servers,  # noqa: F401
     wait_for,
     wait_until_authorized,
@@ -182,9 +181,7 @@ async def test_operator_indexes_toolhive_with_the_shipped_roles(
     helm: Helm,
     operator_namespace: str,
     kube_api: client.ApiClient,
-    operator_kubeconfig: str,
-    op_settings: Settings,  # noqa: F811
-    embedder: Embedder,
+    as_service_account: AsServiceAccount,  # noqa: F811
     job: Job,  # noqa: F811
     toolhive_installed: None,
 ) -> None:
@@ -202,9 +199,8 @@ async def test_operator_indexes_toolhive_with_the_shipped_roles(
         assert before is not None
         wl = workload_name(job.ns, "fetch", "MCPServer")
         try:
-            with operator_as_service_account(op_settings, operator_kubeconfig, embedder):
-                for name in Job.CHECKS:
-                    assert await wait_for(getattr(job, name), 30), f"{name} failed beside ToolHive"
+            with as_service_account():
+                await job.assert_done("beside ToolHive")
 
                 async def indexed() -> bool:
                     return await job.probe.found("fetch a web page", wl, "fetch")

@@ -1,7 +1,7 @@
-"""Every index test that takes ``settings`` or ``indexer`` runs on both databases (tests/backends.py)."""
+"""Every index test that takes ``settings`` or ``indexer`` runs on both databases (tests/support/backends.py)."""
 
 from __future__ import annotations
 
-from tests.backends import index_backend, settings
+from tests.support.backends import index_backend, settings
 
 __all__ = ["index_backend", "settings"]

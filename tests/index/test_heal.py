@@ -30,8 +30,8 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.db.search import SearchMode, ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.ingest import Indexer
-from tests.backends import sqlite_only
 from tests.support import faults
+from tests.support.backends import sqlite_only
 from tests.support.shared import model_path
 
 from .helpers import entry, tool, workload

@@ -1,7 +1,7 @@
 """What only PostgreSQL has: its migrations, its keyword scoring being FTS5's BM25, its URL
 errors, the HNSW setting, and what the SQLite-only machinery does there.
 
-Every other index test runs on PostgreSQL too (``settings`` is parametrised, tests/backends.py).
+Every other index test runs on PostgreSQL too (``settings`` is parametrised, tests/support/backends.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from mcp_optimizer.embeddings.texts import server_embedding_text, text_hash, too
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.ingest.scheduler import WritePriority, WriteScheduler
 from mcp_optimizer.ingest.service import _GROUP_ENTRIES, _CatalogOp, _next_group
-from tests.backends import sqlite_only
+from tests.support.backends import sqlite_only
 
 from .helpers import tool, workload
 

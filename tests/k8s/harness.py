@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -48,6 +48,7 @@ from mcp_optimizer.operator.mapping import GROUP, INSTANCE_LABEL, PLURAL, VERSIO
 from mcp_optimizer.operator.runner import CallFailureRelay
 from mcp_optimizer.testing.mcp_servers import LOOPBACK
 from tests.k8s.conftest import REPO
+from tests.support.crds import apply_crd
 
 CRD_FILE = REPO / "crds" / "mcpservers.mcp-optimizer.dev.yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -87,6 +88,17 @@ async def eventually(
                 raise error
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check!r}; last value {last!r}")
         await asyncio.sleep(interval)
+
+
+async def equals(value: Awaitable[object], expected: object) -> bool:
+    """For :func:`eventually`: whether ``value``, awaited, equals ``expected``."""
+    return bool(await value == expected)
+
+
+async def column_is(row: Awaitable[Mapping[str, Any] | None], column: str, expected: object) -> bool:
+    """For :func:`eventually`: whether the row, awaited, holds ``expected`` in ``column`` (no row,
+    or no such column, never does)."""
+    return bool(((await row) or {}).get(column, object()) == expected)
 
 
 async def within(seconds: float, check: Callable[[], Any], *, what: str = "") -> float:
@@ -419,6 +431,12 @@ class Kube:
 
     # Cleanup ----------------------------------------------------------------------------
 
+    def fresh_namespace(self, prefix: str) -> str:
+        """A new namespace of a name no other test uses (``prefix-<8 hex digits>``)."""
+        name = unique(prefix)
+        self.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
+        return name
+
     def empty_namespace(self, namespace: str) -> None:
         """Remove MCPServers (finalizers stripped), catalogs and pods left in a test namespace.
 
@@ -487,17 +505,7 @@ def k8s_name(text_: str) -> str:
 def mcpserver_crd(kube_api: client.ApiClient) -> str:
     """Install (or update) the MCPServer CRD from ``crds/`` and wait until it is served."""
     ext = client.ApiextensionsV1Api(kube_api)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    name = body["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(body)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        assert current.metadata is not None
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
+    name = apply_crd(ext, yaml.safe_load(CRD_FILE.read_text()))
     objects = client.CustomObjectsApi(kube_api)
     deadline = time.monotonic() + 30
     while True:

@@ -37,7 +37,19 @@ from mcp_optimizer.mcp.auth import Unauthorized
 from mcp_optimizer.mcp.kube_auth import TOKEN_REVIEWS, AccessResource, KubernetesAuth
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServerFarm
-from tests.mcp.server_env import GITHUB, POSTGRES, SLACK, connect, error_text, farm, hits, payload
+from tests.mcp.server_env import (
+    GITHUB,
+    HEADERS,
+    INIT,
+    LISTING,
+    POSTGRES,
+    SLACK,
+    connect,
+    error_text,
+    farm,
+    hits,
+    payload,
+)
 
 __all__ = ["farm"]
 
@@ -52,13 +64,6 @@ AUTH_RULES = [
 ]
 READ_MCPSERVERS = [{"apiGroups": ["mcp-optimizer.dev"], "resources": ["mcpservers"], "verbs": ["get"]}]
 QUERY = {"tool_description": "send a chat message or create an issue or run a sql query", "limit": 50}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 # ------------------------------------------------------------------------------------------ cluster
@@ -314,14 +319,13 @@ async def test_a_rotated_token_keeps_the_session_another_identity_cannot_use_it(
     first, rotated = tenants.token("reader"), tenants.token("reader", expires=7200)
     intruder = tenants.token("admin")
     assert first != rotated
-    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     async with httpx2.AsyncClient(timeout=10) as http:
         opened = await http.post(endpoint.url, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {first}"})
         assert opened.status_code == 200
         session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
         as_rotated, as_intruder = ({**session, "Authorization": f"Bearer {t}"} for t in (rotated, intruder))
-        same_sa = await http.post(endpoint.url, json=listing, headers=as_rotated)
-        other_sa = await http.post(endpoint.url, json=listing, headers=as_intruder)
+        same_sa = await http.post(endpoint.url, json=LISTING, headers=as_rotated)
+        other_sa = await http.post(endpoint.url, json=LISTING, headers=as_intruder)
     assert same_sa.status_code == 200 and "find_tool" in same_sa.text
     assert other_sa.status_code == 404
 

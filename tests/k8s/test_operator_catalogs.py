@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
@@ -14,7 +13,7 @@ from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.operator.catalogs import CATALOG_LABEL
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, legacy_catalog, unique
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, column_is, equals, eventually, legacy_catalog, unique
 from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
@@ -61,7 +60,7 @@ async def test_catalog_create_edit_malformed_delete(
             "tracker-pro": remote_entry(server.url),
             "other": remote_entry(other, "Something else"),
         }))
-        await eventually(lambda: _eq(probe.registry_servers(catalog), ["other", "tracker-pro"]))
+        await eventually(lambda: equals(probe.registry_servers(catalog), ["other", "tracker-pro"]))
 
         # Malformed: the previous catalog is kept and a Warning Event explains why.
         kube.put_catalog(ns, "registry", '{"remote_servers": {"tracker-pro": ')
@@ -73,7 +72,7 @@ async def test_catalog_create_edit_malformed_delete(
 
         # Deleted: the catalog's servers go and the workload falls back to its own description (S3.3).
         kube.delete_configmap(ns, "registry")
-        await eventually(lambda: _eq(probe.catalogs(), set()))
+        await eventually(lambda: equals(probe.catalogs(), set()))
         await eventually(lambda: "registryServer" not in kube.server_status(ns, "tracker"))
         row = await probe.workload(wl)
         assert row is not None and row["registry_server_name"] is None
@@ -89,14 +88,14 @@ async def test_label_removal_deletes_the_catalog_and_unlabelled_configmaps_are_i
     kube.put_catalog(ns, "not-a-catalog", legacy_catalog(remote_servers={"x": remote_entry(url)}), labelled=False)
     kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"tracker": remote_entry(url)}))
     start_operator([ns], catalog_namespaces=(ns,))
-    await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/registry"}))
+    await eventually(lambda: equals(probe.catalogs(), {f"{ns}/registry"}))
 
     kube.core.patch_namespaced_config_map("registry", ns, {"metadata": {"labels": {CATALOG_LABEL: None}}})
-    await eventually(lambda: _eq(probe.catalogs(), set()))
+    await eventually(lambda: equals(probe.catalogs(), set()))
 
     # Labelled again: loaded again.
     kube.core.patch_namespaced_config_map("registry", ns, {"metadata": {"labels": {CATALOG_LABEL: "true"}}})
-    await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/registry"}))
+    await eventually(lambda: equals(probe.catalogs(), {f"{ns}/registry"}))
 
 
 async def test_duplicates_across_catalogs_then_a_pin(
@@ -126,7 +125,7 @@ async def test_duplicates_across_catalogs_then_a_pin(
         # A pod phase change does not hide the index error.
         set_pod_status(kube_api, ns, "tracker-0", "Running", ready=False, waiting_reason="CrashLoopBackOff")
         set_pod_status(kube_api, ns, "tracker-0", "Running")
-        await eventually(lambda: _is(probe.workload(wl), "runtime_status", "RUNNING"))
+        await eventually(lambda: column_is(probe.workload(wl), "runtime_status", "RUNNING"))
         assert await probe.status(wl) == "ERROR"
 
         # Pinning one entry resolves it.
@@ -190,7 +189,7 @@ async def test_linked_and_autonomous_workloads_and_a_rename(
 
         # Rename the registry entry (same URL): linked tools re-embed with the new name (S3.6).
         kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"issue-tracker": remote_entry(tracker.url)}))
-        await eventually(lambda: _is(probe.workload(linked), "embedding_context", "issue-tracker"))
+        await eventually(lambda: column_is(probe.workload(linked), "embedding_context", "issue-tracker"))
         await eventually(lambda: (kube.server_status(ns, "tracker").get("registryServer") or {}).get("name")
                          == "issue-tracker")
         after = await probe.tool_updates(linked)
@@ -212,7 +211,7 @@ async def test_catalogs_are_read_only_from_trusted_namespaces(
     """A tenant's labelled ConfigMap listing another team's image cannot hijack or break that
     team's workload: only the trusted namespace's catalogs count, even with MCPServers watched
     cluster-wide; a catalog an earlier version loaded from elsewhere is removed at start."""
-    platform, team, tenant = (_fresh_namespace(kube, prefix) for prefix in ("platform", "team", "tenant"))
+    platform, team, tenant = (kube.fresh_namespace(prefix) for prefix in ("platform", "team", "tenant"))
     image = f"ghcr.io/acme/{unique('tracker')}"
     try:
         with McpTestServer(TOOLS) as server:
@@ -244,7 +243,7 @@ async def test_catalogs_are_read_only_from_trusted_namespaces(
                 kube.put_catalog(tenant, "evil", legacy_catalog(servers={"tracker-evil": hostile, "x": hostile}))
                 kube.put_catalog(platform, "registry", legacy_catalog(servers={
                     "tracker": official, "other": {"image": "ghcr.io/acme/other:1", "description": "Other"}}))
-                await eventually(lambda: _eq(probe.registry_servers(f"{platform}/registry"), ["other", "tracker"]))
+                await eventually(lambda: equals(probe.registry_servers(f"{platform}/registry"), ["other", "tracker"]))
                 assert await probe.catalogs() == {f"{platform}/registry"}
                 row = await probe.workload(wl)
                 assert row is not None and row["status"] == "RUNNING"
@@ -259,15 +258,3 @@ async def test_catalogs_are_read_only_from_trusted_namespaces(
             kube.core.delete_namespace(space)
 
 
-def _fresh_namespace(kube: Kube, prefix: str) -> str:
-    name = unique(prefix)
-    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
-    return name
-
-
-async def _eq(value: Awaitable[object], expected: object) -> bool:
-    return await value == expected
-
-
-async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
-    return ((await row) or {}).get(column) == expected

@@ -50,14 +50,43 @@ def entry(url: str, description: str = "Translation service") -> dict[str, Any]:
     return {"url": url, "description": description, "tools": ["translate_text"]}
 
 
+# ------------------------------------------------------------------------------ fixtures
 
-def operator_pod(kube: Kube, ns: str) -> dict[str, Any]:
-    """A Pod object standing for the operator's own (the downward API would name it); Events go there."""
+
+@pytest.fixture
+def pod(ns: str, kube: Kube) -> dict[str, Any]:
+    """A Pod object standing for the operator's own (the downward API would name it); Events go
+    there. The operator's settings that name it."""
     kube.create_pod(ns, OPERATOR_POD, instance="mcp-optimizer-operator")
     meta = kube.core.read_namespaced_pod(OPERATOR_POD, ns).metadata
     assert meta is not None and meta.uid is not None
     uid = meta.uid
     return {"pod_name": OPERATOR_POD, "pod_namespace": ns, "pod_uid": uid}
+
+
+@pytest.fixture
+def translator(ns: str, kube: Kube) -> Iterator[str]:
+    """The remote MCPServer ``translator``, listed in the catalog ``registry``: its workload name."""
+    with McpTestServer(TRANSLATE) as remote:
+        kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
+        kube.create_server(ns, "translator", {"url": remote.url})
+        yield workload_name(ns, "translator")
+
+
+@pytest.fixture
+def weather(ns: str, kube: Kube, kube_api: ApiClient) -> Iterator[str]:
+    """The container MCPServer ``weather`` with its Running pod: its workload name."""
+    with McpTestServer(WEATHER) as server:
+        kube.create_server(ns, "weather", {"image": "ghcr.io/acme/weather:1", "endpoint": server.url})
+        kube.create_pod(ns, "weather-0", instance="weather")
+        set_pod_status(kube_api, ns, "weather-0", "Running")
+        yield workload_name(ns, "weather")
+
+
+async def both_found(probe: IndexProbe, translator: str, weather: str, *, timeout: float = 15.0) -> None:
+    """Search finds the translator's tool (within ``timeout``) and the weather server's."""
+    await eventually(lambda: probe.found("translate text", translator), timeout=timeout)
+    await eventually(lambda: probe.found("weather forecast for a city", weather))
 
 
 def pod_events(kube: Kube, ns: str) -> list[tuple[str, str, str]]:
@@ -197,50 +226,46 @@ DAMAGES: dict[str, Callable[[Path], object]] = {
 async def test_a_damaged_index_at_start_is_moved_aside_and_rebuilt(
     ns: str,
     kube: Kube,
-    kube_api: ApiClient,
+    pod: dict[str, Any],
     start_operator: OperatorFactory,
     probe: IndexProbe,
     op_settings: Settings,
+    translator: str,
+    weather: str,
     damage: str,
 ) -> None:
-    pod = operator_pod(kube, ns)
-    with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
-        kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
-        kube.create_server(ns, "translator", {"url": remote.url})
-        kube.create_server(ns, "weather", {"image": "ghcr.io/acme/weather:1", "endpoint": weather.url})
-        kube.create_pod(ns, "weather-0", instance="weather")
-        set_pod_status(kube_api, ns, "weather-0", "Running")
-        translator, weather_wl = workload_name(ns, "translator"), workload_name(ns, "weather")
-        first = start_operator([ns], catalog_namespaces=(ns,), **pod)
-        await eventually(lambda: probe.found("translate text", translator))
-        await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
-        first.stop()
-        await probe.close()
+    first = start_operator([ns], catalog_namespaces=(ns,), **pod)
+    await both_found(probe, translator, weather)
+    first.stop()
+    await probe.close()
 
-        DAMAGES[damage](op_settings.db_path)
-        damaged = op_settings.db_path.read_bytes()
-        start_operator([ns], catalog_namespaces=(ns,), **pod)  # starts: no crash loop, no traceback
+    DAMAGES[damage](op_settings.db_path)
+    damaged = op_settings.db_path.read_bytes()
+    start_operator([ns], catalog_namespaces=(ns,), **pod)  # starts: no crash loop, no traceback
 
-        await eventually(lambda: probe.found("translate text", translator), timeout=30)
-        await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
-        assert await probe.catalogs() == {f"{ns}/registry"}
-        assert (await probe.workload(translator) or {}).get("registry_server_name") == "translator"
-        copies = damaged_copies(op_settings.db_path)
-        assert len(copies) == 1 and copies[0].read_bytes() == damaged  # kept for forensics
-        await eventually(lambda: has_pod_event(kube, ns, "IndexRebuilt", "Warning", "corrupt", str(copies[0])))
-        assert kube.condition(ns, "translator", "ToolsIndexed")["status"] == "True"
+    await both_found(probe, translator, weather, timeout=30)
+    assert await probe.catalogs() == {f"{ns}/registry"}
+    assert (await probe.workload(translator) or {}).get("registry_server_name") == "translator"
+    copies = damaged_copies(op_settings.db_path)
+    assert len(copies) == 1 and copies[0].read_bytes() == damaged  # kept for forensics
+    await eventually(lambda: has_pod_event(kube, ns, "IndexRebuilt", "Warning", "corrupt", str(copies[0])))
+    assert kube.condition(ns, "translator", "ToolsIndexed")["status"] == "True"
 
 
 # ------------------------------------------------------------------------------ at run time
 
 
 async def test_corruption_at_run_time_fails_readyz_and_repairs_itself(
-    ns: str, kube: Kube, run_process: StartProcess, op_settings: Settings, probe: IndexProbe, embedder: Embedder
+    ns: str,
+    kube: Kube,
+    pod: dict[str, Any],
+    run_process: StartProcess,
+    op_settings: Settings,
+    probe: IndexProbe,
+    embedder: Embedder,
+    translator: str,
 ) -> None:
-    pod = operator_pod(kube, ns)
-    with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
-        kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
-        kube.create_server(ns, "translator", {"url": remote.url})
+    with HangingServer() as hanging:
         # Its tools/list hangs (4 s timeout): every full pass takes that long, so the repair is seen.
         kube.create_server(ns, "stuck", {"url": hanging.url})
         operator = run_process(ns, pod)
@@ -258,7 +283,7 @@ async def test_corruption_at_run_time_fails_readyz_and_repairs_itself(
         assert "translate_text" in await operator.find_tool("translate text into french")
         await probe.close()
         assert await probe.catalogs() == {f"{ns}/registry"}
-        assert (await probe.workload(workload_name(ns, "translator")) or {}).get("registry_server_name") == "translator"
+        assert (await probe.workload(translator) or {}).get("registry_server_name") == "translator"
         assert await probe.workload(workload_name(ns, "stuck")) is not None
         assert tools_indexed(kube, ns, "translator")["status"] == "True"
         copies = damaged_copies(op_settings.db_path)
@@ -280,9 +305,8 @@ def _not_ready(operator: RunProcess) -> tuple[int, str] | None:
 
 
 async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_returns(
-    ns: str, kube: Kube, kube_api: ApiClient, run_process: StartProcess, tmp_path: Path, embedder: Embedder
+    ns: str, kube: Kube, pod: dict[str, Any], run_process: StartProcess, tmp_path: Path, embedder: Embedder
 ) -> None:
-    pod = operator_pod(kube, ns)
     many = [make_tool(f"tool_{i:03d}", f"Tool number {i} of the catalog server") for i in range(20)]
     with faults.FullDisk(tmp_path, size=48 * 1024 * 1024) as disk, McpTestServer(TRANSLATE) as first, \
             McpTestServer(many) as big:
@@ -319,31 +343,29 @@ async def test_a_full_disk_fails_readyz_claims_nothing_and_recovers_when_space_r
 
 
 async def test_an_index_deleted_under_the_operator_is_rebuilt(
-    ns: str, kube: Kube, kube_api: ApiClient, start_operator: OperatorFactory, probe: IndexProbe, op_settings: Settings
+    ns: str,
+    kube: Kube,
+    kube_api: ApiClient,
+    pod: dict[str, Any],
+    start_operator: OperatorFactory,
+    probe: IndexProbe,
+    op_settings: Settings,
+    translator: str,
+    weather: str,
 ) -> None:
-    pod = operator_pod(kube, ns)
-    with McpTestServer(TRANSLATE) as remote, McpTestServer(WEATHER) as weather:
-        kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
-        kube.create_server(ns, "translator", {"url": remote.url})
-        kube.create_server(ns, "weather", {"image": "ghcr.io/acme/weather:1", "endpoint": weather.url})
-        kube.create_pod(ns, "weather-0", instance="weather")
-        set_pod_status(kube_api, ns, "weather-0", "Running")
-        translator, weather_wl = workload_name(ns, "translator"), workload_name(ns, "weather")
-        start_operator([ns], catalog_namespaces=(ns,), index_heal_interval=0.5, **pod)
-        await eventually(lambda: probe.found("translate text", translator))
-        await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
-        await probe.close()
+    start_operator([ns], catalog_namespaces=(ns,), index_heal_interval=0.5, **pod)
+    await both_found(probe, translator, weather)
+    await probe.close()
 
-        faults.remove_index(op_settings.db_path)
-        await eventually(lambda: has_pod_event(kube, ns, "IndexRebuilt", "Warning", "deleted"), timeout=30)
-        await probe.close()
-        await eventually(lambda: probe.found("translate text", translator), timeout=30)
-        await eventually(lambda: probe.found("weather forecast for a city", weather_wl))
-        assert await probe.catalogs() == {f"{ns}/registry"}
-        # The pod fast path writes into the new file too.
-        set_pod_status(kube_api, ns, "weather-0", "Running", ready=False, waiting_reason="CrashLoopBackOff")
-        await eventually(lambda: _status_is(probe, weather_wl, "ERROR"))
-        await eventually(lambda: has_pod_event(kube, ns, "IndexRecovered", "Normal"))
+    faults.remove_index(op_settings.db_path)
+    await eventually(lambda: has_pod_event(kube, ns, "IndexRebuilt", "Warning", "deleted"), timeout=30)
+    await probe.close()
+    await both_found(probe, translator, weather, timeout=30)
+    assert await probe.catalogs() == {f"{ns}/registry"}
+    # The pod fast path writes into the new file too.
+    set_pod_status(kube_api, ns, "weather-0", "Running", ready=False, waiting_reason="CrashLoopBackOff")
+    await eventually(lambda: _status_is(probe, weather, "ERROR"))
+    await eventually(lambda: has_pod_event(kube, ns, "IndexRecovered", "Normal"))
 
 
 async def _status_is(probe: Any, name: str, status: str) -> bool:
@@ -353,11 +375,10 @@ async def _status_is(probe: Any, name: str, status: str) -> bool:
 # ------------------------------------------------------------------------------ readiness
 
 
-async def test_readyz_waits_for_the_first_full_pass(ns: str, kube: Kube, run_process: StartProcess) -> None:
-    pod = operator_pod(kube, ns)
-    with McpTestServer(TRANSLATE) as remote, HangingServer() as hanging:
-        kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(remote.url)}))
-        kube.create_server(ns, "translator", {"url": remote.url})
+async def test_readyz_waits_for_the_first_full_pass(
+    ns: str, kube: Kube, pod: dict[str, Any], run_process: StartProcess, translator: str
+) -> None:
+    with HangingServer() as hanging:
         names = ["translator"]
         for i in range(3):  # each answers nothing: its first sync ends with the 4 s tools/list timeout
             kube.create_server(ns, f"stuck-{i}", {"url": hanging.url})
@@ -406,8 +427,8 @@ async def test_a_catalog_load_killed_midway_is_finished_at_the_next_start(
     start_operator: OperatorFactory,
     probe: IndexProbe,
     op_settings: Settings,
+    pod: dict[str, Any],
 ) -> None:
-    pod = operator_pod(kube, ns)
     catalog = f"{ns}/big"
     with McpTestServer(TRANSLATE) as remote:
         kube.create_server(ns, "server-0100", {"url": remote.url})

@@ -8,7 +8,7 @@ lost: other tenants' rows, status and search stay as they were.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -26,7 +26,7 @@ from mcp_optimizer.testing.mcp_servers import (
     refused_url,
 )
 from tests.k8s.conftest import _namespace_name
-from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, within
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, equals, eventually, within
 from tests.k8s.kubelet import set_pod_status
 from tests.mcp.server_env import connect, error_text
 
@@ -289,10 +289,6 @@ async def test_the_refresh_annotation_forces_a_reread(
         await within(10, lambda: probe.found("delete an email message", wl, "delete_email"), what="refresh 1")
         server.set_tools(MAIL[:1])
         kube.annotate_server(ns, "mail", {REFRESH_ANNOTATION: "2026-12-01T12:00:00Z"})
-        await within(10, lambda: _equals(probe.tools(wl), ["send_email"]), what="refresh 2")
+        await within(10, lambda: equals(probe.tools(wl), ["send_email"]), what="refresh 2")
         await eventually(lambda: kube.server_status(ns, "mail").get("toolCount") == 1)
         assert counter.count(server.url) == 3
-
-
-async def _equals(value: Awaitable[object], expected: object) -> bool:
-    return await value == expected

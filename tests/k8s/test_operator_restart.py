@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -18,9 +17,10 @@ from tests.k8s.harness import (
     Kube,
     OperatorFactory,
     OperatorThread,
+    column_is,
+    equals,
     eventually,
     legacy_catalog,
-    unique,
 )
 from tests.k8s.kubelet import set_pod_status
 
@@ -57,7 +57,7 @@ async def test_restart_sees_every_change_made_while_down(
         first = start_operator([ns], catalog_namespaces=(ns,))
         a, b, d, e, f = (workload_name(ns, n) for n in "abdef")
 
-        await eventually(lambda: _eq(probe.workload_names(), {a, b, d, f}))
+        await eventually(lambda: equals(probe.workload_names(), {a, b, d, f}))
         await eventually(lambda: probe.found("translate text", d))
         await eventually(lambda: kube.server_status(ns, "a").get("registryServer", {}).get("name") == "translator")
         await eventually(lambda: kube.server_status(ns, "b").get("registryServer", {}).get("name") == "other")
@@ -80,13 +80,13 @@ async def test_restart_sees_every_change_made_while_down(
 
         start_operator([ns], catalog_namespaces=(ns,))
         await eventually(lambda: kube.server(ns, "b") is None, what="b's finalizer released")
-        await eventually(lambda: _eq(probe.workload_names(), {a, d, e}))
-        await eventually(lambda: _eq(probe.catalogs(), {f"{ns}/c3"}))
-        await eventually(lambda: _is(probe.workload(a), "group", "translation"))
-        await eventually(lambda: _is(probe.workload(a), "registry_server_name", None))
+        await eventually(lambda: equals(probe.workload_names(), {a, d, e}))
+        await eventually(lambda: equals(probe.catalogs(), {f"{ns}/c3"}))
+        await eventually(lambda: column_is(probe.workload(a), "group", "translation"))
+        await eventually(lambda: column_is(probe.workload(a), "registry_server_name", None))
         await eventually(lambda: "registryServer" not in kube.server_status(ns, "a"))
-        await eventually(lambda: _is(probe.workload(e), "registry_server_name", "translator-e"))
-        await eventually(lambda: _is(probe.workload(d), "status", "ERROR"))
+        await eventually(lambda: column_is(probe.workload(e), "registry_server_name", "translator-e"))
+        await eventually(lambda: column_is(probe.workload(d), "status", "ERROR"))
         assert not await probe.found("translate text", d)
         await eventually(lambda: kube.server_status(ns, "e").get("phase") == "Running")
 
@@ -95,7 +95,7 @@ async def test_final_state_does_not_depend_on_order(
     kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
 ) -> None:
     """The same cluster reached in three orders gives the same rows (S3.4 as a level, not an edge)."""
-    spaces = [_fresh_namespace(kube, f"order-{label}") for label in ("catalog-first", "server-first", "before-start")]
+    spaces = [kube.fresh_namespace(f"order-{label}") for label in ("catalog-first", "server-first", "before-start")]
     servers = [McpTestServer(TOOLS).start() for _ in spaces]
     try:
         catalog_first, server_first, before_start = spaces
@@ -107,7 +107,7 @@ async def test_final_state_does_not_depend_on_order(
         start_operator(spaces, catalog_namespaces=tuple(spaces))
 
         kube.put_catalog(catalog_first, "registry", catalog(0))
-        await eventually(lambda: _eq(probe.registry_servers(f"{catalog_first}/registry"), ["translator"]))
+        await eventually(lambda: equals(probe.registry_servers(f"{catalog_first}/registry"), ["translator"]))
         kube.create_server(catalog_first, "translator", {"url": servers[0].url})
 
         kube.create_server(server_first, "translator", {"url": servers[1].url})
@@ -117,8 +117,8 @@ async def test_final_state_does_not_depend_on_order(
         rows = []
         for space in spaces:
             wl = workload_name(space, "translator")
-            await eventually(lambda wl=wl: _is(probe.workload(wl), "registry_server_name", "translator"))
-            await eventually(lambda wl=wl: _is(probe.workload(wl), "status", "RUNNING"))
+            await eventually(lambda wl=wl: column_is(probe.workload(wl), "registry_server_name", "translator"))
+            await eventually(lambda wl=wl: column_is(probe.workload(wl), "status", "RUNNING"))
             row = await probe.workload(wl)
             assert row is not None
             tools = await probe.tool_updates(wl)
@@ -140,7 +140,7 @@ async def test_final_state_does_not_depend_on_order(
 async def test_watched_namespaces_only(
     kube: Kube, start_operator: OperatorFactory, probe: IndexProbe, mcpserver_crd: str
 ) -> None:
-    spaces = [_fresh_namespace(kube, f"scope-{i}") for i in range(7)]
+    spaces = [kube.fresh_namespace(f"scope-{i}") for i in range(7)]
     watched, ignored = spaces[:6], spaces[6]
     try:
         with McpTestServer(TOOLS) as server:
@@ -150,8 +150,8 @@ async def test_watched_namespaces_only(
                     remote_servers={f"translator-{space[-8:]}": entry(f"https://{space}.example.com/mcp")}))
             start_operator(watched, catalog_namespaces=tuple(watched))
             expected = {workload_name(space, "translator") for space in watched}
-            await eventually(lambda: _eq(probe.workload_names(), expected))
-            await eventually(lambda: _eq(probe.catalogs(), {f"{space}/registry" for space in watched}))
+            await eventually(lambda: equals(probe.workload_names(), expected))
+            await eventually(lambda: equals(probe.catalogs(), {f"{space}/registry" for space in watched}))
             for space in watched:
                 await eventually(lambda space=space: kube.server_status(space, "translator").get("phase") == "Running")
             # Nothing from the unwatched namespace: no row, no status, no finalizer.
@@ -207,7 +207,7 @@ async def test_least_privilege_as_the_operators_service_account(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "mcp-optimizer", "namespace": "mcp-optimizer-system"}],
     }))
-    forbidden = _fresh_namespace(kube, "no-role")
+    forbidden = kube.fresh_namespace("no-role")
     try:
         with McpTestServer(TOOLS) as server, caplog.at_level(logging.WARNING, logger="mcp_optimizer"):
             kube.put_catalog(ns, "registry", legacy_catalog(remote_servers={"translator": entry(server.url)}))
@@ -241,15 +241,3 @@ async def test_least_privilege_as_the_operators_service_account(
         kube.core.delete_namespace(forbidden)
 
 
-def _fresh_namespace(kube: Kube, prefix: str) -> str:
-    name = unique(prefix)
-    kube.core.create_namespace(cast(Any, {"metadata": {"name": name}}))
-    return name
-
-
-async def _eq(value: Awaitable[object], expected: object) -> bool:
-    return await value == expected
-
-
-async def _is(row: Awaitable[dict[str, Any] | None], column: str, expected: object) -> bool:
-    return bool(((await row) or {}).get(column, object()) == expected)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable
 
 import pytest
 from kubernetes.client import ApiClient
 
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, eventually, http_get
+from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, equals, eventually, http_get
 from tests.k8s.kubelet import set_pod_status
 
 pytestmark = pytest.mark.kube
@@ -44,7 +43,7 @@ async def test_resync_picks_up_tool_changes_and_keeps_unchanged_embeddings(
             assert {k: after[k] for k in before} == before, "unchanged tools were re-embedded"
 
             server.set_tools(TOOLS[:1])
-            await eventually(lambda wl=wl: _eq(probe.tools(wl), ["send_email"]), timeout=10)
+            await eventually(lambda wl=wl: equals(probe.tools(wl), ["send_email"]), timeout=10)
 
 
 async def test_steady_state_writes_nothing(
@@ -95,7 +94,3 @@ async def test_liveness_endpoint(ns: str, start_operator: OperatorFactory) -> No
 
     await eventually(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
                      what="liveness endpoint answering 200")
-
-
-async def _eq(value: Awaitable[object], expected: object) -> bool:
-    return await value == expected

@@ -32,7 +32,17 @@ from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.operator.mapping import workload_name
 from mcp_optimizer.testing.mcp_servers import McpTestServer, make_tool
-from tests.k8s.harness import IndexProbe, Kube, OperatorFactory, OperatorThread, eventually, legacy_catalog, within
+from tests.k8s.harness import (
+    IndexProbe,
+    Kube,
+    OperatorFactory,
+    OperatorThread,
+    column_is,
+    equals,
+    eventually,
+    legacy_catalog,
+    within,
+)
 from tests.mcp.server_env import connect, payload
 from tests.support import toolhive as th
 from tests.support.shared import shared_dir
@@ -81,14 +91,6 @@ def server_entry(name: str, remote_url: str, group: str) -> dict[str, Any]:
 def apply_example(api: client.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
     """Apply ToolHive's example ``name`` unchanged (in the test's namespace)."""
     return [th.apply(api, ns, doc) for doc in th.example(name)]
-
-
-async def _eq(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
-
-
-async def _column(row: Any, column: str, expected: Any) -> bool:
-    return bool(((await row) or {}).get(column, object()) == expected)
 
 
 @pytest.fixture
@@ -185,20 +187,20 @@ async def test_tool_config_change_rereads_the_tools(
         operator = start_operator([tns])
         counter = operator.list_tools
         assert counter is not None
-        await eventually(lambda: _eq(probe.tools(wl), ["fetch"]), what="filtered tools indexed")
+        await eventually(lambda: equals(probe.tools(wl), ["fetch"]), what="filtered tools indexed")
         reads = counter.count(proxy_server.url)
 
         # The user widens the filter; ToolHive's proxy lists both tools (nothing written on the MCPServer yet).
         proxy_server.set_tools(FETCH_TOOLS)
         th.patch_spec(kube_api, "MCPToolConfig", tns, "fetch-tools", {"toolsFilter": ["fetch", "fetch_raw"]})
-        await eventually(lambda: _eq(probe.tools(wl), ["fetch", "fetch_raw"]), what="re-read after the change")
+        await eventually(lambda: equals(probe.tools(wl), ["fetch", "fetch_raw"]), what="re-read after the change")
         assert counter.count(proxy_server.url) == reads + 1
         assert await probe.found("download the raw bytes of a page", wl, "fetch_raw")
 
         # An override renames a tool; ToolHive applies it and records the new hash on the server.
         proxy_server.set_tools([make_tool("get_web_page", "Get a web page as markdown"), FETCH_TOOLS[1]])
         th.set_status(kube_api, "MCPServer", tns, "fetch", toolConfigHash="h2")
-        await eventually(lambda: _eq(probe.tools(wl), ["fetch_raw", "get_web_page"]), what="re-read on the new hash")
+        await eventually(lambda: equals(probe.tools(wl), ["fetch_raw", "get_web_page"]), what="re-read on the new hash")
 
 
 async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
@@ -239,7 +241,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
             entry(tns, "weather"): ("weather-local", f"{tns}/local"),
         }
         for wl, (registry_name, catalog) in linked.items():
-            await eventually(lambda wl=wl, r=registry_name: _column(probe.workload(wl), "registry_server_name", r),
+            await eventually(lambda wl=wl, r=registry_name: column_is(probe.workload(wl), "registry_server_name", r),
                              timeout=180, what=f"{wl} linked to {registry_name}")
             assert (await probe.workload(wl) or {})["registry_catalog"] == catalog
         assert await probe.found("search my notion workspace", proxy(tns, "notion"), "notion_search")
@@ -257,7 +259,7 @@ async def test_proxies_and_entries_are_indexed_and_matched_to_the_registry(
 
         # An entry ToolHive fails: out of search within a second.
         th.set_status(kube_api, "MCPServerEntry", tns, "weather", phase="Failed")
-        took = await within(FAST * 5, lambda: _column(probe.workload(entry(tns, "weather")), "status", "ERROR"))
+        took = await within(FAST * 5, lambda: column_is(probe.workload(entry(tns, "weather")), "status", "ERROR"))
         assert took < FAST
         assert not await probe.found("weather forecast for Paris", entry(tns, "weather"))
 
@@ -284,18 +286,18 @@ async def test_a_vmcp_does_not_double_the_results(
         th.set_status(kube_api, "VirtualMCPServer", tns, "simple-vmcp", phase="Ready",
                       url=vmcp.url.removesuffix("/mcp"))
         first = start_operator([tns])
-        await eventually(lambda: _eq(conversions(), [(backend_wl, "convert_units")]), what="backend indexed once")
+        await eventually(lambda: equals(conversions(), [(backend_wl, "convert_units")]), what="backend indexed once")
         assert await probe.workload(vmcp_wl) is None
         first.stop()
 
         second = start_operator([tns], toolhive_vmcp_groups=(f"{tns}/my-services",))
-        await eventually(lambda: _eq(conversions(), [(vmcp_wl, "yardstick-simple_convert_units")]),
+        await eventually(lambda: equals(conversions(), [(vmcp_wl, "yardstick-simple_convert_units")]),
                          what="the group through its vMCP, once")
         assert await probe.workload(backend_wl) is None  # removed by the start's garbage collection
         assert second.list_tools is not None and second.list_tools.count(vmcp.url) >= 1
         # Degraded (some backends down) still serves.
         th.set_status(kube_api, "VirtualMCPServer", tns, "simple-vmcp", phase="Degraded")
-        await eventually(lambda: _column(probe.workload(vmcp_wl), "status_reason", "ToolHive reports Degraded"))
+        await eventually(lambda: column_is(probe.workload(vmcp_wl), "status_reason", "ToolHive reports Degraded"))
         assert await probe.status(vmcp_wl) == "RUNNING"
 
 
@@ -376,7 +378,7 @@ async def test_toolhive_groups_are_scopes(
         await eventually(lambda: probe.found("fetch a web page", fetch_wl))
         assert (await probe.workload(github_wl) or {})["group"] == "engineering-team"
         assert (await probe.workload(fetch_wl) or {})["group"] == "ops"
-        await eventually(lambda: _column(probe.workload(entry(tns, "context7")), "group", "engineering-team"))
+        await eventually(lambda: column_is(probe.workload(entry(tns, "context7")), "group", "engineering-team"))
         assert await probe.workload(workload_name(tns, "eng-tools", "VirtualMCPServer")) is None
 
         assert await probe.found("open a bug report on github", github_wl, groups=["engineering-team"])
@@ -412,19 +414,19 @@ async def test_deleted_objects_leave_no_rows_even_across_a_restart(
         th.set_status(kube_api, "MCPRemoteProxy", tns, "held", phase="Ready", url=notion.url)
         first = start_operator([tns])
         names = {mcpserver(tns, "fetch"), proxy(tns, "notion"), proxy(tns, "held"), entry(tns, "weather")}
-        await eventually(lambda: _eq(probe.workload_names(), names), what="all four indexed")
+        await eventually(lambda: equals(probe.workload_names(), names), what="all four indexed")
         await eventually(lambda: probe.found("weather forecast", entry(tns, "weather")))
 
         th.delete(kube_api, "MCPRemoteProxy", tns, "held")  # stays, Terminating, until ToolHive releases it
-        await eventually(lambda: _eq(probe.workload_names(), names - {proxy(tns, "held")}), what="held removed")
+        await eventually(lambda: equals(probe.workload_names(), names - {proxy(tns, "held")}), what="held removed")
         assert th.get(kube_api, "MCPRemoteProxy", tns, "held") is not None
         th.delete(kube_api, "MCPServer", tns, "fetch")
-        await eventually(lambda: _eq(probe.workload_names(), {proxy(tns, "notion"), entry(tns, "weather")}))
+        await eventually(lambda: equals(probe.workload_names(), {proxy(tns, "notion"), entry(tns, "weather")}))
         first.stop()
 
         th.delete(kube_api, "MCPServerEntry", tns, "weather")  # while the operator is down
         start_operator([tns])
-        await eventually(lambda: _eq(probe.workload_names(), {proxy(tns, "notion")}), what="collected at start")
+        await eventually(lambda: equals(probe.workload_names(), {proxy(tns, "notion")}), what="collected at start")
         assert not await probe.found("weather forecast", entry(tns, "weather"))
 
 
@@ -506,16 +508,16 @@ async def test_read_only_as_the_operators_service_account(
             assert await probe.found("weather forecast", workload_name(tns, "weather"))
 
             th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Failed")
-            await eventually(lambda: _column(probe.workload(wl), "status", "ERROR"))
+            await eventually(lambda: column_is(probe.workload(wl), "status", "ERROR"))
             th.set_status(kube_api, "MCPServer", tns, "fetch", phase="Ready")
-            await eventually(lambda: _column(probe.workload(wl), "status", "RUNNING"))
+            await eventually(lambda: column_is(probe.workload(wl), "status", "RUNNING"))
             fetch.set_tools([FETCH_TOOLS[1]])
             th.patch_spec(kube_api, "MCPToolConfig", tns, "fetch-tools", {"toolsFilter": ["fetch_raw"]})
-            await eventually(lambda: _eq(probe.tools(wl), ["fetch_raw"]), what="MCPToolConfig change re-read")
+            await eventually(lambda: equals(probe.tools(wl), ["fetch_raw"]), what="MCPToolConfig change re-read")
 
             before = {(kind, o["metadata"]["name"]): _untouched(o) for kind, o in th.objects_in(kube_api, tns)}
             th.delete(kube_api, "MCPRemoteProxy", tns, "notion")
-            await eventually(lambda: _eq(probe.workload(proxy(tns, "notion")), None), what="deleted proxy's rows")
+            await eventually(lambda: equals(probe.workload(proxy(tns, "notion")), None), what="deleted proxy's rows")
             # The operator did its whole job; ToolHive's objects carry nothing of it: no finalizer,
             # no annotation, no status, not one write since ToolHive's (the test's) own.
             after = {(kind, o["metadata"]["name"]): _untouched(o) for kind, o in th.objects_in(kube_api, tns)}

@@ -35,6 +35,18 @@ from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.testing.mcp_servers import LOOPBACK, McpTestServerFarm, make_tool
 
+#: A streamable HTTP POST's headers, an MCP initialize request and a tools/list one (in a session
+#: it opened), for the tests that speak HTTP to the endpoint below the SDK: status codes, headers,
+#: sessions.
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+LISTING = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+
 
 def _schema(**props: str) -> dict[str, Any]:
     return {

@@ -14,7 +14,6 @@ from mcp_optimizer.db.models import WorkloadStatus
 from mcp_optimizer.ingest import Indexer, WorkloadSpec
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.testing.mcp_servers import HangingServer, McpTestServerFarm, refused_url
-from tests.backends import index_backend, settings
 from tests.mcp.server_env import (
     GITHUB,
     connect,
@@ -26,6 +25,7 @@ from tests.mcp.server_env import (
     populate,
     running_endpoint,
 )
+from tests.support.backends import index_backend, settings
 
 # The session fixture, and the index on SQLite and on PostgreSQL (every test here searches).
 __all__ = ["farm", "index_backend", "settings"]

@@ -21,6 +21,9 @@ from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.testing.mcp_servers import McpTestServerFarm
 from tests.mcp.server_env import (
+    HEADERS,
+    INIT,
+    LISTING,
     TEAM_B_SECRETS,
     TOKEN_A,
     TOKEN_ADMIN,
@@ -223,21 +226,13 @@ async def test_missing_or_unknown_token_is_401(endpoint: McpEndpoint) -> None:
 
 
 async def test_a_session_cannot_be_used_with_another_token(endpoint: McpEndpoint) -> None:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
     async with httpx2.AsyncClient(timeout=10) as http:
-        opened = await http.post(endpoint.url, json=init, headers={**headers, "Authorization": f"Bearer {TOKEN_A}"})
+        opened = await http.post(endpoint.url, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {TOKEN_A}"})
         assert opened.status_code == 200
         session = opened.headers["mcp-session-id"]
-        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
-        session_headers = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+        session_headers = {**HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
         hijack = await http.post(
-            endpoint.url, json=listing, headers={**session_headers, "Authorization": f"Bearer {TOKEN_B}"}
+            endpoint.url, json=LISTING, headers={**session_headers, "Authorization": f"Bearer {TOKEN_B}"}
         )
     assert hijack.status_code == 404
     assert "slack" not in hijack.text and "github" not in hijack.text

@@ -24,19 +24,21 @@ from mcp_optimizer.mcp.scope import AccessScope
 from mcp_optimizer.mcp.server import McpEndpoint
 from mcp_optimizer.mcp.sessions import SessionLimitReached, SessionLimits
 from mcp_optimizer.testing.mcp_servers import McpTestServerFarm
-from tests.mcp.server_env import connect, endpoint_settings, farm, payload, populate, running_endpoint
+from tests.mcp.server_env import (
+    HEADERS,
+    INIT,
+    LISTING,
+    connect,
+    endpoint_settings,
+    farm,
+    payload,
+    populate,
+    running_endpoint,
+)
 from tests.support.fake_embedder import FakeEmbedder
 
 __all__ = ["farm"]
 
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-LISTING = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
 
 
 def tokens(count: int) -> dict[str, str]:

@@ -8,7 +8,10 @@ called, kopf's index played by a dict the test updates before each event (as kop
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from mcp_optimizer.ingest import Indexer
 from mcp_optimizer.ingest.scheduler import WritePriority
@@ -76,6 +79,24 @@ class Cluster:
 WL = "ns/mcpserver.toolhive/fetch"
 
 
+@pytest.fixture
+def tools() -> GatedTools:
+    return GatedTools()
+
+
+@pytest.fixture
+async def reconciler(indexer: Indexer, tools: GatedTools) -> AsyncIterator[WorkloadReconciler]:
+    """The reconciler over the real index, reading tools through ``tools``; closed afterwards."""
+    reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
+    yield reconciler
+    await reconciler.close()
+
+
+@pytest.fixture
+def cluster(reconciler: WorkloadReconciler) -> Cluster:
+    return Cluster(reconciler)
+
+
 async def settled(indexer: Any, status: str, tools: int) -> None:
     async def check() -> bool:
         row = await indexer.workloads.get_by_workload_name(WL)
@@ -91,12 +112,11 @@ async def settled(indexer: Any, status: str, tools: int) -> None:
     raise AssertionError(f"expected {status} with {tools} tools, row is {row and row.status}")
 
 
-async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer: Indexer) -> None:
+async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(
+    indexer: Indexer, tools: GatedTools, cluster: Cluster
+) -> None:
     """Objects are created without a status; ToolHive writes Ready a moment later. If the first
     (STOPPED) row is still being written then, Ready must still be acted on when it is done."""
-    tools = GatedTools()
-    reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
-    cluster = Cluster(reconciler)
     # The index is busy (a catalog being written, say): the first sync waits inside its write.
     async with indexer._write(WritePriority.BULK):
         await cluster.event()
@@ -104,16 +124,12 @@ async def test_ready_arriving_while_the_first_row_is_written_is_not_lost(indexer
         await cluster.event({"phase": "Ready", "url": PROXY})
     await settled(indexer, "RUNNING", 1)
     assert tools.calls == [PROXY]
-    await reconciler.close()
 
 
-async def test_a_phase_change_during_the_tools_read_wins(indexer: Indexer) -> None:
+async def test_a_phase_change_during_the_tools_read_wins(indexer: Indexer, tools: GatedTools, cluster: Cluster) -> None:
     """Ready starts a tools read; Failed arrives while the proxy is slow to answer: the row written
     when it answers says ERROR (the latest phase), and later phase changes need no read."""
-    tools = GatedTools()
     tools.gate.clear()
-    reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
-    cluster = Cluster(reconciler)
     await cluster.event({"phase": "Ready", "url": PROXY})
     await tools.called(1)
     await cluster.event({"phase": "Failed", "url": PROXY, "message": "OOMKilled"})
@@ -124,14 +140,12 @@ async def test_a_phase_change_during_the_tools_read_wins(indexer: Indexer) -> No
     await cluster.event({"phase": "Ready", "url": PROXY})
     await settled(indexer, "RUNNING", 1)
     assert tools.calls == [PROXY], "a phase change must not read the tools again"
-    await reconciler.close()
 
 
-async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer: Indexer) -> None:
-    tools = GatedTools()
+async def test_a_new_proxy_url_during_the_read_is_read_instead(
+    indexer: Indexer, tools: GatedTools, cluster: Cluster
+) -> None:
     tools.gate.clear()
-    reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
-    cluster = Cluster(reconciler)
     await cluster.event({"phase": "Ready", "url": PROXY})
     await tools.called(1)
     moved = PROXY.replace("8080", "9090")
@@ -145,13 +159,11 @@ async def test_a_new_proxy_url_during_the_read_is_read_instead(indexer: Indexer)
         await asyncio.sleep(0.05)
     assert row is not None and row.endpoint == moved
     assert tools.calls[-1] == moved
-    await reconciler.close()
 
 
-async def test_tool_config_change_reads_again_even_during_a_read(indexer: Indexer) -> None:
-    tools = GatedTools()
-    reconciler = WorkloadReconciler(indexer, NoWrites(), mcp_timeout=1.0, list_tools=tools)  # type: ignore[arg-type]
-    cluster = Cluster(reconciler)
+async def test_tool_config_change_reads_again_even_during_a_read(
+    indexer: Indexer, tools: GatedTools, reconciler: WorkloadReconciler, cluster: Cluster
+) -> None:
     await cluster.event({"phase": "Ready", "url": PROXY}, toolConfigRef={"name": "fetch-tools"})
     await settled(indexer, "RUNNING", 1)
     tools.gate.clear()
@@ -164,4 +176,3 @@ async def test_tool_config_change_reads_again_even_during_a_read(indexer: Indexe
     tools.gate.set()
     await settled(indexer, "RUNNING", 2)
     await tools.called(3)
-    await reconciler.close()

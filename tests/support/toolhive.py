@@ -21,6 +21,7 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
+from tests.support.crds import apply_crd
 from tests.support.shared import shared_dir
 
 GROUP = "toolhive.stacklok.dev"
@@ -78,16 +79,7 @@ def install_crds(api: client.ApiClient, *, timeout: float = 60.0) -> None:
     ext = client.ApiextensionsV1Api(api)
     bodies = crds_for_old_apiservers()
     for body in bodies:
-        name = body["metadata"]["name"]
-        try:
-            ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(name)
-            assert current.metadata is not None
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
+        apply_crd(ext, body)
     objects = client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout
     for body in bodies:
