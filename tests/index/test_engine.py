@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from mcp_optimizer.db import migrate
 from mcp_optimizer.db.engine import IndexOpenError, create_engine
+from mcp_optimizer.db.meta_ops import IndexMetaOps
 
 
 async def pragmas(path: Path, *, mmap_size: int = 0, max_bytes: int = 0) -> dict[str, object]:
@@ -34,3 +36,23 @@ def test_open_errors_are_clear(tmp_path: Path) -> None:
         create_engine(tmp_path / "missing" / "index.db")
     with pytest.raises(IndexOpenError, match="must be a file"):
         create_engine(":memory:")
+
+
+async def test_used_bytes_counts_the_pages_in_use_not_the_free_ones(tmp_path: Path) -> None:
+    # What the operator compares with MCP_OPTIMIZER_INDEX_MAX_BYTES before it writes again.
+    engine = create_engine(tmp_path / "used.db")
+    try:
+        await migrate.upgrade(engine)
+        meta = IndexMetaOps(engine)
+        before = await meta.used_bytes()
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE ballast (b BLOB)"))
+            await conn.execute(text("INSERT INTO ballast VALUES (zeroblob(1000000))"))
+        grown = await meta.used_bytes()
+        assert before > 0 and grown - before >= 1_000_000
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TABLE ballast"))
+        # The file keeps the freed pages (until VACUUM); they are room again.
+        assert await meta.used_bytes() < before + 100_000
+    finally:
+        await engine.dispose()
