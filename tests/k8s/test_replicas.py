@@ -174,7 +174,11 @@ async def replicas(ns: str, kubeconfig: str, index_url: str, tmp_path: Path) -> 
         "MCP_OPTIMIZER_AUTH_MODE": "none",
         "MCP_OPTIMIZER_TOOLHIVE": "false",
         "MCP_OPTIMIZER_MCP_TIMEOUT": "3",
-        "MCP_OPTIMIZER_SHUTDOWN_DELAY": "1",
+        # Longer than the balancer takes to see /readyz fail (a 0.2 s poll whose probes may wait
+        # 0.5 s each, plus the event loop's lag under load), as the chart's 5 s is longer than
+        # kube-proxy takes: with 1 s, a loaded run once sent a new call to a replica that had
+        # just stopped accepting.
+        "MCP_OPTIMIZER_SHUTDOWN_DELAY": "3",
         "MCP_OPTIMIZER_ALLOWED_DESTINATIONS": ",".join(LOOPBACK),
     }
     made = []
