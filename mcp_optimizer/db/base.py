@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, Table, bindparam, delete, select, text, update
@@ -14,7 +13,16 @@ from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.backends import Backend, backend_of
 from mcp_optimizer.db.engine import WRITE_OPTION
 from mcp_optimizer.db.models import utcnow
-from mcp_optimizer.db.records import Record, RegistryServerColumns, ToolRecord, WorkloadServerColumns
+from mcp_optimizer.db.records import (
+    Record,
+    RegistryServerColumns,
+    ToolEmbedding,
+    ToolRecord,
+    ToolRow,
+    ToolSource,
+    ToolSyncResult,
+    WorkloadServerColumns,
+)
 from mcp_optimizer.db.virtual import FTS_COLUMNS
 from mcp_optimizer.embeddings.texts import tool_fts_fields
 
@@ -84,48 +92,6 @@ class Ops:
         """Every row ``query`` selects, as ``record`` instances."""
         async with self._read(conn) as c:
             return [record.of(row) for row in await c.execute(query)]
-
-
-@dataclass(frozen=True)
-class ToolRow:
-    """A tool to store: its MCP object, its embedding (or None), the hash of its embedding text
-    and the server name it is embedded and full-text indexed with (part of that text)."""
-
-    name: str
-    details: dict[str, Any]
-    embedding: bytes | None
-    embedding_hash: str | None
-    context: str = ""
-
-
-@dataclass(frozen=True)
-class ToolSource:
-    """What a stored tool's embedding text is made from (the caller builds the text)."""
-
-    id: int
-    server_id: str
-    details: dict[str, Any]
-    server_name: str
-    #: The name a workload's tools were embedded with (None on the registry side: its server's name).
-    embedding_context: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolEmbedding:
-    """A stored tool's new embedding and the hash of the text it was made from."""
-
-    id: int
-    server_id: str
-    embedding: bytes
-    embedding_hash: str
-
-
-@dataclass(frozen=True)
-class ToolSyncResult:
-    added: int
-    updated: int
-    removed: int
-    unchanged: int
 
 
 class ToolOps(Ops):

@@ -3,8 +3,6 @@ tables' dimension, how many rows it holds, how much of its file is used, whether
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from sqlalchemy import delete, select, text
 
 from mcp_optimizer.db.base import Ops
@@ -17,18 +15,8 @@ from mcp_optimizer.db.models import (
     WORKLOAD_SERVERS,
     WORKLOAD_TOOLS,
 )
+from mcp_optimizer.db.records import IndexRowCounts
 from mcp_optimizer.db.virtual import VECTOR_TABLES
-
-
-@dataclass(frozen=True)
-class IndexRowCounts:
-    """Rows of the index: workload servers and tools by (their server's) status, registry
-    servers and tools by catalog."""
-
-    workload_servers: dict[str, int] = field(default_factory=dict)
-    workload_tools: dict[str, int] = field(default_factory=dict)
-    registry_servers: dict[str, int] = field(default_factory=dict)
-    registry_tools: dict[str, int] = field(default_factory=dict)
 
 
 class IndexMetaOps(Ops):

@@ -7,13 +7,16 @@ columns it sets, so a misspelt or mistyped column is a type error, not a row tha
 lacks it.
 
 The records mirror :mod:`mcp_optimizer.db.models` column for column; a test holds them equal,
-so a migration that adds a column must add it here too.
+so a migration that adds a column must add it here too. Below them are the smaller frozen
+dataclasses the ops classes take and return where a whole row is not what is meant: a tool to
+store, the few columns a planning read or a change of model needs, what an unlinked workload
+falls back to (decided in ``mcp_optimizer.ingest``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Self, TypedDict
 
@@ -150,3 +153,111 @@ class WorkloadServerColumns(TypedDict):
     embedding_context: str | None
     group: str
     namespace: str | None
+
+
+# What the ops classes take and return beside whole rows: what to store, and the few columns
+# a planning read or a re-embedding needs.
+
+
+@dataclass(frozen=True)
+class ToolRow:
+    """A tool to store: its MCP object, its embedding (or None), the hash of its embedding text
+    and the server name it is embedded and full-text indexed with (part of that text)."""
+
+    name: str
+    details: dict[str, Any]
+    embedding: bytes | None
+    embedding_hash: str | None
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class ToolSource:
+    """What a stored tool's embedding text is made from (the caller builds the text)."""
+
+    id: int
+    server_id: str
+    details: dict[str, Any]
+    server_name: str
+    #: The name a workload's tools were embedded with (None on the registry side: its server's name).
+    embedding_context: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolEmbedding:
+    """A stored tool's new embedding and the hash of the text it was made from."""
+
+    id: int
+    server_id: str
+    embedding: bytes
+    embedding_hash: str
+
+
+@dataclass(frozen=True)
+class ToolSyncResult:
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class RegistryServerSource:
+    """What a registry server's embedding text is made from (the caller builds the text)."""
+
+    id: str
+    name: str
+    description: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LinkedWorkload:
+    """A workload as unlinking it needs it: its names, and the filter columns its server vector
+    row carries (rewritten with the fallback vector)."""
+
+    id: str
+    workload_name: str
+    name: str
+    status: str
+    group: str | None
+    namespace: str | None
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What an unlinked workload falls back to (decided by the caller: ``mcp_optimizer.ingest.links``)."""
+
+    workload: LinkedWorkload
+    description: str
+    server_embedding: bytes | None
+
+
+@dataclass(frozen=True)
+class WorkloadServerSource:
+    """What a workload's server vector is made from: its registry server's, else its tools', else
+    its own ``description`` embedded."""
+
+    id: str
+    registry_server_id: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class ToolVector:
+    """A stored tool and its embedding (None: not embedded), as a fallback mean-pools them."""
+
+    server_id: str
+    details: dict[str, Any]
+    embedding: bytes | None
+
+
+@dataclass(frozen=True)
+class IndexRowCounts:
+    """Rows of the index: workload servers and tools by (their server's) status, registry
+    servers and tools by catalog."""
+
+    workload_servers: dict[str, int] = field(default_factory=dict)
+    workload_tools: dict[str, int] = field(default_factory=dict)
+    registry_servers: dict[str, int] = field(default_factory=dict)
+    registry_tools: dict[str, int] = field(default_factory=dict)

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcp_optimizer.db.base import Ops, ToolOps, ToolRow, identifier_keys
+from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import REGISTRY_SERVERS, REGISTRY_TOOLS, new_id, utcnow
-from mcp_optimizer.db.records import RegistryServerColumns, RegistryServerRecord
+from mcp_optimizer.db.records import RegistryServerColumns, RegistryServerRecord, RegistryServerSource, ToolRow
 from mcp_optimizer.db.virtual import REGISTRY_SERVER_VECTOR, REGISTRY_TOOL_FTS, REGISTRY_TOOL_VECTORS
 
 servers = REGISTRY_SERVERS
 tools = REGISTRY_TOOLS
-
-
-@dataclass(frozen=True)
-class RegistryServerSource:
-    """What a registry server's embedding text is made from (the caller builds the text)."""
-
-    id: str
-    name: str
-    description: str
-    tags: tuple[str, ...]
 
 
 class RegistryServerOps(Ops):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, text, update
@@ -13,7 +12,14 @@ from mcp_optimizer.catalog import normalize_image, normalize_url
 from mcp_optimizer.db.backends.postgres import tool_token_count
 from mcp_optimizer.db.base import Ops, ToolOps, identifier_keys
 from mcp_optimizer.db.models import WORKLOAD_SERVERS, WORKLOAD_TOOLS, new_id, utcnow
-from mcp_optimizer.db.records import WorkloadServerColumns, WorkloadServerRecord
+from mcp_optimizer.db.records import (
+    Fallback,
+    LinkedWorkload,
+    ToolVector,
+    WorkloadServerColumns,
+    WorkloadServerRecord,
+    WorkloadServerSource,
+)
 from mcp_optimizer.db.virtual import WORKLOAD_SERVER_VECTOR, WORKLOAD_TOOL_FTS, WORKLOAD_TOOL_VECTORS
 from mcp_optimizer.vocabulary import WorkloadStatus
 
@@ -22,47 +28,6 @@ tools = WORKLOAD_TOOLS
 
 #: Columns mirrored into the vec0 metadata of a workload's vector rows (search filters on them).
 _FILTER_COLUMNS = ("status", "group", "namespace")
-
-
-@dataclass(frozen=True)
-class LinkedWorkload:
-    """A workload as unlinking it needs it: its names, and the filter columns its server vector
-    row carries (rewritten with the fallback vector)."""
-
-    id: str
-    workload_name: str
-    name: str
-    status: str
-    group: str | None
-    namespace: str | None
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """What an unlinked workload falls back to (decided by the caller: ``mcp_optimizer.ingest.links``)."""
-
-    workload: LinkedWorkload
-    description: str
-    server_embedding: bytes | None
-
-
-@dataclass(frozen=True)
-class WorkloadServerSource:
-    """What a workload's server vector is made from: its registry server's, else its tools', else
-    its own ``description`` embedded."""
-
-    id: str
-    registry_server_id: str | None
-    description: str
-
-
-@dataclass(frozen=True)
-class ToolVector:
-    """A stored tool and its embedding (None: not embedded), as a fallback mean-pools them."""
-
-    server_id: str
-    details: dict[str, Any]
-    embedding: bytes | None
 
 
 def _metadata(status: str, group: str | None, namespace: str | None) -> dict[str, str]:

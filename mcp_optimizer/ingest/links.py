@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_optimizer.db.workload_ops import Fallback, LinkedWorkload, ToolVector
+from mcp_optimizer.db.records import Fallback, LinkedWorkload, ToolVector
 from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
 from mcp_optimizer.embeddings.texts import own_description
 

@@ -42,7 +42,7 @@ from mcp_optimizer.catalog import CatalogEntry, normalize_image, normalize_url
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db import migrate
 from mcp_optimizer.db.backends import backend_of
-from mcp_optimizer.db.base import ToolEmbedding, ToolRow, identifier_keys
+from mcp_optimizer.db.base import identifier_keys
 from mcp_optimizer.db.engine import (
     WRITE_OPTION,
     Connection,
@@ -67,13 +67,16 @@ from mcp_optimizer.db.health import (
 )
 from mcp_optimizer.db.meta_ops import IndexMetaOps
 from mcp_optimizer.db.records import (
+    LinkedWorkload,
     RegistryServerColumns,
     RegistryServerRecord,
+    ToolEmbedding,
+    ToolRow,
     WorkloadServerColumns,
     WorkloadServerRecord,
 )
 from mcp_optimizer.db.registry_ops import RegistryServerOps
-from mcp_optimizer.db.workload_ops import LinkedWorkload, WorkloadServerOps
+from mcp_optimizer.db.workload_ops import WorkloadServerOps
 from mcp_optimizer.embeddings import Embedder, EmbeddingError, configured_embedder, to_bytes
 from mcp_optimizer.embeddings.texts import (
     own_description,

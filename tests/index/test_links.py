@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcp_optimizer.db.workload_ops import LinkedWorkload, ToolVector
+from mcp_optimizer.db.records import LinkedWorkload, ToolVector
 from mcp_optimizer.embeddings import from_bytes, mean_pool, to_bytes
 from mcp_optimizer.ingest.links import fallbacks, server_vector
 

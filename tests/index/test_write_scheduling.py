@@ -15,9 +15,8 @@ from sqlalchemy import text
 from mcp_optimizer.catalog import CatalogEntry, ToolDefinition
 from mcp_optimizer.config import Settings
 from mcp_optimizer.db.backends.terms import phrase_terms
-from mcp_optimizer.db.base import ToolRow
 from mcp_optimizer.db.models import WorkloadStatus
-from mcp_optimizer.db.records import RegistryServerColumns
+from mcp_optimizer.db.records import RegistryServerColumns, ToolRow
 from mcp_optimizer.db.search import ToolSearch
 from mcp_optimizer.embeddings import Embedder
 from mcp_optimizer.embeddings.model import to_bytes
